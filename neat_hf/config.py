@@ -1,0 +1,264 @@
+"""`NeatConfig`: the hyperparameters of a NEAT adapter, stored as PEFT's PEANUT `adapter_config.json`.
+
+Field names follow `peft.PeanutConfig` (peft >= 0.19) so that stock PEFT reads our files and we read theirs. Stock PEFT
+silently drops keys it does not know, so the only neat-only field, `dropout`, changes how an adapter is *trained* but
+never what a saved adapter *computes*. A setting stock PEFT cannot represent (`act_fn="sin"`) is rejected by PEFT's own
+config check, so such an adapter fails loudly there rather than loading with different behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Optional, Union
+
+from .activations import available_activations
+from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE
+from .errors import AdapterLoadError, NeatError
+
+# Keys PEFT writes into adapter_config.json that neat-hf does not use but must tolerate when reading.
+_IGNORED_PEFT_KEYS = frozenset({"peft_version", "auto_mapping_dict"})
+
+
+@dataclass
+class NeatConfig:
+    """Configuration of a NEAT adapter (PEFT's PEANuT).
+
+    NEAT adapts a frozen linear weight W0 (out×in) with a small network of the weight itself:
+    H = σ(W0ᵀAᵀ) (in×r), then `depth` encoder and `depth` decoder r×r layers with residuals, and
+    y = W0x + scaling·(xH)Bᵀ with B zero-initialised, so a new adapter starts as a no-op.
+
+    Args:
+        r (`int`, defaults to `32`):
+            Rank: the hidden width of the weight network. ΔW has rank ≤ r. Larger `r` adds capacity and parameters.
+        target_modules (`list[str]` or `str`, *optional*):
+            Modules to adapt: a list of names (exact module path, or a path suffix after a dot) or a regex matched
+            against the full module path. `None` picks the preset for the model's `model_type` (LLaMA/Mistral/Qwen2/
+            Gemma: q,k,v,up,down as in the paper; BERT/RoBERTa/ViT: query,value; GPT-2: c_attn).
+        exclude_modules (`list[str]` or `str`, *optional*):
+            Modules never to adapt, matched like `target_modules`.
+        depth (`int`, defaults to `0`):
+            Hidden r×r layers per side: `depth` encoders then `depth` decoders, each decoder adding back the input of
+            its mirrored encoder. The paper's "depth D" (all layers, A and B included) is D = 2 + 2·depth.
+        act_fn (`str`, defaults to `"relu"`):
+            σ: any key of `transformers.activations.ACT2FN`, or `"sin"` for sin(2πx) (paper §5; neat-hf only).
+            `activation=` is accepted as an alias in the constructor.
+        scaling (`float`, defaults to `1.0`):
+            Multiplier s of the adapter output.
+        dropout (`float`, defaults to `0.0`):
+            Dropout on the adapter's input during training (like LoRA's `lora_dropout`). Training-only, so stock PEFT,
+            which ignores this key, computes the same function at inference.
+        modules_to_save (`list[str]`, *optional*):
+            Extra modules (e.g. a classification head) that are trained in full and saved with the adapter.
+        layers_to_transform (`int` or `list[int]`, *optional*):
+            Only adapt these layer indices of the block list (found through `layers_pattern`).
+        layers_pattern (`str` or `list[str]`, *optional*):
+            Name of the `nn.ModuleList` holding the blocks (`"layers"`, `"h"`, …); only with `layers_to_transform`.
+        init_weights (`bool`, defaults to `True`):
+            `True`: B = 0 (no-op start), the rest kaiming-uniform. `False`: B kaiming-uniform too (for tests).
+        task_type (`str`, *optional*):
+            PEFT task type, e.g. `"CAUSAL_LM"` or `"SEQ_CLS"`. `"SEQ_CLS"` makes the classifier head trainable when
+            `modules_to_save` is not given, as in PEFT.
+        base_model_name_or_path (`str`, *optional*):
+            The base model the adapter was made for (filled in by `get_neat_model` from the model's config).
+        revision (`str`, *optional*):
+            Revision of the base model.
+        inference_mode (`bool`, defaults to `False`):
+            Written as `True` by `save_pretrained`, as PEFT does.
+
+    Example:
+
+    ```python
+    >>> from neat_hf import NeatConfig
+    >>> config = NeatConfig(r=8, target_modules=["q_proj", "v_proj"], depth=1, act_fn="gelu")
+    ```
+    """
+
+    r: int = field(default=32, metadata={"help": "Rank r: hidden width of the weight network (ΔW has rank ≤ r)."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names (exact or dotted suffix) or a regex; None = preset for the model_type."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex never to adapt."}
+    )
+    depth: int = field(default=0, metadata={"help": "Hidden r×r layers per side (encoders = decoders = depth)."})
+    act_fn: str = field(
+        default="relu", metadata={"help": "Activation σ: a key of transformers' ACT2FN, or 'sin' for sin(2πx)."}
+    )
+    scaling: float = field(default=1.0, metadata={"help": "Multiplier s of the adapter output."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input (training only)."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules (e.g. a classifier head) trained in full and saved."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only adapt these block indices."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the block ModuleList (with layers_to_transform)."}
+    )
+    init_weights: bool = field(default=True, metadata={"help": "True: B=0 (no-op start); False: B random (tests)."})
+    task_type: Optional[str] = field(default=None, metadata={"help": "PEFT task type, e.g. CAUSAL_LM or SEQ_CLS."})
+    base_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Base model the adapter is for."})
+    revision: Optional[str] = field(default=None, metadata={"help": "Revision of the base model."})
+    inference_mode: bool = field(default=False, metadata={"help": "Whether the adapter is frozen (set on save)."})
+    auto_mapping: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "Base model class information, as written by PEFT."}
+    )
+    peft_type: str = field(default=PEFT_TYPE, metadata={"help": "Always 'PEANUT' (PEFT's name for NEAT)."})
+    activation: InitVar[Optional[str]] = None
+
+    def __post_init__(self, activation: Optional[str]) -> None:
+        if activation is not None:
+            if self.act_fn not in ("relu", activation):
+                raise NeatError(
+                    f"NeatConfig got act_fn={self.act_fn!r} and activation={activation!r}; they are aliases, "
+                    "set it in only one place."
+                )
+            self.act_fn = activation
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        if self.peft_type != PEFT_TYPE:
+            raise NeatError(f"peft_type must be {PEFT_TYPE!r} for a NEAT adapter, got {self.peft_type!r}.")
+        _check_int(self.r, "r", minimum=1, rule="a positive integer (e.g. 8, 16, 32)")
+        _check_int(self.depth, "depth", minimum=0, rule="a non-negative integer (0 = A and B only)")
+        if not isinstance(self.act_fn, str) or self.act_fn not in available_activations():
+            raise NeatError(f"Unknown act_fn {self.act_fn!r}. Must be one of {available_activations()}.")
+        if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
+            raise NeatError(f"scaling must be a float, got {type(self.scaling).__name__} {self.scaling!r}.")
+        self.scaling = float(self.scaling)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise NeatError(f"dropout must be a float in [0, 1), got {self.dropout!r}.")
+        self.dropout = float(self.dropout)
+        self.target_modules = _names_or_regex(self.target_modules, "target_modules")
+        self.exclude_modules = _names_or_regex(self.exclude_modules, "exclude_modules")
+        self.modules_to_save = _names_or_regex(self.modules_to_save, "modules_to_save", allow_regex=False)
+        self.layers_pattern = _names_or_regex(self.layers_pattern, "layers_pattern")
+        self.layers_to_transform = _layer_indices(self.layers_to_transform)
+        if self.layers_pattern is not None and self.layers_to_transform is None:
+            raise NeatError("layers_pattern is only used with layers_to_transform; set layers_to_transform too.")
+        for name in ("init_weights", "inference_mode"):
+            if not isinstance(getattr(self, name), bool):
+                raise NeatError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+        for name in ("task_type", "base_model_name_or_path", "revision"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise NeatError(f"{name} must be a string or null, got {type(value).__name__} {value!r}.")
+        if self.auto_mapping is not None and not isinstance(self.auto_mapping, dict):
+            raise NeatError(f"auto_mapping must be an object or null, got {self.auto_mapping!r}.")
+
+    @property
+    def is_peft_compatible(self) -> bool:
+        """Whether stock PEFT can compute this adapter (False for act_fn='sin')."""
+        from .activations import is_peft_compatible_activation
+
+        return is_peft_compatible_activation(self.act_fn)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-serialisable dict written to adapter_config.json (PEFT's PEANUT field names)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config dict") -> "NeatConfig":
+        """Build a config from an adapter_config.json dict, checking every field's type.
+
+        Raises:
+            AdapterLoadError: naming `source`, the bad field and what would be accepted.
+        """
+        if not isinstance(data, dict):
+            raise AdapterLoadError(f"{source} must hold a JSON object, got {type(data).__name__}.")
+        if data.get("peft_type") != PEFT_TYPE:
+            raise AdapterLoadError(
+                f"{source} has peft_type={data.get('peft_type')!r}; neat-hf loads NEAT adapters, whose peft_type "
+                f"is {PEFT_TYPE!r} (PEFT's PEANuT)."
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known - _IGNORED_PEFT_KEYS)
+        if unknown:
+            import logging
+
+            logging.getLogger(__name__).warning("Ignoring unknown keys in %s: %s", source, unknown)
+        try:
+            return cls(**kwargs)
+        except (NeatError, TypeError, ValueError) as err:
+            raise AdapterLoadError(f"Invalid {source}: {err}") from err
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
+        """Write adapter_config.json into `save_directory` atomically."""
+        from .io import atomic_write_text
+
+        os.makedirs(save_directory, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), text)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: Union[str, os.PathLike],
+        *,
+        revision: Optional[str] = None,
+        token: Optional[Union[str, bool]] = None,
+        cache_dir: Optional[str] = None,
+        local_files_only: Optional[bool] = None,
+    ) -> "NeatConfig":
+        """Read adapter_config.json from a local folder or a Hub repo (through huggingface_hub's cache)."""
+        from .io import read_adapter_config, resolve_adapter_file
+
+        path = resolve_adapter_file(
+            path_or_repo_id,
+            ADAPTER_CONFIG_NAME,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
+        return read_adapter_config(path)
+
+
+def _check_int(value: Any, name: str, *, minimum: int, rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise NeatError(f"{name} must be {rule}, got {value!r}.")
+
+
+def _names_or_regex(
+    value: Any, name: str, *, allow_regex: bool = True
+) -> Optional[Union[list[str], str]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if allow_regex:
+            return value
+        return [value]
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+        return list(dict.fromkeys(items))
+    accepted = "a list of module names" + (" or a regex string" if allow_regex else "")
+    raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}.")
+
+
+def _layer_indices(value: Any) -> Optional[list[int]]:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(values, (list, tuple)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise NeatError(f"layers_to_transform must be a non-negative int or a list of them, got {value!r}.")
+    return list(values)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    return value
+
+
+# `activation` is a constructor alias (an InitVar, so it is not a field and is never serialised); reading it back
+# returns the one stored value, `act_fn`.
+NeatConfig.activation = property(lambda self: self.act_fn, doc="Alias of `act_fn`.")  # type: ignore[assignment]

@@ -1,0 +1,257 @@
+"""The NEAT layer: a frozen linear layer plus a small nonlinear network of its own weight.
+
+Method (arXiv 2410.01870; PEFT >= 0.19 ships it as PEANuT, whose conventions we follow exactly). For a frozen weight
+W0 of shape out×in (PyTorch layout):
+
+    H   = σ(W0ᵀ Aᵀ)                                  in×r     A: r×out, kaiming-uniform
+    H  ← depth encoder layers (r×r, σ after each), then depth decoder layers, decoder i adding back the input of the
+          mirrored encoder level (residuals)
+    ΔWᵀ = s · H Bᵀ                                   in×out   B: out×r, zero-initialised
+    y   = W0 x + s · (x H) Bᵀ
+
+"Factored" means we never build the dense out×in ΔW (nor an fp32 copy of W0) in forward or backward: ΔW has rank
+≤ r, so the adapter path is two thin matmuls on the activations, exactly like LoRA, plus one r×out×in product with
+W0 per layer and step that does not depend on the batch size. PEFT's PEANuT instead materialises ΔW (and an fp32
+copy of W0) in every forward, which makes it several times slower than LoRA; the dense ΔW is built here only to
+merge.
+
+Precision: adapter weights are kept in fp32 by default (PEFT's `autocast_adapter_dtype`). W0ᵀAᵀ is computed in the
+base weight's dtype (A is cast down, W0 never up), the small r×in network runs in the adapter dtype, and the
+activation-sized products run in the activations' dtype (or autocast's), with the scaling folded into the r×in
+matrix instead of the out-sized output.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import get_activation
+from .config import NeatConfig
+from .distributed import gathered, register_external_weight
+from .errors import UnsupportedModuleError
+
+
+def _conv1d_type() -> Optional[type]:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers always ships it
+        return None
+    return Conv1D
+
+
+def supported_layer_types() -> tuple[type, ...]:
+    """Layer classes NEAT can wrap: `nn.Linear` and GPT-2's transposed `Conv1D`."""
+    conv1d = _conv1d_type()
+    return (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+
+
+def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
+    """(in_features, out_features, fan_in_fan_out) of a supported layer, read from its attributes, never from the
+    weight's shape (under ZeRO-3 the weight is a 0-element placeholder).
+
+    Raises:
+        UnsupportedModuleError: the layer is neither `nn.Linear` nor `Conv1D`.
+    """
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features, False
+    conv1d = _conv1d_type()
+    if conv1d is not None and isinstance(layer, conv1d):
+        return layer.nx, layer.nf, True
+    raise UnsupportedModuleError(
+        f"NEAT adapts nn.Linear (and GPT-2's Conv1D) layers only, got {type(layer).__name__}."
+    )
+
+
+class NeatLayer(nn.Module):
+    """A frozen `nn.Linear` (or `Conv1D`) with one or more NEAT adapters, one of them active.
+
+    Per-adapter state lives in dicts / `nn.ModuleDict`s keyed by adapter name, as in PEFT's tuner layers, so the
+    parameter names are PEFT's (`peanut_A.<adapter>.weight`, `peanut_encoders.<adapter>.0.weight`, …).
+    """
+
+    #: Attributes holding trainable adapter weights (one entry per adapter).
+    adapter_layer_names: tuple[str, ...] = ("peanut_A", "peanut_B", "peanut_encoders", "peanut_decoders")
+    #: Attributes holding other per-adapter settings.
+    other_param_names: tuple[str, ...] = ("r", "depth", "scaling", "act_fn", "peanut_dropout")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: NeatConfig,
+        *,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.fan_in_fan_out = layer_features(base_layer)
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.depth: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.act_fn: dict[str, str] = {}
+        self.peanut_A = nn.ModuleDict()
+        self.peanut_B = nn.ModuleDict()
+        self.peanut_encoders = nn.ModuleDict()
+        self.peanut_decoders = nn.ModuleDict()
+        self.peanut_dropout = nn.ModuleDict()
+        self.active_adapter: str = adapter_name
+        self.disable_adapters: bool = False
+        self.merged_adapters: list[str] = []
+        self._weight_before_merge: Optional[torch.Tensor] = None
+        self.update_layer(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
+        # Under ZeRO-3, have DeepSpeed gather W0 for this layer's forward/backward (once per forward).
+        register_external_weight(self, self.base_layer.weight)
+
+    # ------------------------------------------------------------------ construction
+    def update_layer(self, adapter_name: str, config: NeatConfig, *, autocast_adapter_dtype: bool = True) -> None:
+        """Create (or re-create) the adapter `adapter_name` from `config`."""
+        weight = self.base_layer.weight
+        dtype = torch.float32 if autocast_adapter_dtype and weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        if not weight.dtype.is_floating_point:
+            dtype = torch.float32
+        factory = {"device": weight.device, "dtype": dtype}
+        r, depth = config.r, config.depth
+        self.r[adapter_name] = r
+        self.depth[adapter_name] = depth
+        self.scaling[adapter_name] = config.scaling
+        self.act_fn[adapter_name] = config.act_fn
+        self.peanut_A[adapter_name] = nn.Linear(self.out_features, r, bias=False, **factory)
+        self.peanut_encoders[adapter_name] = nn.ModuleList(
+            nn.Linear(r, r, bias=False, **factory) for _ in range(depth)
+        )
+        self.peanut_decoders[adapter_name] = nn.ModuleList(
+            nn.Linear(r, r, bias=False, **factory) for _ in range(depth)
+        )
+        self.peanut_B[adapter_name] = nn.Linear(r, self.out_features, bias=False, **factory)
+        self.peanut_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.reset_parameters(adapter_name, init_weights=config.init_weights)
+
+    @torch.no_grad()
+    def reset_parameters(self, adapter_name: str, *, init_weights: bool = True) -> None:
+        """Kaiming-uniform (a=√5) for A and the r×r layers; B zero (`init_weights=True`) or kaiming-uniform too."""
+        modules = [self.peanut_A[adapter_name], *self.peanut_encoders[adapter_name], *self.peanut_decoders[adapter_name]]
+        if not init_weights:
+            modules.append(self.peanut_B[adapter_name])
+        else:
+            nn.init.zeros_(self.peanut_B[adapter_name].weight)
+        for module in modules:
+            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove `adapter_name` from this layer (it must not be merged)."""
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"Adapter {adapter_name!r} is merged into this layer; unmerge it before deleting it.")
+        for attr in self.adapter_layer_names + ("peanut_dropout",):
+            getattr(self, attr).pop(adapter_name, None)
+        for attr in ("r", "depth", "scaling", "act_fn"):
+            getattr(self, attr).pop(adapter_name, None)
+
+    # ------------------------------------------------------------------ the method
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def base_weight(self) -> torch.Tensor:
+        """W0 in out×in layout (a view: `Conv1D` stores it transposed)."""
+        weight = self.base_layer.weight
+        return weight.t() if self.fan_in_fan_out else weight
+
+    def hidden_t(self, adapter_name: str, base_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """s·Hᵀ (r×in) in the adapter dtype: the weight network applied to W0, scaling folded in.
+
+        W0ᵀAᵀ is computed as A·W0 in W0's dtype, outside autocast, so W0 is never copied to another dtype.
+        """
+        weight = self.base_weight() if base_weight is None else base_weight
+        a = self.peanut_A[adapter_name].weight
+        act = get_activation(self.act_fn[adapter_name])
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            h = act((a.to(weight.dtype) @ weight).to(a.dtype))
+            residuals = []
+            for encoder in self.peanut_encoders[adapter_name]:
+                residuals.append(h)
+                h = act(encoder.weight @ h)
+            for decoder in self.peanut_decoders[adapter_name]:
+                h = act(decoder.weight @ h) + residuals.pop()
+        return h * self.scaling[adapter_name]
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """ΔW (out×in, adapter dtype), computed from the *original* W0 even while merged. Built densely: for merging
+        and inspection only, never in forward."""
+        base = self._weight_before_merge if self._weight_before_merge is not None else self.base_weight()
+        if self.fan_in_fan_out and self._weight_before_merge is not None:
+            base = base.t()
+        base = base.to(device=self.peanut_A[adapter_name].weight.device, dtype=self.peanut_A[adapter_name].weight.dtype)
+        with torch.autocast(device_type=base.device.type, enabled=False):
+            return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        name = self.active_adapter
+        if self.disable_adapters or self.merged or name not in self.peanut_A:
+            return result
+        compute_dtype = x.dtype
+        h_t = self.hidden_t(name).to(compute_dtype)
+        b = self.peanut_B[name].weight.to(compute_dtype)
+        x = self.peanut_dropout[name](x)
+        return result + F.linear(F.linear(x, h_t), b).to(result.dtype)
+
+    # ------------------------------------------------------------------ merging
+    @torch.no_grad()
+    def merge(self, *, safe_merge: bool = False, keep_original: bool = True) -> None:
+        """Add the active adapter's ΔW into W0.
+
+        Args:
+            safe_merge (`bool`, defaults to `False`): check the merged weight for NaN/inf before writing it (costs a
+                copy of the weight).
+            keep_original (`bool`, defaults to `True`): keep a CPU copy of W0 so `unmerge` restores it exactly (ΔW is a
+                function of W0, so subtracting it back would not be exact). `merge_and_unload` passes False.
+        """
+        name = self.active_adapter
+        if self.merged:
+            warnings.warn(f"Adapter {self.merged_adapters[0]!r} is already merged; nothing to do.", stacklevel=3)
+            return
+        if name not in self.peanut_A:
+            return
+        weight = self.base_layer.weight
+        with gathered([weight], modifier_rank=0):
+            delta = self.delta_weight(name)
+            delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
+            merged = weight.data + delta
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
+            if keep_original:
+                self._weight_before_merge = weight.data.detach().to("cpu", copy=True)
+            weight.data.copy_(merged)
+        self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore W0 exactly from the copy kept by `merge`."""
+        if not self.merged:
+            warnings.warn("Already unmerged; nothing to do.", stacklevel=3)
+            return
+        if self._weight_before_merge is None:
+            raise ValueError("This layer was merged without keeping the original weight; it cannot be unmerged.")
+        weight = self.base_layer.weight
+        with gathered([weight], modifier_rank=0):
+            weight.data.copy_(self._weight_before_merge.to(device=weight.device, dtype=weight.dtype))
+        self._weight_before_merge = None
+        self.merged_adapters.clear()
+
+    def extra_repr(self) -> str:
+        name = self.active_adapter
+        if name not in self.r:
+            return ""
+        return (
+            f"adapter={name!r}, r={self.r[name]}, depth={self.depth[name]}, act_fn={self.act_fn[name]!r}, "
+            f"scaling={self.scaling[name]}"
+        )
+
+    def __repr__(self) -> str:
+        return "neat." + super().__repr__()

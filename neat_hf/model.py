@@ -1,0 +1,485 @@
+"""`NeatModel` and `get_neat_model`: inject NEAT into a transformers model, train, save, load, merge.
+
+The API mirrors PEFT's `PeftModel` (`get_peft_model`, `save_pretrained`, `from_pretrained`, `merge_and_unload`,
+`disable_adapter`, …) so users can switch with a rename. Files are PEFT's PEANUT format: stock `peft` >= 0.19 loads
+what we save, and we load what it saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from .config import NeatConfig
+from .constants import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    DEFAULT_ADAPTER_NAME,
+    FILE_KEY_PREFIX,
+)
+from .errors import AdapterMismatchError, NeatError
+from .io import atomic_save_safetensors, read_adapter_config, read_adapter_weights, resolve_adapter_file
+from .layer import NeatLayer, layer_features
+from .modules_to_save import ModulesToSaveWrapper
+from .targets import InjectionPlan, plan_injection
+
+logger = logging.getLogger(__name__)
+
+
+def _numel(param: torch.Tensor) -> int:
+    # Under ZeRO-3 a parameter is a 0-element placeholder; DeepSpeed records the real size in ds_numel.
+    return getattr(param, "ds_numel", param.numel())
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(tensor, "ds_shape", tensor.shape))
+
+
+class NeatModel(nn.Module):
+    """A transformers model with NEAT adapters injected; PEFT's `PeftModel`, for NEAT.
+
+    Use [`get_neat_model`] to create one and [`NeatModel.from_pretrained`] to load a saved adapter. Unknown attributes
+    and `forward`/`generate` go to the wrapped model, so a `NeatModel` can be used wherever the base model was.
+
+    Args:
+        model (`nn.Module`): the base model; its targets are replaced in place and its own weights frozen.
+        config ([`NeatConfig`]): the adapter configuration (copied; the caller's object is not changed).
+        adapter_name (`str`, *optional*, defaults to `"default"`): name of the adapter.
+        autocast_adapter_dtype (`bool`, *optional*, defaults to `True`): keep adapter weights in fp32 when the base is
+            fp16/bf16, as PEFT does.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: NeatConfig,
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        *,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        super().__init__()
+        self.peft_config: dict[str, NeatConfig] = {}
+        self.active_adapter = adapter_name
+        self._autocast_adapter_dtype = autocast_adapter_dtype
+        self.base_model = model
+        self.add_adapter(adapter_name, config)
+
+    # ------------------------------------------------------------------ delegation to the wrapped model
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Generate with the wrapped model (adapters active unless merged or disabled)."""
+        return self.base_model.generate(*args, **kwargs)
+
+    def get_base_model(self) -> nn.Module:
+        """The wrapped transformers model (NEAT layers included)."""
+        return self.base_model
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Enable gradient checkpointing on the base model, and input gradients so that checkpointed blocks see a
+        grad-requiring input although the embeddings are frozen (what PEFT's `prepare_model_for_*` does)."""
+        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        if hasattr(self.base_model, "enable_input_require_grads"):
+            self.base_model.enable_input_require_grads()
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    def neat_layers(self) -> Iterator[tuple[str, NeatLayer]]:
+        """(path relative to the base model, layer) for every NEAT layer."""
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, NeatLayer):
+                yield name, module
+
+    def _saved_modules(self) -> Iterator[tuple[str, ModulesToSaveWrapper]]:
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper):
+                yield name, module
+
+    def add_adapter(self, adapter_name: str, config: NeatConfig) -> None:
+        """Inject a new adapter. Everything is checked first, so a refused call leaves the model unchanged.
+
+        Raises:
+            NoTargetModulesError, UnsupportedModuleError, NeatError: see [`plan_injection`].
+        """
+        if not isinstance(config, NeatConfig):
+            raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
+        if adapter_name in self.peft_config:
+            raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
+        config = copy.deepcopy(config)
+        plan = plan_injection(self.base_model, config)
+        config.target_modules = plan.target_modules
+        if config.modules_to_save is None and plan.modules_to_save:
+            config.modules_to_save = [p.rsplit(".", 1)[-1] for p in plan.modules_to_save]
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
+        self._inject(adapter_name, config, plan)
+        self.peft_config[adapter_name] = config
+        self._mark_trainable(adapter_name, trainable=not config.inference_mode)
+
+    def _inject(self, adapter_name: str, config: NeatConfig, plan: InjectionPlan) -> None:
+        for path in plan.targets:
+            parent, child = self._parent(path)
+            target = getattr(parent, child)
+            if isinstance(target, NeatLayer):
+                target.update_layer(adapter_name, config, autocast_adapter_dtype=self._autocast_adapter_dtype)
+            else:
+                setattr(parent, child, NeatLayer(target, adapter_name, config, autocast_adapter_dtype=self._autocast_adapter_dtype))
+        for path in plan.modules_to_save:
+            parent, child = self._parent(path)
+            target = getattr(parent, child)
+            if isinstance(target, ModulesToSaveWrapper):
+                target.add_adapter(adapter_name)
+            else:
+                setattr(parent, child, ModulesToSaveWrapper(target, adapter_name))
+
+    def _parent(self, path: str) -> tuple[nn.Module, str]:
+        parent_path, _, child = path.rpartition(".")
+        return (self.base_model.get_submodule(parent_path) if parent_path else self.base_model), child
+
+    def _mark_trainable(self, adapter_name: str, *, trainable: bool) -> None:
+        for name, param in self.base_model.named_parameters():
+            param.requires_grad_(False)
+        for _, layer in self.neat_layers():
+            for attr in NeatLayer.adapter_layer_names:
+                container = getattr(layer, attr)
+                if adapter_name in container:
+                    container[adapter_name].requires_grad_(trainable)
+        for _, wrapper in self._saved_modules():
+            if adapter_name in wrapper.modules_to_save:
+                wrapper.modules_to_save[adapter_name].requires_grad_(trainable)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the active adapter (and the only trainable one)."""
+        if adapter_name not in self.peft_config:
+            raise NeatError(f"Unknown adapter {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
+        if any(layer.merged for _, layer in self.neat_layers()):
+            raise NeatError("Unmerge the adapter (unmerge_adapter()) before switching the active adapter.")
+        self.active_adapter = adapter_name
+        for _, module in [*self.neat_layers(), *self._saved_modules()]:
+            module.active_adapter = adapter_name
+        self._mark_trainable(adapter_name, trainable=not self.peft_config[adapter_name].inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove a non-active adapter."""
+        if adapter_name not in self.peft_config:
+            raise NeatError(f"Unknown adapter {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
+        if adapter_name == self.active_adapter:
+            raise NeatError(f"{adapter_name!r} is the active adapter; set_adapter() another one before deleting it.")
+        for _, layer in self.neat_layers():
+            layer.delete_adapter(adapter_name)
+        for _, wrapper in self._saved_modules():
+            wrapper.modules_to_save.pop(adapter_name, None)
+        del self.peft_config[adapter_name]
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager: run the plain base model inside the block (a merged adapter is unmerged, then merged back)."""
+        was_merged = any(layer.merged for _, layer in self.neat_layers())
+        if was_merged:
+            self.unmerge_adapter()
+        modules = [m for _, m in [*self.neat_layers(), *self._saved_modules()]]
+        for module in modules:
+            module.disable_adapters = True
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.disable_adapters = False
+            if was_merged:
+                self.merge_adapter()
+
+    # ------------------------------------------------------------------ parameters
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), as PEFT counts them."""
+        trainable = total = 0
+        for param in self.parameters():
+            n = _numel(param)
+            total += n
+            if param.requires_grad:
+                trainable += n
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """Print the trainable share in PEFT's format."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ merge / unload
+    def merge_adapter(self, *, safe_merge: bool = False) -> None:
+        """Merge the active adapter into the base weights (reversible with [`unmerge_adapter`])."""
+        for _, layer in self.neat_layers():
+            layer.merge(safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        """Restore the original base weights exactly."""
+        for _, layer in self.neat_layers():
+            if layer.merged:
+                layer.unmerge()
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False) -> nn.Module:
+        """Merge the active adapter into the weights and return the plain base model (NEAT layers removed, trained
+        `modules_to_save` copies in place). Not in-place for the wrapper: use the returned model.
+
+        With `safe_merge=True` every merged weight is checked for NaN/inf before anything is written.
+        """
+        return self._unload(merge=True, progressbar=progressbar, safe_merge=safe_merge)
+
+    def unload(self) -> nn.Module:
+        """Return the base model with NEAT removed and nothing merged (original `modules_to_save` modules back)."""
+        return self._unload(merge=False)
+
+    def _unload(self, *, merge: bool, progressbar: bool = False, safe_merge: bool = False) -> nn.Module:
+        layers = list(self.neat_layers())
+        if merge and safe_merge:
+            for path, layer in layers:  # check all before changing any weight
+                if not torch.isfinite(layer.delta_weight(layer.active_adapter)).all():
+                    raise ValueError(f"NaN or inf in the adapter of {path!r}; nothing was merged.")
+        from tqdm.auto import tqdm
+
+        for path, layer in tqdm(layers, disable=not progressbar, desc="Unloading and merging" if merge else "Unloading"):
+            if merge and not layer.merged:
+                layer.merge(keep_original=False)
+            elif not merge and layer.merged:
+                layer.unmerge()
+            parent, child = self._parent(path)
+            setattr(parent, child, layer.base_layer)
+        for path, wrapper in list(self._saved_modules()):
+            parent, child = self._parent(path)
+            setattr(parent, child, wrapper.modules_to_save[wrapper.active_adapter] if merge else wrapper.original_module)
+        return self.base_model
+
+    # ------------------------------------------------------------------ serialisation
+    def _key_map(self, adapter_name: str) -> dict[str, str]:
+        """{key in this module's state_dict: key in adapter_model.safetensors} for one adapter."""
+        mapping = {}
+        for path, layer in self.neat_layers():
+            for attr in NeatLayer.adapter_layer_names:
+                container = getattr(layer, attr)
+                if adapter_name not in container:
+                    continue
+                for pname, _ in container[adapter_name].named_parameters():
+                    mapping[f"base_model.{path}.{attr}.{adapter_name}.{pname}"] = f"{FILE_KEY_PREFIX}{path}.{attr}.{pname}"
+        for path, wrapper in self._saved_modules():
+            if adapter_name in wrapper.modules_to_save:
+                for key in wrapper.modules_to_save[adapter_name].state_dict():
+                    mapping[f"base_model.{path}.modules_to_save.{adapter_name}.{key}"] = f"{FILE_KEY_PREFIX}{path}.{key}"
+        return mapping
+
+    def get_adapter_state_dict(
+        self, state_dict: Optional[dict[str, torch.Tensor]] = None, adapter_name: Optional[str] = None
+    ) -> dict[str, torch.Tensor]:
+        """The adapter's tensors under PEFT's file keys.
+
+        Args:
+            state_dict (`dict`, *optional*): a full state dict of this model to take the tensors from (e.g. one that
+                DeepSpeed ZeRO-3 consolidated); defaults to `self.state_dict()`.
+            adapter_name (`str`, *optional*): defaults to the active adapter.
+        """
+        adapter_name = adapter_name or self.active_adapter
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        mapping = self._key_map(adapter_name)
+        missing = [k for k in mapping if k not in state_dict]
+        if missing:
+            raise NeatError(f"state_dict lacks {len(missing)} adapter tensors, e.g. {missing[:3]}.")
+        return {file_key: state_dict[key] for key, file_key in mapping.items()}
+
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        *,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+        is_main_process: bool = True,
+        safe_serialization: bool = True,
+        selected_adapters: Optional[list[str]] = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write adapter_config.json and adapter_model.safetensors (PEFT PEANUT format) into `save_directory`.
+
+        Adapters other than "default" go to a sub-folder of their name, as in PEFT. Files are written atomically.
+
+        Args:
+            state_dict (`dict`, *optional*): full state dict to take the tensors from (the Trainer passes one under
+                DeepSpeed ZeRO-3).
+            is_main_process (`bool`, *optional*, defaults to `True`): only the main process writes.
+            safe_serialization (`bool`, *optional*, defaults to `True`): must stay True; only safetensors is written.
+        """
+        if not safe_serialization:
+            raise NeatError("neat-hf writes safetensors only; drop safe_serialization=False.")
+        if os.path.isfile(save_directory):
+            raise NeatError(f"save_directory {os.fspath(save_directory)!r} is a file; pass a folder.")
+        unknown = [kw for kw in kwargs if kw not in ("max_shard_size", "push_to_hub", "token", "save_embedding_layers")]
+        if unknown:
+            raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}.")
+        if not is_main_process:
+            return
+        names = selected_adapters or list(self.peft_config)
+        bad = [n for n in names if n not in self.peft_config]
+        if bad:
+            raise NeatError(f"Unknown adapters {bad}; adapters: {sorted(self.peft_config)}.")
+        for name in names:
+            directory = os.fspath(save_directory) if name == DEFAULT_ADAPTER_NAME else os.path.join(save_directory, name)
+            tensors = self.get_adapter_state_dict(state_dict, name)
+            os.makedirs(directory, exist_ok=True)
+            atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME))
+            self._config_for_saving(name).save_pretrained(directory)
+
+    def _config_for_saving(self, adapter_name: str) -> NeatConfig:
+        config = copy.deepcopy(self.peft_config[adapter_name])
+        config.inference_mode = True
+        if config.task_type is None and config.auto_mapping is None:
+            cls = type(self.base_model)
+            config.auto_mapping = {"base_model_class": cls.__name__, "parent_library": cls.__module__}
+        return config
+
+    def load_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: Optional[str] = None) -> None:
+        """Copy adapter tensors keyed like adapter_model.safetensors into this model, after checking all of them.
+
+        Raises:
+            AdapterMismatchError: a tensor has no place in the model, is missing, or has another shape (the message
+                names the module and both shapes); nothing is copied then.
+        """
+        adapter_name = adapter_name or self.active_adapter
+        by_file_key = {file_key: key for key, file_key in self._key_map(adapter_name).items()}
+        params = dict(self.state_dict(keep_vars=True))
+        check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
+        with torch.no_grad():
+            for file_key, tensor in tensors.items():
+                target = params[by_file_key[file_key]]
+                target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: Union[str, os.PathLike],
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        is_trainable: bool = False,
+        *,
+        revision: Optional[str] = None,
+        token: Optional[Union[str, bool]] = None,
+        cache_dir: Optional[str] = None,
+        local_files_only: Optional[bool] = None,
+        autocast_adapter_dtype: bool = True,
+    ) -> "NeatModel":
+        """Load a NEAT/PEANuT adapter (neat-hf's or stock PEFT's) from a folder or a Hub repo onto `model`.
+
+        Config and tensors are read and checked against the base model before the base model is touched, so a
+        mismatched adapter raises and leaves `model` unchanged.
+
+        Args:
+            model (`nn.Module`): the base model the adapter was trained on.
+            model_id (`str` or `os.PathLike`): a local folder or a Hub repo id.
+            adapter_name (`str`, *optional*, defaults to `"default"`)
+            is_trainable (`bool`, *optional*, defaults to `False`): keep adapter weights trainable (to resume
+                training); otherwise they are frozen and the model is put in eval mode, as in PEFT.
+            revision, token, cache_dir, local_files_only: passed to `huggingface_hub.hf_hub_download`.
+
+        Raises:
+            AdapterLoadError: missing or corrupt files, invalid adapter_config.json.
+            AdapterMismatchError: the adapter does not fit `model`.
+        """
+        hub = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        config = read_adapter_config(resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub))
+        tensors = read_adapter_weights(resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub))
+        config.inference_mode = not is_trainable
+        try:
+            plan = plan_injection(model, config)
+        except NeatError as err:
+            raise AdapterMismatchError(f"Adapter {os.fspath(model_id)!r} does not fit {type(model).__name__}: {err}") from err
+        check_adapter_tensors(tensors, expected_adapter_shapes(model, config, plan), type(model).__name__)
+        neat_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        neat_model.load_adapter_weights(tensors, adapter_name)
+        if not is_trainable:
+            neat_model.eval()
+        return neat_model
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub.push.push_to_hub`."""
+        from neat_hf.hub.push import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
+
+def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: InjectionPlan) -> dict[str, tuple[int, ...]]:
+    """{file key: shape} that an adapter with `config` must have on `model` (computed without changing `model`)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    r = config.r
+    for path in plan.targets:
+        _, out_features, _ = layer_features(model.get_submodule(path))
+        base = f"{FILE_KEY_PREFIX}{path}"
+        shapes[f"{base}.peanut_A.weight"] = (r, out_features)
+        shapes[f"{base}.peanut_B.weight"] = (out_features, r)
+        for i in range(config.depth):
+            shapes[f"{base}.peanut_encoders.{i}.weight"] = (r, r)
+            shapes[f"{base}.peanut_decoders.{i}.weight"] = (r, r)
+    for path in plan.modules_to_save:
+        for key, tensor in model.get_submodule(path).state_dict(keep_vars=True).items():
+            shapes[f"{FILE_KEY_PREFIX}{path}.{key}"] = _shape(tensor)
+    return shapes
+
+
+def check_adapter_tensors(
+    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], model_name: str
+) -> None:
+    """Raise `AdapterMismatchError` unless `tensors` has exactly the `expected` keys and shapes."""
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise AdapterMismatchError(
+            f"The adapter holds {len(unexpected)} tensors with no place in {model_name}, e.g. {unexpected[:3]}: "
+            "it was made for a base model with other module names (or another target_modules)."
+        )
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise AdapterMismatchError(f"The adapter file lacks {len(missing)} tensors {model_name} needs, e.g. {missing[:3]}.")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != tuple(shape):
+            module, _, tensor_name = key[len(FILE_KEY_PREFIX):].partition(".peanut_")
+            raise AdapterMismatchError(
+                f"Shape mismatch for module {module!r} ({'peanut_' + tensor_name if tensor_name else key}): the adapter "
+                f"has {list(tensors[key].shape)} but {model_name} needs {list(shape)}. The adapter was made for a "
+                "base model of other dimensions."
+            )
+
+
+def get_neat_model(
+    model: nn.Module,
+    config: NeatConfig,
+    adapter_name: str = DEFAULT_ADAPTER_NAME,
+    *,
+    autocast_adapter_dtype: bool = True,
+) -> NeatModel:
+    """Wrap `model` with a NEAT adapter described by `config` (PEFT's `get_peft_model`, for NEAT).
+
+    The base model's layers matched by `config.target_modules` are replaced in place by NEAT layers and all base
+    weights are frozen; only adapter weights and `modules_to_save` train. Everything is checked first, so an error
+    leaves `model` unchanged.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM
+    >>> from neat_hf import NeatConfig, get_neat_model
+    >>> model = get_neat_model(AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-7b-hf"), NeatConfig(r=32))
+    >>> model.print_trainable_parameters()
+    ```
+    """
+    return NeatModel(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)

@@ -1,0 +1,131 @@
+"""Which modules of a model a `NeatConfig` adapts, decided without touching the model.
+
+Matching follows PEFT (`check_target_module_exists`) so a config means the same thing in both libraries: a string is
+a regex that must match the whole module path; a list matches a module whose path equals an entry or ends with
+"." + entry. `layers_to_transform` keeps only blocks with those indices in the block list named by `layers_pattern`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from torch import nn
+
+from .config import NeatConfig
+from .constants import DEFAULT_TARGET_MODULES, SEQ_CLS_HEAD_NAMES
+from .errors import NeatError, NoTargetModulesError, UnsupportedModuleError
+from .layer import NeatLayer, supported_layer_types
+
+# Sub-paths created by neat-hf itself; never adapt inside them.
+_INTERNAL_MARKERS = (".base_layer", ".original_module", ".modules_to_save.", "peanut_")
+
+
+@dataclass(frozen=True)
+class InjectionPlan:
+    """Result of matching a config against a model: module paths to wrap with NEAT and modules to train in full."""
+
+    target_modules: Union[list[str], str]
+    targets: list[str]
+    modules_to_save: list[str]
+
+
+def name_matches(name: str, patterns: Union[list[str], str]) -> bool:
+    """PEFT's rule: regex full match for a string, exact-or-dotted-suffix for a list."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def layer_index(name: str, layers_pattern: Optional[Union[list[str], str]]) -> Optional[int]:
+    """Index of the block that module path `name` sits in, or None."""
+    if layers_pattern is None:
+        match = re.match(r".*\.[^.]*\.(\d+)\.", name)
+        return int(match.group(1)) if match else None
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+    for pattern in patterns:
+        match = re.match(rf".*\.{pattern}\.(\d+)\.", name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def default_target_modules(model: nn.Module) -> list[str]:
+    """The preset targets for the model's `config.model_type`.
+
+    Raises:
+        NeatError: no preset exists; the message lists the presets and asks for explicit `target_modules`.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in DEFAULT_TARGET_MODULES:
+        return list(DEFAULT_TARGET_MODULES[model_type])
+    raise NeatError(
+        f"No default target_modules for model_type={model_type!r}; pass target_modules explicitly "
+        f"(presets exist for {sorted(DEFAULT_TARGET_MODULES)})."
+    )
+
+
+def _is_internal(name: str) -> bool:
+    return any(marker in name for marker in _INTERNAL_MARKERS)
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last-segment names of the layers NEAT could adapt (for error messages)."""
+    kinds = supported_layer_types()
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and isinstance(m, kinds) and not _is_internal(n)})
+
+
+def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
+    """Match `config` against `model` and check every match, without modifying anything.
+
+    Raises:
+        NoTargetModulesError: nothing matched; the message lists the adaptable layer names that exist.
+        UnsupportedModuleError: a match is not an `nn.Linear`/`Conv1D`; the message names the module and type.
+        NeatError: a `modules_to_save` entry matches no module.
+    """
+    target_modules = config.target_modules if config.target_modules is not None else default_target_modules(model)
+    modules_to_save = list(config.modules_to_save or [])
+    if not modules_to_save and config.task_type == "SEQ_CLS":
+        modules_to_save = [n for n in SEQ_CLS_HEAD_NAMES if any(name_matches(k, [n]) for k, _ in model.named_modules() if k)]
+    save_paths = [k for k, _ in model.named_modules() if k and not _is_internal(k) and name_matches(k, modules_to_save)]
+    missing = [n for n in modules_to_save if not any(name_matches(p, [n]) for p in save_paths)]
+    if missing:
+        raise NeatError(f"modules_to_save entries {missing} match no module of {type(model).__name__}.")
+    # Outermost matches only: a saved module's children are saved with it.
+    save_paths = [p for p in save_paths if not any(p.startswith(q + ".") for q in save_paths if q != p)]
+
+    targets, unsupported = [], []
+    kinds = supported_layer_types()
+    for name, module in model.named_modules():
+        if not name or _is_internal(name) or isinstance(module, NeatLayer):
+            continue
+        if any(name == p or name.startswith(p + ".") for p in save_paths):
+            continue
+        if not name_matches(name, target_modules):
+            continue
+        if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
+            continue
+        if config.layers_to_transform is not None and layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+            continue
+        if isinstance(module, kinds):
+            targets.append(name)
+        else:
+            unsupported.append(f"{name} ({type(module).__name__})")
+    if unsupported:
+        raise UnsupportedModuleError(
+            f"target_modules={target_modules!r} matched modules NEAT cannot adapt: {unsupported[:5]}"
+            f"{' …' if len(unsupported) > 5 else ''}. NEAT adapts nn.Linear (and GPT-2 Conv1D) layers only; "
+            f"narrow target_modules to layers such as {linear_layer_names(model)}."
+        )
+    if not targets:
+        extra = ""
+        if config.layers_to_transform is not None:
+            extra += f", layers_to_transform={config.layers_to_transform}, layers_pattern={config.layers_pattern!r}"
+        if config.exclude_modules is not None:
+            extra += f", exclude_modules={config.exclude_modules!r}"
+        raise NoTargetModulesError(
+            f"target_modules={target_modules!r}{extra} matched no layer of {type(model).__name__}. "
+            f"Layers NEAT can adapt in this model: {linear_layer_names(model)}."
+        )
+    return InjectionPlan(target_modules=target_modules, targets=targets, modules_to_save=save_paths)
