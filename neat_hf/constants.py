@@ -19,7 +19,8 @@ FILE_KEY_PREFIX = "base_model.model."
 #: Name of the adapter created when none is given, as in PEFT.
 DEFAULT_ADAPTER_NAME = "default"
 
-#: Default `target_modules` per `config.model_type`. Decoder LLMs follow the paper (q, k, v, up, down: arXiv
+#: Default `target_modules` per `config.model_type` (entries that match no layer of the model at hand are dropped, so
+#: one preset can list the names of several transformers versions). Decoder LLMs follow the paper (q, k, v, up, down: arXiv
 #: 2410.01870, Table 10); encoders follow the paper's GLUE/ViT setups (query, value). PEFT's own PEANuT mapping
 #: only lists q/v for LLMs, so we do not reuse it.
 DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
@@ -36,7 +37,7 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
     "xlm-roberta": ["query", "value"],
     "deberta-v2": ["query_proj", "value_proj"],
     "distilbert": ["q_lin", "v_lin"],
-    "vit": ["query", "value"],
+    "vit": ["query", "value", "q_proj", "v_proj"],  # transformers 4.x names, then 5.x names
     "gpt2": ["c_attn"],
 }
 

@@ -148,7 +148,9 @@ class NeatLayer(nn.Module):
         if adapter_name in self.merged_adapters:
             raise ValueError(f"Adapter {adapter_name!r} is merged into this layer; unmerge it before deleting it.")
         for attr in self.adapter_layer_names + ("peanut_dropout",):
-            getattr(self, attr).pop(adapter_name, None)
+            container = getattr(self, attr)
+            if adapter_name in container:
+                del container[adapter_name]
         for attr in ("r", "depth", "scaling", "act_fn"):
             getattr(self, attr).pop(adapter_name, None)
 

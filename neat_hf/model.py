@@ -187,7 +187,8 @@ class NeatModel(nn.Module):
         for _, layer in self.neat_layers():
             layer.delete_adapter(adapter_name)
         for _, wrapper in self._saved_modules():
-            wrapper.modules_to_save.pop(adapter_name, None)
+            if adapter_name in wrapper.modules_to_save:
+                del wrapper.modules_to_save[adapter_name]
         del self.peft_config[adapter_name]
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ a regex that must match the whole module path; a list matches a module whose pat
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -17,6 +18,8 @@ from .config import NeatConfig
 from .constants import DEFAULT_TARGET_MODULES, SEQ_CLS_HEAD_NAMES
 from .errors import NeatError, NoTargetModulesError, UnsupportedModuleError
 from .layer import NeatLayer, supported_layer_types
+
+logger = logging.getLogger(__name__)
 
 # Sub-paths created by neat-hf itself; never adapt inside them.
 _INTERNAL_MARKERS = (".base_layer", ".original_module", ".modules_to_save.", "peanut_")
@@ -59,7 +62,10 @@ def default_target_modules(model: nn.Module) -> list[str]:
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in DEFAULT_TARGET_MODULES:
-        return list(DEFAULT_TARGET_MODULES[model_type])
+        kinds = supported_layer_types()
+        names = [n for n, m in model.named_modules() if isinstance(m, kinds) and not _is_internal(n)]
+        preset = DEFAULT_TARGET_MODULES[model_type]
+        return [t for t in preset if any(name_matches(n, [t]) for n in names)] or list(preset)
     raise NeatError(
         f"No default target_modules for model_type={model_type!r}; pass target_modules explicitly "
         f"(presets exist for {sorted(DEFAULT_TARGET_MODULES)})."
@@ -90,15 +96,18 @@ def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
         modules_to_save = [n for n in SEQ_CLS_HEAD_NAMES if any(name_matches(k, [n]) for k, _ in model.named_modules() if k)]
     save_paths = [k for k, _ in model.named_modules() if k and not _is_internal(k) and name_matches(k, modules_to_save)]
     missing = [n for n in modules_to_save if not any(name_matches(p, [n]) for p in save_paths)]
-    if missing:
-        raise NeatError(f"modules_to_save entries {missing} match no module of {type(model).__name__}.")
+    if missing and len(missing) == len(modules_to_save):
+        raise NeatError(f"modules_to_save={modules_to_save} matches no module of {type(model).__name__}.")
+    # PEFT writes both usual head names for SEQ_CLS and ignores the one a model lacks; so do we, quietly.
+    if [n for n in missing if n not in SEQ_CLS_HEAD_NAMES]:
+        logger.warning("modules_to_save entries %s match no module of %s; ignoring them.", missing, type(model).__name__)
     # Outermost matches only: a saved module's children are saved with it.
     save_paths = [p for p in save_paths if not any(p.startswith(q + ".") for q in save_paths if q != p)]
 
     targets, unsupported = [], []
     kinds = supported_layer_types()
     for name, module in model.named_modules():
-        if not name or _is_internal(name) or isinstance(module, NeatLayer):
+        if not name or _is_internal(name):
             continue
         if any(name == p or name.startswith(p + ".") for p in save_paths):
             continue
@@ -108,7 +117,7 @@ def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
             continue
         if config.layers_to_transform is not None and layer_index(name, config.layers_pattern) not in config.layers_to_transform:
             continue
-        if isinstance(module, kinds):
+        if isinstance(module, (NeatLayer, *kinds)):  # a NeatLayer gets one more adapter
             targets.append(name)
         else:
             unsupported.append(f"{name} ({type(module).__name__})")

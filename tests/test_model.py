@@ -1,0 +1,305 @@
+"""NeatModel: injection, trainability, PEFT interop both ways, save/load, merge/unmerge, modules_to_save."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+from conftest import MODEL_FACTORIES, model_inputs, model_output, tiny_bert_classifier, tiny_gpt2, tiny_llama
+from safetensors.torch import load_file
+
+from neat_hf import NeatConfig, NeatLayer, NeatModel, get_neat_model
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+
+peft = pytest.importorskip("peft")
+
+TARGETS = {"llama": None, "bert": ["query", "value"], "vit": None}
+
+
+def randomize_adapter(model: NeatModel, seed: int = 3) -> None:
+    """Make every adapter tensor non-trivial (B included), as PEFT's tests do before numeric comparisons."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "peanut_" in name or "modules_to_save" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+
+
+def assert_logits_differ(a, b):
+    assert (a - b).abs().max() > 1e-3, "the adapter has no effect, so this comparison would pass trivially"
+
+
+# ---------------------------------------------------------------------------------------------- PEFT interop
+@pytest.mark.parametrize("kind", ["llama", "bert", "vit"])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
+def test_neat_adapter_loads_in_stock_peft_with_same_logits(tmp_path, kind, depth, act_fn):
+    factory = MODEL_FACTORIES[kind]
+    inputs = model_inputs(kind)
+    base_logits = model_output(factory(), inputs)
+    model = get_neat_model(factory(), NeatConfig(r=4, depth=depth, act_fn=act_fn, target_modules=TARGETS[kind]))
+    randomize_adapter(model)
+    model.eval()
+    ours = model_output(model, inputs)
+    assert_logits_differ(ours, base_logits)
+    model.save_pretrained(tmp_path)
+    stock = peft.PeftModel.from_pretrained(factory(), tmp_path).eval()
+    torch.testing.assert_close(model_output(stock, inputs), ours, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+@pytest.mark.parametrize("depth", [0, 2])
+def test_stock_peft_adapter_loads_in_neat_hf_with_same_logits(tmp_path, kind, depth):
+    factory = MODEL_FACTORIES[kind]
+    inputs = model_inputs(kind)
+    config = peft.PeanutConfig(r=4, depth=depth, act_fn="gelu", target_modules=["query", "value"] if kind == "bert" else ["q_proj", "v_proj", "down_proj"], init_weights=False)
+    stock = peft.get_peft_model(factory(), config).eval()
+    stock.save_pretrained(tmp_path)
+    expected = model_output(stock, inputs)
+    assert_logits_differ(expected, model_output(factory(), inputs))
+    ours = NeatModel.from_pretrained(factory(), tmp_path)
+    torch.testing.assert_close(model_output(ours, inputs), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_stock_peft_seq_cls_adapter_with_head_loads(tmp_path):
+    inputs = model_inputs("bert")
+    stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=4, task_type="SEQ_CLS", target_modules=["query", "value"], init_weights=False))
+    with torch.no_grad():
+        stock.base_model.model.classifier.modules_to_save["default"].weight.add_(0.5)
+    stock.eval().save_pretrained(tmp_path)
+    ours = NeatModel.from_pretrained(tiny_bert_classifier(), tmp_path)
+    torch.testing.assert_close(model_output(ours, inputs), model_output(stock, inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_sin_adapter_round_trips_in_neat_hf_and_fails_loudly_in_stock_peft(tmp_path):
+    inputs = model_inputs("llama")
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, depth=1, act_fn="sin", init_weights=False)).eval()
+    expected = model_output(model, inputs)
+    model.save_pretrained(tmp_path)
+    assert not model.peft_config["default"].is_peft_compatible
+    reloaded = NeatModel.from_pretrained(tiny_llama(), tmp_path)
+    torch.testing.assert_close(model_output(reloaded, inputs), expected)
+    with pytest.raises(ValueError, match="sin"):
+        peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def test_saved_files_are_peft_peanut_format(tmp_path):
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, depth=1, target_modules=["q_proj", "v_proj"], dropout=0.1))
+    model.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]
+    config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
+    assert config["peft_type"] == "PEANUT"
+    assert config["inference_mode"] is True
+    assert (config["r"], config["depth"], config["act_fn"], config["scaling"], config["dropout"]) == (4, 1, "relu", 1.0, 0.1)
+    assert config["target_modules"] == ["q_proj", "v_proj"]
+    tensors = load_file(tmp_path / ADAPTER_WEIGHTS_NAME)
+    assert "base_model.model.model.layers.0.self_attn.q_proj.peanut_A.weight" in tensors
+    assert "base_model.model.model.layers.1.self_attn.v_proj.peanut_encoders.0.weight" in tensors
+    assert tensors["base_model.model.model.layers.0.self_attn.v_proj.peanut_A.weight"].shape == (4, 16)
+    assert not any("base_layer" in k or "default" in k for k in tensors), "base weights or adapter names leaked"
+    assert len(tensors) == 2 * 2 * 4  # layers × targets × (A, B, encoder, decoder)
+
+
+def test_user_config_is_not_mutated(tmp_path):
+    config = NeatConfig(r=4)
+    get_neat_model(tiny_llama(), config).save_pretrained(tmp_path)
+    assert config.target_modules is None and config.inference_mode is False
+
+
+def test_default_targets_follow_the_paper():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4))
+    adapted = sorted({name.rsplit(".", 1)[-1] for name, _ in model.neat_layers()})
+    assert adapted == ["down_proj", "k_proj", "q_proj", "up_proj", "v_proj"]
+    bert = get_neat_model(tiny_bert_classifier(), NeatConfig(r=4))
+    assert sorted({n.rsplit(".", 1)[-1] for n, _ in bert.neat_layers()}) == ["query", "value"]
+
+
+def test_save_load_round_trip_is_exact_and_frozen_by_default(tmp_path):
+    inputs = model_inputs("llama")
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, depth=2, init_weights=False)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = NeatModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(model_output(loaded, inputs), model_output(model, inputs))
+    assert not loaded.training
+    assert loaded.get_nb_trainable_parameters()[0] == 0
+    trainable = NeatModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
+    assert trainable.get_nb_trainable_parameters()[0] == model.get_nb_trainable_parameters()[0] > 0
+
+
+def test_refuses_pickle_serialization(tmp_path):
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2))
+    with pytest.raises(ValueError, match="safetensors"):
+        model.save_pretrained(tmp_path, safe_serialization=False)
+    assert not os.listdir(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_only_adapter_and_modules_to_save_get_gradients_and_change():
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=4, task_type="SEQ_CLS"))
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = model_inputs("bert")
+    for _ in range(2):  # two steps: B starts at zero, so A only moves from the second step on
+        loss = model(**inputs, labels=torch.tensor([0, 1])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in model.named_parameters():
+        changed = not torch.equal(before[name], param.detach())
+        trainable = "peanut_" in name or ".modules_to_save." in name
+        assert param.requires_grad == trainable, name
+        assert changed == trainable, name
+    assert model.peft_config["default"].modules_to_save == ["classifier"]
+
+
+def test_print_trainable_parameters_counts_adapter(capsys):
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=8, target_modules=["query", "value"]))
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == 2 * 2 * (8 * 32 + 32 * 8)  # layers × (query, value) × (A + B)
+    model.print_trainable_parameters()
+    assert f"trainable params: {trainable:,d}" in capsys.readouterr().out
+
+
+def test_gradient_checkpointing_with_frozen_embeddings():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    inputs = model_inputs("llama")
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "peanut_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_forward(dtype):
+    model = get_neat_model(tiny_llama().to(dtype), NeatConfig(r=4, init_weights=False))
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "peanut_" in n)
+    logits = model(**model_inputs("llama")).logits
+    assert logits.dtype == dtype and torch.isfinite(logits).all()
+
+
+def test_generate_goes_through_the_adapter():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    prompt = model_inputs("llama")["input_ids"][:1]
+    out = model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, prompt.shape[1] + 4)
+    assert model.config.model_type == "llama"  # attribute access falls through
+
+
+# ---------------------------------------------------------------------------------------------- merge
+@pytest.mark.parametrize("factory_name", ["llama", "gpt2"])
+def test_merge_unmerge_and_merge_and_unload(factory_name):
+    factory = {"llama": tiny_llama, "gpt2": tiny_gpt2}[factory_name]
+    inputs = model_inputs("llama")
+    base_logits = model_output(factory(), inputs)
+    model = get_neat_model(factory(), NeatConfig(r=4, depth=1, act_fn="gelu", init_weights=False)).eval()
+    originals = {n: m.base_layer.weight.detach().clone() for n, m in model.neat_layers()}
+    live = model_output(model, inputs)
+    assert_logits_differ(live, base_logits)
+
+    model.merge_adapter()
+    torch.testing.assert_close(model_output(model, inputs), live, atol=1e-4, rtol=1e-4)
+    with pytest.warns(UserWarning, match="already merged"):
+        model.merge_adapter()  # idempotent
+    torch.testing.assert_close(model_output(model, inputs), live, atol=1e-4, rtol=1e-4)
+
+    model.unmerge_adapter()
+    for name, layer in model.neat_layers():
+        assert torch.equal(layer.base_layer.weight, originals[name]), name
+    assert torch.equal(model_output(model, inputs), live)
+
+    merged = model.merge_and_unload()
+    assert type(merged) is type(factory())
+    assert not any(isinstance(m, NeatLayer) for m in merged.modules())
+    torch.testing.assert_close(model_output(merged, inputs), live, atol=1e-4, rtol=1e-4)
+
+
+def test_unload_restores_the_base_model_exactly():
+    inputs = model_inputs("bert")
+    base_logits = model_output(tiny_bert_classifier(), inputs)
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=4, task_type="SEQ_CLS", init_weights=False))
+    randomize_adapter(model)
+    model.merge_adapter()
+    plain = model.unload()
+    assert not any(isinstance(m, NeatLayer) for m in plain.modules())
+    assert torch.equal(model_output(plain, inputs), base_logits)
+
+
+def test_merge_and_unload_keeps_trained_head():
+    inputs = model_inputs("bert")
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=4, task_type="SEQ_CLS", init_weights=False)).eval()
+    randomize_adapter(model)
+    live = model_output(model, inputs)
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(model_output(merged, inputs), live, atol=1e-4, rtol=1e-4)
+
+
+def test_safe_merge_refuses_nan_and_changes_nothing():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False))
+    name, layer = next(iter(model.neat_layers()))
+    with torch.no_grad():
+        layer.peanut_B["default"].weight[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match="NaN"):
+        model.merge_and_unload(safe_merge=True)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+    assert any(isinstance(m, NeatLayer) for m in model.modules())
+
+
+def test_disable_adapter_gives_base_logits_also_when_merged():
+    inputs = model_inputs("llama")
+    base_logits = model_output(tiny_llama(), inputs)
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    live = model_output(model, inputs)
+    with model.disable_adapter():
+        assert torch.equal(model_output(model, inputs), base_logits)
+    assert torch.equal(model_output(model, inputs), live)
+    model.merge_adapter()
+    with model.disable_adapter():
+        torch.testing.assert_close(model_output(model, inputs), base_logits)
+    torch.testing.assert_close(model_output(model, inputs), live, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def test_layers_to_transform_and_exclude_modules_and_regex():
+    model = get_neat_model(tiny_llama(num_hidden_layers=3), NeatConfig(r=2, target_modules=["q_proj", "v_proj"], layers_to_transform=[0, 2]))
+    assert sorted(n for n, _ in model.neat_layers()) == [
+        "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj",
+        "model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.v_proj",
+    ]
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=r".*\.(q|v)_proj", exclude_modules=["model.layers.1.self_attn.v_proj"]))
+    assert sorted(n for n, _ in model.neat_layers()) == [
+        "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.q_proj",
+    ]
+
+
+def test_multiple_adapters_switch_and_save(tmp_path):
+    inputs = model_inputs("llama")
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    first = model_output(model, inputs)
+    model.add_adapter("other", NeatConfig(r=2, target_modules=["q_proj"], init_weights=False))
+    assert torch.equal(model_output(model, inputs), first)  # still the active one
+    model.set_adapter("other")
+    second = model_output(model, inputs)
+    assert_logits_differ(first, second)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "other" / ADAPTER_WEIGHTS_NAME).exists() and (tmp_path / ADAPTER_WEIGHTS_NAME).exists()
+    torch.testing.assert_close(model_output(NeatModel.from_pretrained(tiny_llama(), tmp_path / "other"), inputs), second)
+    model.set_adapter("default")
+    model.delete_adapter("other")
+    assert list(model.peft_config) == ["default"]
+    assert torch.equal(model_output(model, inputs), first)
+
+
+def test_no_warnings_on_plain_use(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = get_neat_model(tiny_llama(), NeatConfig(r=2))
+        model.save_pretrained(tmp_path)
+        NeatModel.from_pretrained(tiny_llama(), tmp_path)
