@@ -1,0 +1,70 @@
+"""The distribution installs one import namespace, `neat_hf`, with its data files, in regular (wheel) installs.
+
+(The editable install is what the test run itself uses: every other test imports `neat_hf.*` through it.)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    (path,) = out.glob("neat_hf-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_wheel_has_one_namespace_and_its_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/", 1)[0] for n in names if not n.startswith("neat_hf-")}
+    assert top_level == {"neat_hf"}, top_level  # no top-level `hub`, `trainers`, `eval_harness`
+    for expected in (
+        "neat_hf/__init__.py",
+        "neat_hf/layer.py",
+        "neat_hf/hub/__init__.py",
+        "neat_hf/trainers/__init__.py",
+        "neat_hf/eval_harness/__init__.py",
+        "neat_hf/deepspeed_configs/zero3.json",
+    ):
+        assert expected in names, expected
+    assert any(n.startswith("neat_hf/trainers/recipes/") and n.endswith(".yaml") for n in names)
+    assert any(n.startswith("neat_hf/eval_harness/tasks/") and n.endswith(".yaml") for n in names)
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for script in ("neat-train", "neat-hub", "neat-lm-eval", "[lm_eval.models]"):
+        assert script in text
+
+
+@pytest.mark.slow
+def test_regular_install_imports_from_site_packages(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import neat_hf, neat_hf.hub, neat_hf.trainers, neat_hf.eval_harness;"
+        "assert neat_hf.__file__.startswith(sys.argv[1]), neat_hf.__file__;"
+        "print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
