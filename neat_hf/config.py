@@ -160,8 +160,14 @@ class NeatConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-serialisable dict written to adapter_config.json (PEFT's PEANUT field names)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The JSON-serialisable dict written to adapter_config.json (PEFT's PEANUT field names).
+
+        `dropout`, the one key stock PEFT does not know (it warns, then ignores it), is left out when it is 0.
+        """
+        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if data["dropout"] == 0.0:
+            del data["dropout"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config dict") -> "NeatConfig":

@@ -303,3 +303,12 @@ def test_no_warnings_on_plain_use(tmp_path):
         model = get_neat_model(tiny_llama(), NeatConfig(r=2))
         model.save_pretrained(tmp_path)
         NeatModel.from_pretrained(tiny_llama(), tmp_path)
+
+
+def test_stock_peft_loads_default_adapter_without_unknown_key_warnings(tmp_path):
+    get_neat_model(tiny_llama(), NeatConfig(r=2)).save_pretrained(tmp_path)
+    assert "dropout" not in json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    assert not [w for w in caught if "Unexpected keyword" in str(w.message)]
