@@ -1,0 +1,39 @@
+"""lm-evaluation-harness integration: the `neat` model backend, bundled task suites and the `neat-lm-eval` command.
+
+- [`NeatLM`]: lm-eval's `HFLM` with a NEAT adapter loaded on the base model (merged by default), registered as
+  `--model neat`.
+- [`evaluate`]: `lm_eval.simple_evaluate` with the bundled tasks on the include path.
+- `TASKS_DIR`: the bundled task suites (`neat_commonsense`, `neat_commonsense_gen`, `neat_math`, `neat_math_gen`);
+  pass it to plain `lm_eval --include_path`.
+- `neat-lm-eval`: lm-eval's own command line, with `neat` registered and `TASKS_DIR` on the include path.
+
+`lm-eval` is an optional dependency (`pip install "neat-hf[eval]"`); it is imported only when `NeatLM` or `evaluate`
+is first used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+#: Folder of the bundled lm-eval task suites.
+TASKS_DIR: Path = Path(__file__).resolve().parent / "tasks"
+
+if TYPE_CHECKING:
+    from .api import evaluate
+    from .model import NeatLM
+
+__all__ = ["TASKS_DIR", "NeatLM", "evaluate"]
+
+_LAZY = {"NeatLM": "model", "evaluate": "api"}
+
+
+def __getattr__(name: str) -> Any:
+    # Importing lm-eval costs seconds and is optional: load it the first time NeatLM or evaluate is asked for.
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

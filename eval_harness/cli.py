@@ -1,0 +1,159 @@
+"""`neat-lm-eval`: lm-eval's own command line, with `--model neat` registered and the bundled tasks included.
+
+lm-eval 0.4.13 finds model backends only in its built-in table, so `lm_eval --model neat` cannot work there; this
+command imports our backend first and then runs lm-eval's CLI unchanged. Every lm-eval flag and subcommand
+(`run`, `ls`, `validate`) works as documented by lm-eval; the only difference is that `neat_hf.eval_harness.TASKS_DIR`
+is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash).
+
+One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
+(`README.md`, `model-index` entries) through `neat_hf.hub.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
+does. It needs `--output_path` (the results file is read back from there); without a value it uses the local
+`adapter=` (or `peft=`) folder of `--model_args`.
+
+Example:
+
+    neat-lm-eval --model neat \\
+        --model_args pretrained=meta-llama/Llama-2-7b-hf,adapter=./neat-out,dtype=bfloat16 \\
+        --tasks neat_commonsense_gen --batch_size 16 --output_path results/
+    neat-lm-eval ls tasks          # the bundled neat_* suites are listed with lm-eval's own
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from neat_hf.errors import NeatError
+
+from .api import task_include_paths
+
+logger = logging.getLogger(__name__)
+
+_FROM_MODEL_ARGS = object()  # `--update_card` given without a folder
+
+
+@contextlib.contextmanager
+def _argv(argv: list[str]) -> Iterator[None]:
+    # lm-eval's HarnessCLI reads (and edits) sys.argv itself; give it ours and put the real one back afterwards.
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _config_include_path(config_path: str | None) -> str | list[str] | None:
+    """`include_path` from a `--config` YAML, which the merged command-line value would otherwise replace."""
+    if not config_path:
+        return None
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    return EvaluatorConfig.load_yaml_config(config_path).get("include_path")
+
+
+def _with_bundled_tasks(args: argparse.Namespace) -> None:
+    """Put the bundled tasks in front of the user's include paths (command line and `--config` YAML)."""
+    if not hasattr(args, "include_path"):  # `neat-lm-eval` with no subcommand only prints help
+        return
+    user_paths: list[str] = []
+    for value in (_config_include_path(getattr(args, "config", None)), args.include_path):
+        if value:
+            user_paths.extend([value] if isinstance(value, str) else value)
+    args.include_path = task_include_paths(user_paths)
+
+
+def _pop_update_card(argv: Sequence[str]) -> tuple[object, list[str]]:
+    """Take our one extra option, `--update_card [ADAPTER_DIR]`, out of the arguments meant for lm-eval."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--update_card", nargs="?", const=_FROM_MODEL_ARGS, default=None)
+    ours, rest = parser.parse_known_args(list(argv))
+    return ours.update_card, rest
+
+
+def _card_folder(update_card: object, args: argparse.Namespace) -> Path:
+    """The adapter folder whose card `--update_card` should update; checked before the evaluation starts."""
+    if getattr(args, "command", None) != "run":
+        raise NeatError("--update_card only applies to an evaluation run (`neat-lm-eval run ...`).")
+    if not getattr(args, "output_path", None):
+        raise NeatError("--update_card reads this run's results back from disk: also pass --output_path DIR.")
+    if update_card is _FROM_MODEL_ARGS:
+        model_args = args.model_args if isinstance(args.model_args, dict) else {}
+        update_card = model_args.get("adapter") or model_args.get("peft")
+        if not update_card:
+            raise NeatError("--update_card without a folder takes adapter= from --model_args; pass --update_card DIR.")
+    folder = Path(os.fspath(update_card))
+    if not folder.is_dir():
+        raise NeatError(f"--update_card needs a local adapter folder, got {os.fspath(update_card)!r}.")
+    return folder
+
+
+def _results_files(output_path: str) -> set[Path]:
+    """lm-eval's results files under `--output_path` (a folder, or a `name.json` that becomes `name_<date>.json`)."""
+    path = Path(output_path)
+    if path.suffix == ".json":
+        return set(path.parent.glob(f"{path.stem}_*.json"))
+    return set(path.rglob("results_*.json"))
+
+
+def _update_card(folder: Path, new_files: set[Path]) -> None:
+    from neat_hf.hub.card import eval_results_from_lm_eval, write_model_card
+
+    if not new_files:
+        if int(os.environ.get("RANK", "0")) == 0:
+            raise NeatError("--update_card: lm-eval wrote no results file, so the model card was left unchanged.")
+        return  # only rank 0 writes results
+    results_file = max(new_files, key=lambda p: p.stat().st_mtime)
+    card = write_model_card(folder, eval_results=eval_results_from_lm_eval(results_file))
+    print(f"Updated model card {card} with {results_file}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run lm-eval's command line (`lm_eval.__main__.cli_evaluate`) with `neat` registered and our tasks included.
+
+    `cli_evaluate` is `setup_logging(); parser = HarnessCLI(); args = parser.parse_args(); parser.execute(args)`.
+    We do the same, and between parsing and running put `TASKS_DIR` on `args.include_path`: lm-eval's flag takes a
+    single folder, so prepending to the command line could not keep a user's own `--include_path`.
+
+    Args:
+        argv (`Sequence[str]`, *optional*): the arguments after the program name; defaults to `sys.argv[1:]`.
+
+    Raises:
+        `SystemExit`: status 2 with a one-line message for bad input that neat-hf detects (`NeatError`: a missing
+            or mismatched adapter, bad model_args, a bad `--update_card`); lm-eval's own errors propagate unchanged.
+    """
+    try:
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+    except ImportError as err:  # lm-eval missing, or older than its subcommand CLI (0.4.10)
+        raise SystemExit(
+            f"neat-lm-eval needs lm-eval >= 0.4.10 ({err}). Install it with: pip install 'neat-hf[eval]'"
+        ) from err
+
+    from . import model as _register_neat  # noqa: F401  (registers `--model neat`)
+
+    update_card, lm_eval_argv = _pop_update_card(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    parser = HarnessCLI()
+    with _argv(["neat-lm-eval", *lm_eval_argv]):
+        args = parser.parse_args()
+    _with_bundled_tasks(args)
+    try:
+        card_folder = None if update_card is None else _card_folder(update_card, args)
+        before = _results_files(args.output_path) if card_folder else set()
+        parser.execute(args)
+        if card_folder:
+            _update_card(card_folder, _results_files(args.output_path) - before)
+    except NeatError as err:
+        logger.debug("neat-lm-eval failed", exc_info=True)
+        print(f"neat-lm-eval: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()
