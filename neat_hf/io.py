@@ -118,13 +118,14 @@ def _hub_download(repo_id, filename, revision, token, cache_dir, local_files_onl
         ) from err
     except RevisionNotFoundError as err:
         raise AdapterLoadError(f"Revision {revision!r} does not exist in Hub repo {repo_id!r}.") from err
-    except EntryNotFoundError as err:
-        raise AdapterLoadError(f"Hub repo {at} has no file {filename!r}; is it a NEAT/PEANuT adapter?") from err
+    # LocalEntryNotFoundError subclasses EntryNotFoundError: it must come first.
     except LocalEntryNotFoundError as err:
         raise AdapterLoadError(
             f"{filename!r} of {at} is not in the local cache and the Hub cannot be reached (offline mode: "
             "HF_HUB_OFFLINE / local_files_only). Download it once online, or pass a local folder."
         ) from err
+    except EntryNotFoundError as err:
+        raise AdapterLoadError(f"Hub repo {at} has no file {filename!r}; is it a NEAT/PEANuT adapter?") from err
     except HFValidationError as err:
         raise AdapterLoadError(f"{repo_id!r} is neither a local adapter folder nor a valid Hub repo id: {err}") from err
 

@@ -315,7 +315,8 @@ class NeatModel(nn.Module):
     ) -> None:
         """Write adapter_config.json and adapter_model.safetensors (PEFT PEANUT format) into `save_directory`.
 
-        Adapters other than "default" go to a sub-folder of their name, as in PEFT. Files are written atomically.
+        Adapters other than "default" go to a sub-folder of their name, as in PEFT. Files are written atomically. The
+        active adapter's folder also gets a model card (README.md, see `neat_hf.hub.card`).
 
         Args:
             state_dict (`dict`, *optional*): full state dict to take the tensors from (the Trainer passes one under
@@ -342,6 +343,11 @@ class NeatModel(nn.Module):
             os.makedirs(directory, exist_ok=True)
             atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME))
             self._config_for_saving(name).save_pretrained(directory)
+            if name == self.active_adapter:
+                # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
+                from neat_hf.hub.card import write_model_card
+
+                write_model_card(directory, model=self)
 
     def _config_for_saving(self, adapter_name: str) -> NeatConfig:
         config = copy.deepcopy(self.peft_config[adapter_name])

@@ -90,7 +90,8 @@ def test_sin_adapter_round_trips_in_neat_hf_and_fails_loudly_in_stock_peft(tmp_p
 def test_saved_files_are_peft_peanut_format(tmp_path):
     model = get_neat_model(tiny_llama(), NeatConfig(r=4, depth=1, target_modules=["q_proj", "v_proj"], dropout=0.1))
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]
+    # Adapter files plus the model card and its training facts: JSON, safetensors and Markdown only.
+    assert sorted(os.listdir(tmp_path)) == ["README.md", ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "training_info.json"]
     config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
     assert config["peft_type"] == "PEANUT"
     assert config["inference_mode"] is True

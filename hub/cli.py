@@ -1,0 +1,162 @@
+"""`neat-hub`: push NEAT adapters, rebuild their model cards, merge them into their base model.
+
+```bash
+neat-hub push ADAPTER_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--create-pr] [--keep-card]
+neat-hub card ADAPTER_DIR [--eval-results FILE_OR_DIR] [--repo-id REPO_ID] [--base-model ID] [--dataset ID]
+neat-hub merge BASE ADAPTER OUT_DIR [--push-to-hub REPO_ID] [--private] [--dtype auto] [--auto-class CLASS]
+```
+
+The Hub token comes from `HF_TOKEN` or `hf auth login` (there is no `--token` flag, so it never lands in shell history
+or process lists) and is never printed. Exit status: 0 on success, 1 when the operation failed (message on stderr),
+2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger("neat_hf.hub")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neat-hub",
+        description="Share NEAT adapters on the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{push,card,merge}")
+
+    push = sub.add_parser("push", help="Push an adapter folder (adapter files + model card) in one commit.")
+    push.add_argument("adapter_dir", help="Folder written by NeatModel.save_pretrained (or a NeatTrainer output dir).")
+    push.add_argument("repo_id", help="Hub repo, 'namespace/name' or 'name'; created if missing.")
+    push.add_argument("--private", action="store_true", help="Create the repo as private (if it does not exist).")
+    push.add_argument("--revision", help="Branch to push to; created from main if missing.")
+    push.add_argument("--commit-message", help="Commit message (default: 'Upload NEAT adapter').")
+    push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    push.add_argument("--keep-card", action="store_true", help="Upload the folder's README.md as is (no rebuild).")
+    _card_options(push)
+
+    card = sub.add_parser("card", help="(Re)build README.md of an adapter folder, e.g. after evaluation.")
+    card.add_argument("adapter_dir", help="Adapter folder (adapter_config.json + adapter_model.safetensors).")
+    card.add_argument(
+        "--eval-results",
+        help="lm-eval results JSON (results_<date>.json from `lm_eval --output_path`) or a folder holding them; "
+        "added to the card's model-index, replacing earlier scores of the same task and metric.",
+    )
+    card.add_argument("--repo-id", help="Hub repo the adapter lives in, for the loading snippets.")
+    card.add_argument("--drop-eval-results", action="store_true", help="Forget the evaluation results of the old card.")
+    _card_options(card)
+
+    merge = sub.add_parser("merge", help="Merge an adapter into its base model and save (or push) the full model.")
+    merge.add_argument("base", help="Base model folder or Hub id.")
+    merge.add_argument("adapter", help="Adapter folder or Hub repo id.")
+    merge.add_argument("out_dir", help="Output folder (must not exist or be empty, unless --overwrite).")
+    merge.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the merged model to this repo.")
+    merge.add_argument("--private", action="store_true", help="Create the pushed repo as private.")
+    merge.add_argument("--adapter-revision", help="Hub revision of the adapter.")
+    merge.add_argument("--base-revision", help="Hub revision of the base model.")
+    merge.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype to load and save the base in (default: the checkpoint's).",
+    )
+    merge.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
+    merge.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT_DIR.")
+    return parser
+
+
+def _card_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-model", help="Hub id of the base model for the card (default: from adapter_config).")
+    parser.add_argument("--dataset", action="append", dest="datasets", help="Hub dataset id (repeatable).")
+    parser.add_argument("--license", help="License for the card metadata, e.g. apache-2.0.")
+    parser.add_argument("--tag", action="append", dest="tags", help="Extra card tag (repeatable).")
+
+
+def _card_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"base_model": args.base_model, "datasets": args.datasets, "license": args.license, "tags": args.tags}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "push":
+        from .push import push_adapter_folder
+
+        info = push_adapter_folder(
+            args.adapter_dir,
+            args.repo_id,
+            private=True if args.private else None,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            create_pr=args.create_pr,
+            keep_card=args.keep_card,
+            **_card_kwargs(args),
+        )
+        print(info.pr_url or info.commit_url)
+        return 0
+    if args.command == "card":
+        from .card import eval_results_from_lm_eval, write_model_card
+
+        results = eval_results_from_lm_eval(args.eval_results) if args.eval_results else None
+        path = write_model_card(
+            args.adapter_dir,
+            repo_id=args.repo_id,
+            eval_results=results,
+            keep_eval_results=not args.drop_eval_results,
+            **_card_kwargs(args),
+        )
+        print(path)
+        return 0
+    if args.command == "merge":
+        from .merge import merge_adapter
+        from .push import push_folder
+
+        out = merge_adapter(
+            args.base,
+            args.adapter,
+            args.out_dir,
+            adapter_revision=args.adapter_revision,
+            base_revision=args.base_revision,
+            dtype=args.dtype,
+            auto_class=args.auto_class,
+            overwrite=args.overwrite,
+            repo_id=args.push_to_hub,
+        )
+        print(out)
+        if args.push_to_hub:
+            info = push_folder(
+                out,
+                args.push_to_hub,
+                private=True if args.private else None,
+                commit_message="Upload model merged with a NEAT adapter",
+            )
+            print(info.commit_url)
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `neat-hub`; returns the exit status (tests call `main([...])`)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("neat_hf")
+    package_logger.addHandler(handler)
+    previous_level = package_logger.level
+    package_logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as err:  # NeatError/HubError are ValueErrors; Hub HTTP errors are OSErrors
+        print(f"neat-hub {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

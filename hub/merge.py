@@ -1,0 +1,187 @@
+"""Merge a NEAT adapter into its base model and save a plain transformers checkpoint (`neat-hub merge`).
+
+The base model class comes from the adapter: its `task_type` picks a transformers auto class (`CAUSAL_LM` ->
+`AutoModelForCausalLM`, `SEQ_CLS` -> `AutoModelForSequenceClassification`, `TOKEN_CLS`, `QUESTION_ANS`,
+`SEQ_2_SEQ_LM`, `FEATURE_EXTRACTION` -> `AutoModel`); without one, PEFT's `auto_mapping.base_model_class` names the
+transformers class the adapter was saved from (e.g. `ViTForImageClassification`); otherwise `AutoModel`. Pass
+`auto_class=` (`--auto-class`) to override. Only classes exported by `transformers` are accepted, the base is loaded
+with `use_safetensors=True` and `trust_remote_code=False`, and the merged model is written as safetensors.
+
+When the adapter trains a classification head (`modules_to_save`), the head's size in the adapter file sets
+`num_labels`, so a base checkpoint saved with another label count still loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
+from neat_hf.errors import NeatError
+
+from .card import build_model_card, count_adapter_parameters, is_hub_id, model_class_for
+
+logger = logging.getLogger(__name__)
+
+_HEAD_CLASS_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForTokenClassification")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_model_class(adapter_config: dict[str, Any], auto_class: str | None = None) -> type:
+    """The transformers class to load the base model with (see the module docstring).
+
+    Raises:
+        NeatError: `auto_class` is not a class exported by transformers.
+    """
+    import transformers
+
+    name = auto_class or model_class_for(adapter_config)
+    cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+        raise NeatError(
+            f"{name!r} is not a transformers model class; pass an auto class such as 'AutoModelForCausalLM', "
+            "'AutoModelForSequenceClassification' or a class like 'ViTForImageClassification'."
+        )
+    return cls
+
+
+def _head_kwargs(adapter_config: dict[str, Any], weights_path: str, cls_name: str) -> dict[str, Any]:
+    """`num_labels` from a trained classification head stored in the adapter file (modules_to_save)."""
+    heads = adapter_config.get("modules_to_save") or []
+    if not heads or not (
+        adapter_config.get("task_type") in ("SEQ_CLS", "TOKEN_CLS") or cls_name.endswith(_HEAD_CLASS_SUFFIXES)
+    ):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(weights_path, framework="pt") as handle:
+        for key in handle.keys():
+            module = key[len(FILE_KEY_PREFIX) :].rsplit(".", 1)[0] if key.startswith(FILE_KEY_PREFIX) else ""
+            if key.endswith(".weight") and any(module == h or module.endswith(f".{h}") for h in heads):
+                shape = handle.get_slice(key).get_shape()
+                if len(shape) == 2:
+                    return {"num_labels": int(shape[0])}
+    return {}
+
+
+def merge_adapter(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    adapter_revision: str | None = None,
+    base_revision: str | None = None,
+    token: str | bool | None = None,
+    dtype: str = "auto",
+    auto_class: str | None = None,
+    safe_merge: bool = True,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+) -> Path:
+    """Load `base`, apply the NEAT `adapter`, merge it into the weights and save the plain model to `out_dir`.
+
+    Args:
+        base (`str` or `os.PathLike`):
+            Base model folder or Hub id.
+        adapter (`str` or `os.PathLike`):
+            Adapter folder or Hub repo id.
+        out_dir (`str` or `os.PathLike`):
+            Where to write the merged model (safetensors + config + tokenizer when the base has one + README.md).
+            Must not exist or be empty unless `overwrite=True`; written to a temporary sibling folder first.
+        adapter_revision, base_revision (`str`, *optional*):
+            Hub revisions of the adapter and of the base.
+        token (`str` or `bool`, *optional*):
+            Hub token (defaults to HF_TOKEN / login cache).
+        dtype (`str`, *optional*, defaults to `"auto"`):
+            dtype to load (and save) the base in: `auto` (the checkpoint's), `float32`, `bfloat16`, `float16`.
+        auto_class (`str`, *optional*):
+            transformers class to load the base with, overriding the choice from the adapter.
+        safe_merge (`bool`, *optional*, defaults to `True`):
+            Check every merged weight for NaN/inf before writing any.
+        overwrite (`bool`, *optional*, defaults to `False`):
+            Replace a non-empty `out_dir`.
+        repo_id (`str`, *optional*):
+            Hub repo the merged model will be pushed to, for the card's snippet.
+
+    Returns:
+        `pathlib.Path` of `out_dir`.
+
+    Raises:
+        NeatError: bad `dtype` / `auto_class`, non-empty `out_dir`.
+        AdapterLoadError / AdapterMismatchError: the adapter cannot be read or does not fit the base.
+    """
+    from neat_hf import NeatModel
+    from neat_hf.io import read_adapter_config, resolve_adapter_file
+
+    if dtype not in _DTYPES:
+        raise NeatError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise NeatError(
+            f"Output folder {os.fspath(out)!r} exists and is not empty; pick another or pass overwrite=True."
+        )
+
+    hub = {"revision": adapter_revision, "token": token}
+    config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub))
+    weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
+    config_dict = config.to_dict()
+    cls = resolve_model_class(config_dict, auto_class)
+    load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
+    if load_kwargs:
+        load_kwargs["ignore_mismatched_sizes"] = True
+    logger.info("Loading base %s with %s%s", os.fspath(base), cls.__name__, f" {load_kwargs}" if load_kwargs else "")
+    base_model = cls.from_pretrained(
+        os.fspath(base),
+        revision=base_revision,
+        token=token,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=False,
+        **load_kwargs,
+    )
+    model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
+    merged = model.merge_and_unload(safe_merge=safe_merge)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        _save_tokenizer(base, tmp, base_revision, token)
+        base_id = os.fspath(base) if is_hub_id(os.fspath(base)) else None
+        card = build_model_card(
+            config_dict,
+            base_model=base_id,
+            repo_id=repo_id,
+            model_name=repo_id or f"{out.name}",
+            num_adapter_parameters=count_adapter_parameters(weights_path),
+            merged=True,
+        )
+        (tmp / MODEL_CARD_NAME).write_text(str(card), encoding="utf-8")
+        pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+        if pickles:  # transformers writes safetensors only; refuse to ship anything else
+            raise NeatError(f"Merged model save produced pickle files {pickles}; refusing to keep them.")
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _save_tokenizer(base: str | os.PathLike, out: Path, revision: str | None, token: Any) -> None:
+    """Copy the base model's tokenizer next to the merged weights, when it has one (serving needs it)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            os.fspath(base), revision=revision, token=token, trust_remote_code=False
+        )
+    except Exception as err:  # no tokenizer (e.g. a vision model) or one we cannot load without remote code
+        logger.info("No tokenizer saved with the merged model (%s).", type(err).__name__)
+        return
+    tokenizer.save_pretrained(out)

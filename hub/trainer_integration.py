@@ -1,0 +1,328 @@
+"""Hub pushes from [`NeatTrainer`]: the adapter and *our* model card, never base-model weights.
+
+`transformers.Trainer` pushes by uploading its whole `output_dir` (`upload_folder`, everything but `_*` and
+`checkpoint-*`), after writing a `TrainingSummary` card (`library_name: transformers`, no base model) into
+`README.md`; with a PEFT model it then asks `PeftModel.create_or_update_model_card` to patch that card. A NEAT model is
+neither, so left alone the Trainer would push a blank card, a pickled `training_args.bin` and whatever else sits in
+`output_dir`. [`NeatHubMixin`] replaces the four Hub methods of the Trainer:
+
+- `init_hf_repo`: also creates the `hub_revision` branch when it does not exist (the Trainer would fail on the first
+  push to a missing branch).
+- `create_model_card`: writes the NEAT card ([`write_model_card`]) with the training setup from
+  [`NeatHubMixin.neat_training_info`] into `output_dir`.
+- `push_to_hub` (`hub_strategy="end"`, and `trainer.push_to_hub()` / `save_model()` with `push_to_hub=True`): one
+  commit with the adapter files, `README.md`, `training_info.json` and the tokenizer files of `output_dir` only.
+- `_push_from_checkpoint` (`hub_strategy="every_save"`, `"checkpoint"`, `"all_checkpoints"`): after each save, one
+  asynchronous commit with the checkpoint's adapter + a fresh card at the repo root and, for `"checkpoint"` /
+  `"all_checkpoints"`, the checkpoint folder (optimizer, scheduler, RNG and trainer state, to resume from) under
+  `last-checkpoint/` or `checkpoint-<step>/`. Full-model weight files (`model*.safetensors`, `pytorch_model*.bin`) and
+  DeepSpeed's `global_step*/` folders are never uploaded, and every adapter file is checked to hold adapter tensors
+  only.
+
+Use it as the first base class: `class NeatTrainer(NeatHubMixin, Trainer)`. Files are read into memory when a push is
+queued, so the next save cannot change a file while it is being uploaded. As in the Trainer, checkpoint pushes are
+asynchronous (`trainer.push_in_progress`); `train()` waits for them before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME
+
+from .card import TRAINING_INFO_NAME, framework_versions, is_hub_id, write_model_card
+from .push import TOKENIZER_FILES, _check_adapter_keys, _check_no_token, _resolved_token, hub_errors
+
+logger = logging.getLogger(__name__)
+
+_ROOT_FILES = (
+    frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME}) | TOKENIZER_FILES
+)
+_FULL_WEIGHTS = re.compile(
+    r"^(model|pytorch_model|tf_model|flax_model)([-.].*)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?$"
+)
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _hub_strategy(args: Any) -> str:
+    strategy = getattr(args, "hub_strategy", "every_save")
+    return getattr(strategy, "value", strategy)
+
+
+def _default_hardware(world_size: int) -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{world_size}x {torch.cuda.get_device_name(0)}"
+    except Exception:  # torch without CUDA support, or no driver
+        pass
+    cpu = platform.processor() or platform.machine() or "CPU"
+    return (
+        f"{world_size}x CPU ({cpu}, {os.cpu_count()} cores)"
+        if world_size > 1
+        else f"CPU ({cpu}, {os.cpu_count()} cores)"
+    )
+
+
+class NeatHubMixin:
+    """Hub integration for a `transformers.Trainer` subclass training a [`NeatModel`] (see the module docstring)."""
+
+    #: Dataset id(s) for the card; set it on the trainer, pass `dataset=` to `push_to_hub`, or override
+    #: `neat_training_info`.
+    neat_dataset_name: str | None = None
+
+    # ------------------------------------------------------------------ card facts
+    def neat_training_info(self) -> dict[str, Any]:
+        """The training setup written into the card and `training_info.json`.
+
+        Reads `self.args` (epochs, learning rates of the NEAT and head groups, effective batch, schedule, precision,
+        seed), `self.state` (optimizer steps, final training loss), DeepSpeed's ZeRO stage and the hardware.
+        Override and extend (`info = super().neat_training_info()`) to add facts such as the dataset.
+        """
+        args, state = self.args, self.state
+        world_size = int(getattr(args, "world_size", 1) or 1)
+        lr = args.learning_rate
+        neat_lr, head_lr = getattr(args, "neat_learning_rate", None), getattr(args, "head_learning_rate", None)
+        info: dict[str, Any] = {
+            # With max_steps set, the epochs actually run (state.epoch) is what happened, not num_train_epochs.
+            "num_train_epochs": round(float(state.epoch), 2)
+            if args.max_steps > 0 and state.epoch
+            else args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "global_step": getattr(state, "global_step", None),
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": world_size,
+            "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+            "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+            "warmup_ratio": getattr(args, "warmup_ratio", None) or None,
+            "warmup_steps": getattr(args, "warmup_steps", None) or None,
+            "weight_decay": args.weight_decay,
+            "optim": getattr(args.optim, "value", args.optim),
+            "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+            "seed": args.seed,
+            "deepspeed_stage": self._neat_zero_stage(),
+            "hardware": _default_hardware(world_size),
+        }
+        if neat_lr is not None or head_lr is not None:
+            info["learning_rates"] = {"NEAT": neat_lr if neat_lr is not None else lr}
+            if self._neat_has_head():
+                info["learning_rates"]["head"] = head_lr if head_lr is not None else lr
+        else:
+            info["learning_rate"] = lr
+        if self.neat_dataset_name is not None:
+            info["dataset"] = self.neat_dataset_name
+        losses = [log["train_loss"] for log in getattr(state, "log_history", []) if "train_loss" in log]
+        if losses:
+            info["train_loss"] = round(float(losses[-1]), 6)
+        used = ["deepspeed"] if info["deepspeed_stage"] else []
+        info["framework_versions"] = framework_versions(used)
+        return {k: v for k, v in info.items() if v is not None or k == "deepspeed_stage"}
+
+    def _neat_zero_stage(self) -> int | None:
+        plugin = getattr(getattr(getattr(self, "accelerator", None), "state", None), "deepspeed_plugin", None)
+        stage = getattr(plugin, "zero_stage", None)
+        return int(stage) if stage is not None else None
+
+    def _neat_has_head(self) -> bool:
+        config = next(iter(getattr(self._neat_hub_model(), "peft_config", {}).values()), None)
+        return bool(getattr(config, "modules_to_save", None))
+
+    def _neat_hub_model(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ Trainer hub methods
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+        revision = self.args.hub_revision
+        if self.is_world_process_zero() and revision and revision != "main" and not _COMMIT_SHA.match(revision):
+            token = token if token is not None else self.args.hub_token
+            with hub_errors("create branch in", self.hub_model_id, revision=revision):
+                self._neat_api().create_branch(self.hub_model_id, branch=revision, token=token, exist_ok=True)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: Any | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: Any | None = None,
+        dataset_tags: Any | None = None,
+        dataset: Any | None = None,
+        dataset_args: Any | None = None,
+    ) -> None:
+        """Write the NEAT model card for the adapter in `output_dir` (same arguments as `Trainer.create_model_card`)."""
+        if not self.is_world_process_zero():
+            return
+        output_dir = Path(self.args.output_dir)
+        if not (output_dir / ADAPTER_CONFIG_NAME).is_file():
+            logger.warning("No adapter in %s yet; call save_model() before create_model_card().", output_dir)
+            return
+        self._neat_write_card(
+            output_dir,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset=dataset if dataset is not None else dataset_tags,
+        )
+
+    def _neat_write_card(
+        self, folder: Path, *, finetuned_from: Any = None, dataset: Any = None, tags: Any = None, **kwargs: Any
+    ) -> None:
+        info = self.neat_training_info()
+        datasets = [dataset] if isinstance(dataset, str) else list(dataset) if dataset else None
+        if datasets:
+            info["dataset"] = datasets if len(datasets) > 1 else datasets[0]
+        card_kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if finetuned_from is not None and is_hub_id(finetuned_from):
+            card_kwargs["base_model"] = finetuned_from
+        # NeatTrainer's `_tag_names` (TRL's convention) first, then the caller's tags.
+        extra_tags = list(getattr(self, "_tag_names", None) or [])
+        extra_tags += [tags] if isinstance(tags, str) else list(tags or [])
+        if extra_tags:
+            card_kwargs["tags"] = list(dict.fromkeys(extra_tags))
+        write_model_card(
+            folder,
+            model=self._neat_hub_model(),
+            repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id,
+            training_info=info,
+            keep_eval_results=False,
+            **card_kwargs,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Save the adapter, write its card and push adapter + card (+ tokenizer) from `output_dir` in one commit.
+
+        Same arguments as `Trainer.push_to_hub`; extra keyword arguments go to [`create_model_card`]. Returns the
+        `CommitInfo` (or a `Future` of it with `blocking=False`).
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model_name = kwargs.pop("model_name", None)
+        if model_name is None and self.args.should_save:
+            model_name = self.args.hub_model_id or Path(self.args.output_dir).name
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(model_name=model_name, **kwargs)
+        revision = revision if revision is not None else self.args.hub_revision
+        self._finish_current_push()
+        operations = self._neat_operations(Path(self.args.output_dir), prefix="", token=token)
+        return self._neat_commit(operations, commit_message or "End of training", token, revision, blocking=blocking)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        strategy = _hub_strategy(self.args)
+        if not self.is_world_process_zero() or strategy == "end":
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if getattr(self.args.save_strategy, "value", self.args.save_strategy) == "steps":
+            commit_message = f"Training in progress, step {self.state.global_step}"
+        else:
+            commit_message = f"Training in progress, epoch {int(self.state.epoch or 0)}"
+        token = self.args.hub_token
+        checkpoint = Path(checkpoint_folder)
+        staging = Path(tempfile.mkdtemp(prefix="neat-hub-push-"))
+        try:
+            for name in _ROOT_FILES - {MODEL_CARD_NAME}:
+                if (checkpoint / name).is_file():
+                    shutil.copy2(checkpoint / name, staging / name)
+            if not (staging / ADAPTER_CONFIG_NAME).is_file():
+                logger.warning("Checkpoint %s holds no adapter; nothing pushed.", checkpoint)
+                return
+            self._neat_write_card(staging, model_name=self.args.hub_model_id or Path(self.args.output_dir).name)
+            operations = self._neat_operations(staging, prefix="", token=token)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if strategy in ("checkpoint", "all_checkpoints"):
+            path_in_repo = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
+            operations += self._neat_operations(checkpoint, prefix=path_in_repo, token=token, whole_checkpoint=True)
+        job = self._neat_commit(operations, commit_message, token, self.args.hub_revision, blocking=False)
+        from transformers.utils.hub import PushInProgress
+
+        if self.push_in_progress is None or self.push_in_progress.is_done():
+            self.push_in_progress = PushInProgress([job])
+        else:
+            self.push_in_progress.jobs.append(job)
+
+    # ------------------------------------------------------------------ helpers
+    def _neat_api(self) -> HfApi:
+        api = getattr(self, "_neat_hub_api", None)
+        if api is None:
+            from neat_hf import __version__
+
+            api = HfApi(library_name="neat-hf", library_version=__version__)
+            self._neat_hub_api = api
+        return api
+
+    def _neat_operations(
+        self, folder: Path, *, prefix: str, token: str | None, whole_checkpoint: bool = False
+    ) -> list[CommitOperationAdd]:
+        """Commit operations for the pushable files of `folder`, read into memory now (see the module docstring)."""
+        if whole_checkpoint:
+            files = [
+                p
+                for p in sorted(folder.rglob("*"))
+                if p.is_file()
+                and not _FULL_WEIGHTS.match(p.name)
+                and not any(part.startswith(("global_step", ".", "_")) for part in p.relative_to(folder).parts)
+            ]
+        else:
+            files = [folder / name for name in sorted(_ROOT_FILES) if (folder / name).is_file()]
+        for path in files:
+            if path.name == ADAPTER_WEIGHTS_NAME:
+                _check_adapter_keys(path)  # adapter tensors only: no base weights under an adapter's name
+        _check_no_token(os.fspath(folder), _resolved_token(token), [], files)
+        return [
+            CommitOperationAdd(
+                path_in_repo="/".join(p for p in (prefix, path.relative_to(folder).as_posix()) if p),
+                path_or_fileobj=path.read_bytes(),
+            )
+            for path in files
+        ]
+
+    def _neat_commit(
+        self,
+        operations: Iterable[CommitOperationAdd],
+        message: str,
+        token: str | None,
+        revision: str | None,
+        *,
+        blocking: bool,
+    ) -> Any:
+        operations = list(operations)
+        logger.info("Pushing %d file(s) to %s (%s)", len(operations), self.hub_model_id, message)
+        with hub_errors("push to", self.hub_model_id, revision=revision):
+            return self._neat_api().create_commit(
+                self.hub_model_id,
+                operations,
+                commit_message=message,
+                token=token,
+                revision=revision,
+                run_as_future=not blocking,
+            )

@@ -1,0 +1,179 @@
+"""`neat-hub push / card / merge`, driven through `main([...])` (and once as a real subprocess with HF_ENDPOINT)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama, tiny_vit_classifier
+from hub_fixtures import LM_EVAL_RESULTS, assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
+from huggingface_hub import ModelCard, metadata_load
+from neat_hf.hub.cli import main
+from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+from neat_hf import NeatConfig, NeatModel, get_neat_model
+
+REPO = "neat-tester/cli-neat"
+
+
+def _saved_adapter(tmp_path, seed=0):
+    model = make_adapter(seed)
+    folder = tmp_path / f"adapter-{seed}"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def _saved_base_and_adapter(tmp_path, factory, config: NeatConfig, seed=0):
+    """A base checkpoint on disk plus a non-identity adapter trained on it (as a user would have)."""
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    factory().save_pretrained(base_dir)
+    torch.manual_seed(seed)
+    live = get_neat_model(factory(), config)
+    live.save_pretrained(adapter_dir)
+    return base_dir, adapter_dir, live
+
+
+def test_push_command(hub_server, tmp_path, capsys):
+    model, folder = _saved_adapter(tmp_path)
+    (folder / "optimizer.pt").write_bytes(b"not uploaded")
+    code = main(["push", str(folder), REPO, "--private", "--revision", "v1", "--commit-message", "from the CLI"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.strip() == f"{hub_server.endpoint}/{REPO}/commit/{hub_server.branches(REPO)['v1']}"
+    assert hub_server.is_private(REPO)
+    files = hub_server.files(REPO, revision="v1")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+    assert "optimizer.pt" not in files
+    assert set(hub_server.files(REPO)) == {".gitattributes"}  # main untouched
+    assert hub_server.history(REPO, "v1")[0].title == "from the CLI"
+    card = files["README.md"].decode()
+    assert f'NeatModel.from_pretrained(base, "{REPO}")' in card
+    loaded = NeatModel.from_pretrained(tiny_llama(), REPO, revision="v1")
+    torch.testing.assert_close(model_output(loaded, model_inputs("llama")), model_output(model, model_inputs("llama")))
+    assert_no_token(out + err)
+
+
+def test_card_command_adds_and_updates_eval_results(tmp_path, capsys):
+    _, folder = _saved_adapter(tmp_path)
+    assert main(["card", str(folder), "--repo-id", REPO, "--base-model", "neat-tester/tiny-llama"]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "neat-tester/tiny-llama"
+    assert not card.data.eval_results
+
+    # lm-eval writes <output_path>/<model_name>/results_<date>.json; a folder or the file both work.
+    results_dir = tmp_path / "eval" / "neat-tester__cli-neat"
+    results_dir.mkdir(parents=True)
+    (results_dir / "results_2026-11-27T10-00-00.json").write_text(json.dumps(LM_EVAL_RESULTS))
+    assert main(["card", str(folder), "--eval-results", str(tmp_path / "eval"), "--repo-id", REPO]) == 0
+    card = ModelCard.load(folder / "README.md")
+    scores = {(r.dataset_name, r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert scores[("boolq", "acc", None)] == 0.75
+    assert card.data.base_model is None or card.data.base_model == "neat-tester/tiny-llama"
+
+    # A later run on one task replaces that task's scores and keeps the others.
+    update = {
+        "results": {"boolq": {"alias": "boolq", "acc,none": 0.875}},
+        "configs": {"boolq": LM_EVAL_RESULTS["configs"]["boolq"]},
+        "n-shot": {"boolq": 0},
+    }
+    (results_dir / "update.json").write_text(json.dumps(update))
+    assert main(["card", str(folder), "--eval-results", str(results_dir / "update.json")]) == 0
+    card = ModelCard.load(folder / "README.md")
+    scores = {(r.dataset_name, r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert scores[("boolq", "acc", None)] == 0.875
+    assert scores[("arc_easy", "acc_norm", None)] == 0.3
+    assert "| boolq | acc | 0.8750 | 0 | validation |" in card.text
+    capsys.readouterr()
+
+
+def test_card_command_errors(tmp_path, capsys):
+    assert main(["card", str(tmp_path)]) == 1
+    assert "adapter_config.json" in capsys.readouterr().err
+    _, folder = _saved_adapter(tmp_path)
+    card_before = (folder / "README.md").read_bytes()  # save_pretrained writes a first card
+    (tmp_path / "bad.json").write_text('{"not": "lm-eval"}')
+    assert main(["card", str(folder), "--eval-results", str(tmp_path / "bad.json")]) == 1
+    assert "results" in capsys.readouterr().err
+    assert (folder / "README.md").read_bytes() == card_before, "a failed run must not change the card"
+
+
+def test_push_command_errors(hub_server, tmp_path, capsys):
+    assert main(["push", str(tmp_path / "missing"), REPO]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["push"])  # argparse: missing arguments -> exit status 2
+    assert hub_server.repo_ids() == []
+
+
+@pytest.mark.slow
+def test_merge_command_matches_live_adapter_and_pushes(hub_server, tmp_path, capsys):
+    config = NeatConfig(r=4, depth=1, act_fn="gelu", init_weights=False, task_type="CAUSAL_LM")
+    base_dir, adapter_dir, live = _saved_base_and_adapter(tmp_path, tiny_llama, config)
+    out_dir = tmp_path / "merged"
+    code = main(["merge", str(base_dir), str(adapter_dir), str(out_dir), "--push-to-hub", "neat-tester/merged"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+
+    inputs = model_inputs("llama")
+    merged = AutoModelForCausalLM.from_pretrained(out_dir)
+    expected = model_output(live, inputs)
+    assert not torch.allclose(expected, model_output(tiny_llama(), inputs))
+    torch.testing.assert_close(model_output(merged, inputs), expected, atol=1e-5, rtol=1e-4)
+    assert not [p.name for p in out_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    meta = metadata_load(out_dir / "README.md")
+    assert meta["library_name"] == "transformers" and "neat" in meta["tags"]
+
+    pushed = hub_server.files("neat-tester/merged")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(pushed)
+    commit_url = f"{hub_server.endpoint}/neat-tester/merged/commit/{hub_server.branches('neat-tester/merged')['main']}"
+    # (DeepSpeed, imported by transformers, may print its accelerator warning to stdout first.)
+    assert out.strip().splitlines()[-2:] == [str(out_dir), commit_url]
+
+    # Refuses to overwrite a non-empty output folder.
+    assert main(["merge", str(base_dir), str(adapter_dir), str(out_dir)]) == 1
+    assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_merge_command_classifier_with_trained_head(tmp_path, capsys, kind):
+    """The base class comes from task_type (BERT: SEQ_CLS) or from PEFT's auto_mapping (ViT: no task_type), and the
+    trained head (modules_to_save) is merged in, even when it has more labels than the saved base checkpoint."""
+    if kind == "bert":
+        config = NeatConfig(r=4, init_weights=False, task_type="SEQ_CLS", target_modules=["query", "value"])
+        factory, auto = tiny_bert_classifier, AutoModelForSequenceClassification
+    else:
+        config = NeatConfig(
+            r=4, init_weights=False, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]
+        )
+        factory, auto = tiny_vit_classifier, AutoModelForImageClassification
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    factory(num_labels=2).save_pretrained(base_dir)  # the published base: 2 labels
+    torch.manual_seed(0)
+    live = get_neat_model(factory(num_labels=5), config)  # fine-tuned with 5 labels: head trained from scratch
+    live.save_pretrained(adapter_dir)
+
+    assert main(["merge", str(base_dir), str(adapter_dir), str(tmp_path / "merged")]) == 0, capsys.readouterr().err
+    merged = auto.from_pretrained(tmp_path / "merged")
+    assert merged.config.num_labels == 5
+    inputs = model_inputs(kind)
+    torch.testing.assert_close(model_output(merged, inputs), model_output(live, inputs), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_console_script_in_a_subprocess_uses_hf_endpoint(hub_server, tmp_path):
+    """The installed CLI reads HF_ENDPOINT / HF_TOKEN from the environment like any huggingface_hub program."""
+    _, folder = _saved_adapter(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neat_hf.hub.cli", "push", str(folder), REPO],
+        env=hub_server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "adapter_model.safetensors" in hub_server.files(REPO)
+    assert_no_token(proc.stdout + proc.stderr)
