@@ -1,10 +1,18 @@
-"""DeepSpeed ZeRO-3 helpers: make the frozen W0 readable wherever NEAT needs it.
+"""DeepSpeed ZeRO-3 helpers: make the frozen W0 (and the adapter weights) readable wherever NEAT needs them.
 
-Under ZeRO-3 every rank holds only a 0-element placeholder of a partitioned parameter outside the forward of the
-module that owns it. NEAT reads the base layer's W0 in its *own* forward (H = σ(W0ᵀAᵀ)) and backward, and in merge.
-Registering W0 as an external parameter of the NEAT layer makes DeepSpeed gather it once when the NEAT layer's
-forward starts (the base layer's forward, which runs inside, then finds it already present) and again for backward.
-Merging gathers explicitly with `GatheredParameters`. Without DeepSpeed, or for parameters DeepSpeed does not
+Under ZeRO-3 every rank holds only a 0-element placeholder of a partitioned parameter, except while the module that
+owns it runs (DeepSpeed gathers a module's own parameters in a forward pre-hook and frees them afterwards). NEAT breaks
+that assumption twice: the NEAT layer reads the base layer's W0 in its *own* forward and backward (H = σ(W0ᵀAᵀ)), and
+it reads the weights of its `peanut_A`/`peanut_B`/encoder/decoder `nn.Linear`s directly, without calling them.
+
+[`register_zero3_parameters`] registers all of these as *external parameters* of the NEAT layer
+(`deepspeed.zero.register_external_parameter`), so DeepSpeed gathers them, together, once when the NEAT layer's
+forward starts (the base layer's forward, which runs inside, then finds W0 present) and once for its backward.
+Measured with DeepSpeed 0.19.8 (tests/ds_driver.py): exactly one gather of each of these weights per forward and one
+per backward. DeepSpeed also discovers such accesses on its own during the engine's forward, but only after the
+first access has already missed (an extra gather of W0 in the first step), and never outside the engine's forward.
+
+Merging and saving gather explicitly with [`gathered`]. Without DeepSpeed, or for parameters DeepSpeed does not
 partition, every helper is a no-op, and deepspeed is never imported.
 """
 
@@ -23,6 +31,12 @@ def is_zero3_partitioned(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_id")
 
 
+def _is_gathered(param: torch.Tensor) -> bool:
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    return param.ds_status != ZeroParamStatus.NOT_AVAILABLE
+
+
 def register_external_weight(module: torch.nn.Module, param: torch.nn.Parameter) -> None:
     """Let DeepSpeed gather `param` for `module`'s forward and backward (no-op unless ZeRO-3 partitions it)."""
     if is_zero3_partitioned(param):
@@ -31,16 +45,36 @@ def register_external_weight(module: torch.nn.Module, param: torch.nn.Parameter)
         deepspeed.zero.register_external_parameter(module, param)
 
 
-def register_external_weights(model: torch.nn.Module) -> int:
-    """Register W0 of every NEAT layer of `model` (call after `deepspeed.initialize` partitioned a model that was
-    built without `zero.Init`). Returns how many layers were registered."""
+def layer_external_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters a NEAT layer reads in its own forward without calling their module: W0 and every adapter
+    weight (all adapters, so switching the active adapter needs no new registration)."""
+    return [layer.base_layer.weight, *layer_adapter_parameters(layer)]
+
+
+def layer_adapter_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Every adapter weight of a NEAT layer (A, B, encoders, decoders of all adapters)."""
+    from .layer import NeatLayer
+
+    return [p for attr in NeatLayer.adapter_layer_names for p in getattr(layer, attr).parameters()]
+
+
+def register_zero3_parameters(model: torch.nn.Module) -> int:
+    """Register, for every NEAT layer of `model`, W0 and the adapter weights as external parameters of that layer.
+
+    Call it once DeepSpeed has partitioned the model (after `deepspeed.initialize`, or after `zero.Init` plus
+    adapter injection); [`NeatTrainer`] does. Idempotent. Returns the number of NEAT layers registered (0 when the
+    model is not partitioned by ZeRO-3).
+    """
     from .layer import NeatLayer
 
     count = 0
     for module in model.modules():
-        if isinstance(module, NeatLayer) and is_zero3_partitioned(module.base_layer.weight):
-            register_external_weight(module, module.base_layer.weight)
-            count += 1
+        if not isinstance(module, NeatLayer):
+            continue
+        params = [p for p in layer_external_parameters(module) if is_zero3_partitioned(p)]
+        for param in params:
+            register_external_weight(module, param)
+        count += bool(params)
     return count
 
 
@@ -48,9 +82,13 @@ def register_external_weights(model: torch.nn.Module) -> int:
 def gathered(params: Iterable[torch.Tensor], modifier_rank: Optional[int] = None) -> Iterator[None]:
     """Gather ZeRO-3-partitioned `params` for the duration of the block (a no-op for ordinary tensors).
 
-    With `modifier_rank` set, changes made on that rank are scattered back to all ranks on exit (used by merge).
+    Only parameters that are not already gathered are gathered (and released on exit), so the helper can be nested,
+    or used inside a forward, without freeing weights someone else is using. With `modifier_rank` set, changes made
+    on that rank are broadcast to all ranks on exit (used by merge). Collective: every rank must enter the block.
     """
     params = [p for p in params if is_zero3_partitioned(p)]
+    if params and "deepspeed" in sys.modules:
+        params = [p for p in params if not _is_gathered(p)]
     if not params or "deepspeed" not in sys.modules:
         yield
         return

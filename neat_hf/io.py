@@ -30,7 +30,7 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         _silent_remove(tmp)
         raise
@@ -46,10 +46,18 @@ def atomic_save_safetensors(
     try:
         clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(clean, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         _silent_remove(tmp)
         raise
+
+
+def _publish(tmp: str, path: Union[str, os.PathLike]) -> None:
+    """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def _silent_remove(path: str) -> None:

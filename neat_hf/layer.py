@@ -33,7 +33,7 @@ from torch import nn
 
 from .activations import get_activation
 from .config import NeatConfig
-from .distributed import gathered, register_external_weight
+from .distributed import gathered, layer_adapter_parameters, layer_external_parameters, register_external_weight
 from .errors import UnsupportedModuleError
 
 
@@ -185,12 +185,14 @@ class NeatLayer(nn.Module):
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """ΔW (out×in, adapter dtype), computed from the *original* W0 even while merged. Built densely: for merging
         and inspection only, never in forward."""
-        base = self._weight_before_merge if self._weight_before_merge is not None else self.base_weight()
-        if self.fan_in_fan_out and self._weight_before_merge is not None:
-            base = base.t()
-        base = base.to(device=self.peanut_A[adapter_name].weight.device, dtype=self.peanut_A[adapter_name].weight.dtype)
-        with torch.autocast(device_type=base.device.type, enabled=False):
-            return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
+        # Under ZeRO-3, W0 and the adapter weights are placeholders here: gather them (no-op otherwise, or if gathered).
+        with gathered(layer_external_parameters(self)):
+            base = self._weight_before_merge if self._weight_before_merge is not None else self.base_weight()
+            if self.fan_in_fan_out and self._weight_before_merge is not None:
+                base = base.t()
+            base = base.to(device=self.peanut_A[adapter_name].weight.device, dtype=self.peanut_A[adapter_name].weight.dtype)
+            with torch.autocast(device_type=base.device.type, enabled=False):
+                return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
@@ -221,7 +223,7 @@ class NeatLayer(nn.Module):
         if name not in self.peanut_A:
             return
         weight = self.base_layer.weight
-        with gathered([weight], modifier_rank=0):
+        with gathered(layer_adapter_parameters(self)), gathered([weight], modifier_rank=0):
             delta = self.delta_weight(name)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
             merged = weight.data + delta

@@ -91,12 +91,21 @@ class NeatModel(nn.Module):
         """The wrapped transformers model (NEAT layers included)."""
         return self.base_model
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
-        """Enable gradient checkpointing on the base model, and input gradients so that checkpointed blocks see a
-        grad-requiring input although the embeddings are frozen (what PEFT's `prepare_model_for_*` does)."""
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
-        if hasattr(self.base_model, "enable_input_require_grads"):
-            self.base_model.enable_input_require_grads()
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+        """Enable activation (gradient) checkpointing on the base model, and input gradients so that checkpointed
+        blocks see a grad-requiring input although the embeddings are frozen (what PEFT's `prepare_model_for_*` does).
+        """
+        base = self.base_model
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
+        if hasattr(base, "enable_input_require_grads") and not getattr(base, "_require_grads_hooks", None):
+            base.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+        """transformers 4.x name of [`activation_checkpointing_enable`]."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ adapters
     @property
@@ -269,7 +278,7 @@ class NeatModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ serialisation
-    def _key_map(self, adapter_name: str) -> dict[str, str]:
+    def adapter_key_map(self, adapter_name: str) -> dict[str, str]:
         """{key in this module's state_dict: key in adapter_model.safetensors} for one adapter."""
         mapping = {}
         for path, layer in self.neat_layers():
@@ -297,7 +306,7 @@ class NeatModel(nn.Module):
         """
         adapter_name = adapter_name or self.active_adapter
         state_dict = self.state_dict() if state_dict is None else state_dict
-        mapping = self._key_map(adapter_name)
+        mapping = self.adapter_key_map(adapter_name)
         missing = [k for k in mapping if k not in state_dict]
         if missing:
             raise NeatError(f"state_dict lacks {len(missing)} adapter tensors, e.g. {missing[:3]}.")
@@ -365,7 +374,7 @@ class NeatModel(nn.Module):
                 names the module and both shapes); nothing is copied then.
         """
         adapter_name = adapter_name or self.active_adapter
-        by_file_key = {file_key: key for key, file_key in self._key_map(adapter_name).items()}
+        by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
         params = dict(self.state_dict(keep_vars=True))
         check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
         with torch.no_grad():

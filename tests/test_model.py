@@ -313,3 +313,12 @@ def test_stock_peft_loads_default_adapter_without_unknown_key_warnings(tmp_path)
         warnings.simplefilter("always")
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
     assert not [w for w in caught if "Unexpected keyword" in str(w.message)]
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    get_neat_model(tiny_llama(), NeatConfig(r=2)).save_pretrained(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")], "temporary files were left behind"

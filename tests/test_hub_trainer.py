@@ -1,0 +1,165 @@
+"""Trainer Hub pushes (push_to_hub, hub_model_id, hub_strategy, hub_private_repo, hub_revision) on the loopback Hub.
+
+Every push must carry the adapter and the NEAT card, never base-model weights or pickled training arguments at the
+repo root; checkpoint strategies add the resume state under last-checkpoint/ or checkpoint-N/.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from conftest import model_inputs, model_output, tiny_llama
+from hub_fixtures import assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
+from huggingface_hub import ModelCard
+from neat_hf.hub.trainer_integration import NeatHubMixin
+from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
+from safetensors import safe_open
+from transformers import TrainingArguments
+
+from neat_hf import NeatModel
+
+REPO = "neat-tester/trained-neat"
+ROOT_FILES = {".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "training_info.json"}
+
+
+def _dataset(n=8):
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(0, 128, (8,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids})
+    return rows
+
+
+def _train(tmp_path, **hub_args):
+    model = make_adapter(init_weights=True)  # B = 0: training must move it
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        save_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        remove_unused_columns=False,
+        push_to_hub=True,
+        hub_model_id=REPO,
+        hub_always_push=True,  # deterministic: never skip a checkpoint push because the previous one is running
+        **hub_args,
+    )
+    trainer = NeatTrainer(model=model, args=args, train_dataset=_dataset())
+    trainer.neat_dataset_name = "neat-tester/tiny-text"
+    trainer.train()  # waits for the asynchronous checkpoint pushes before returning
+    assert trainer.push_in_progress is None or trainer.push_in_progress.is_done()
+    return trainer, model
+
+
+def _assert_adapter_only(files: dict[str, bytes], tmp_path) -> None:
+    assert not [p for p in files if p.rsplit("/", 1)[-1] in ("model.safetensors", "pytorch_model.bin")]
+    assert "training_args.bin" not in files  # never at the root (a pickle)
+    for path, data in files.items():
+        if path.endswith("adapter_model.safetensors"):
+            target = tmp_path / "check.safetensors"
+            target.write_bytes(data)
+            with safe_open(target, framework="pt") as handle:
+                assert all(".peanut_" in k for k in handle.keys()), f"{path} holds non-adapter tensors"
+
+
+def _assert_loads_as(model, revision="main"):
+    loaded = NeatModel.from_pretrained(tiny_llama(), REPO, revision=revision)
+    inputs = model_inputs("llama")
+    expected = model_output(model, inputs)
+    assert not torch.allclose(expected, model_output(tiny_llama(), inputs)), "training must have changed the adapter"
+    torch.testing.assert_close(model_output(loaded, inputs), expected)
+
+
+def test_hub_strategy_end_pushes_once_with_our_card(hub_server, tmp_path):
+    trainer, model = _train(tmp_path, hub_strategy="end")
+    assert [c.title for c in hub_server.history(REPO)] == ["initial commit"], "no push during training"
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"full weights must never be pushed")
+
+    info = trainer.push_to_hub(finetuned_from="neat-tester/tiny-llama", license="apache-2.0")
+    assert info.oid == hub_server.branches(REPO)["main"]
+    files = hub_server.files(REPO)
+    assert set(files) == ROOT_FILES
+    _assert_adapter_only(files, tmp_path)
+    assert [c.title for c in hub_server.history(REPO)] == ["End of training", "initial commit"]
+    _assert_loads_as(model)
+
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "peft" and card.data.base_model == "neat-tester/tiny-llama"
+    assert "neat" in card.data.tags and card.data.license == "apache-2.0"
+    assert card.data.datasets == ["neat-tester/tiny-text"]
+    for needle in (
+        "| optimizer steps | 4 |",
+        "| effective batch size | 4 |",
+        "| DeepSpeed | not used |",
+        "| learning rate | 0.01 |",
+    ):
+        assert needle in card.text, needle
+    info_json = json.loads(files["training_info.json"])
+    assert info_json["global_step"] == 4 and "train_loss" in info_json
+    assert_no_token(b"\n".join(files.values()))
+
+
+def test_hub_strategy_every_save_pushes_each_checkpoint(hub_server, tmp_path):
+    _, model = _train(tmp_path, hub_strategy="every_save")
+    titles = [c.title for c in hub_server.history(REPO)]
+    assert titles == ["Training in progress, step 4", "Training in progress, step 2", "initial commit"]
+    files = hub_server.files(REPO)
+    assert set(files) == ROOT_FILES  # adapter + card only, no checkpoint folder
+    _assert_adapter_only(files, tmp_path)
+    assert ModelCard(files["README.md"].decode()).data.library_name == "peft"
+    _assert_loads_as(model)
+    for commit in hub_server.history(REPO):
+        assert_no_token((commit.title + commit.message).encode())
+
+
+def test_hub_strategy_checkpoint_to_new_private_branch(hub_server, tmp_path):
+    _, model = _train(tmp_path, hub_strategy="checkpoint", hub_revision="experiment", hub_private_repo=True)
+    assert hub_server.is_private(REPO)
+    assert set(hub_server.files(REPO)) == {".gitattributes"}, "main untouched when hub_revision is set"
+    files = hub_server.files(REPO, revision="experiment")
+    assert ROOT_FILES <= set(files)
+    checkpoint = {p for p in files if p.startswith("last-checkpoint/")}
+    assert {
+        "last-checkpoint/adapter_model.safetensors",
+        "last-checkpoint/optimizer.pt",
+        "last-checkpoint/trainer_state.json",
+    } <= checkpoint
+    assert json.loads(files["last-checkpoint/trainer_state.json"])["global_step"] == 4
+    _assert_adapter_only(files, tmp_path)
+    _assert_loads_as(model, revision="experiment")
+
+
+def test_hub_strategy_all_checkpoints(hub_server, tmp_path):
+    _train(tmp_path, hub_strategy="all_checkpoints")
+    files = hub_server.files(REPO)
+    assert {"checkpoint-2/adapter_model.safetensors", "checkpoint-4/adapter_model.safetensors"} <= set(files)
+    assert not any(p.startswith("last-checkpoint/") for p in files)
+    _assert_adapter_only(files, tmp_path)
+
+
+def test_create_model_card_writes_the_neat_card(tmp_path):
+    model = make_adapter()
+    args = NeatTrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, max_steps=1, neat_learning_rate=2e-3
+    )
+    trainer = NeatTrainer(model=model, args=args)
+    trainer.create_model_card()  # nothing saved yet: a warning, no file
+    assert not (tmp_path / "out" / "README.md").exists()
+    trainer.save_model()
+    trainer.create_model_card(dataset="neat-tester/tiny-text", tags=["custom"])
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.library_name == "peft" and card.data.tags[-1] == "custom"
+    assert card.data.datasets == ["neat-tester/tiny-text"]
+    assert "| learning rates | NEAT: 0.002 |" in card.text
+    assert json.loads((tmp_path / "out" / "training_info.json").read_text())["learning_rates"] == {"NEAT": 0.002}
+
+
+def test_neat_trainer_uses_the_hub_mixin():
+    assert issubclass(NeatTrainer, NeatHubMixin)
+    assert NeatTrainer.push_to_hub is NeatHubMixin.push_to_hub
+    assert NeatTrainer._push_from_checkpoint is NeatHubMixin._push_from_checkpoint

@@ -1,0 +1,547 @@
+"""`NeatTrainer`: the Hugging Face `Trainer`, taught to train, checkpoint and save NEAT adapters.
+
+`transformers.Trainer` special-cases PEFT models (`_is_peft_model`) in a dozen places: which columns the model's
+forward accepts, which labels it takes, whether a causal LM shifts labels for label smoothing, what a checkpoint holds,
+how a checkpoint is loaded back, and what DeepSpeed writes. A [`NeatModel`] is not a `PeftModel`, so `NeatTrainer`
+handles each of those spots itself (see the comments at each override), and adds the NEAT/head learning-rate groups.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer_pt_utils import reissue_pt_warnings
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism
+from transformers.utils.generic import can_return_loss, find_labels
+
+from neat_hf import NeatConfig, NeatModel, get_neat_model
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
+from neat_hf.distributed import gathered, is_zero3_partitioned, register_zero3_parameters
+from neat_hf.errors import AdapterMismatchError, NeatError
+from neat_hf.hub.trainer_integration import NeatHubMixin
+from neat_hf.io import atomic_write_text, read_adapter_config, read_adapter_weights
+from neat_hf.layer import NeatLayer
+
+from .training_args import NeatTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+#: Written next to the adapter instead of the Trainer's pickled `training_args.bin`.
+TRAINING_ARGS_JSON_NAME = "training_args.json"
+#: The Trainer's scheduler file name (transformers.trainer.SCHEDULER_NAME).
+SCHEDULER_NAME = "scheduler.pt"
+#: Adapter settings that change what the saved tensors compute; a checkpoint must agree on all of them to be loaded.
+_FUNCTIONAL_FIELDS = ("r", "depth", "act_fn", "scaling")
+
+
+class NeatTrainer(NeatHubMixin, Trainer):
+    r"""
+    [`~transformers.Trainer`] for NEAT adapters (arXiv 2410.01870).
+
+    Features:
+        - Takes a [`NeatModel`], or any transformers model plus `neat_config=NeatConfig(...)` (the adapter is created
+          right after seeding with `args.seed`, so every rank and every run starts from the same A).
+        - Separate learning rate and weight decay for the NEAT weights and for `modules_to_save` (the paper's
+          "Learning Rate (NEAT)" and "Learning Rate (Head)"), built in `create_optimizer`, so `optim=`, schedulers,
+          DeepSpeed and resuming keep working.
+        - Checkpoints hold the adapter (`adapter_config.json` + `adapter_model.safetensors`, PEFT's PEANUT format),
+          optimizer, scheduler, RNG and trainer state, never the frozen base weights; `resume_from_checkpoint`
+          continues exactly; `load_best_model_at_end` and `save_total_limit` work on adapter checkpoints.
+        - [`save_model`] writes an adapter folder that [`NeatModel.from_pretrained`] and stock `peft` load.
+        - Hub pushes (`push_to_hub`, `hub_model_id`, `hub_strategy`, `hub_private_repo`, `hub_revision`) upload the
+          adapter with its NEAT model card, never base weights (`neat_hf.hub.trainer_integration.NeatHubMixin`).
+        - Gradient checkpointing with frozen embeddings (input gradients are enabled), bf16/fp16, gradient
+          accumulation.
+        - DeepSpeed ZeRO-2/3 (`neat_hf.deepspeed_configs`): under ZeRO-3 each NEAT layer gathers its W0 once per
+          forward, and saving gathers the adapter weights only, as full fp32 tensors equal to a single-process run's.
+
+    Args:
+        model ([`NeatModel`] or `nn.Module`, *optional*):
+            The model to train. A plain model needs `neat_config`.
+        args ([`NeatTrainingArguments`] or [`~transformers.TrainingArguments`], *optional*):
+            Training arguments; plain `TrainingArguments` are upgraded to [`NeatTrainingArguments`]. Defaults to
+            `NeatTrainingArguments(output_dir="neat-output")`.
+        neat_config ([`NeatConfig`], *optional*):
+            Adapter to create on a plain `model`.
+        data_collator, train_dataset, eval_dataset, processing_class, model_init, compute_loss_func,
+        compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics:
+            As in [`~transformers.Trainer`]. With `model_init`, `neat_config` is applied to each model it returns.
+
+    Raises:
+        TypeError: `model` is neither a [`NeatModel`] nor a model given with `neat_config`.
+        ValueError: `neat_config` is given together with a [`NeatModel`]; `optimizers` is given together with
+            `neat_learning_rate` / `head_learning_rate`; FSDP is requested (use DeepSpeed ZeRO-3).
+        NeatError: `output_dir` holds an adapter for a different base model and `overwrite_output_dir` is not set.
+        DeepSpeedConfigError: (from the arguments) the DeepSpeed config is missing or invalid.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM
+    >>> from neat_hf import NeatConfig
+    >>> from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
+
+    >>> model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-7b-hf")
+    >>> args = NeatTrainingArguments("llama2-neat", learning_rate=3e-4, deepspeed="zero3", bf16=True)
+    >>> trainer = NeatTrainer(model, args, neat_config=NeatConfig(r=32), train_dataset=dataset)
+    >>> trainer.train()
+    >>> trainer.save_model()  # adapter_config.json + adapter_model.safetensors
+    ```
+    """
+
+    # Facts for model cards (read by the hub integration; TRL's `_BaseTrainer` convention).
+    _tag_names: list[str] = ["neat", "peanut", "peft", "neat-hf"]
+    _name: str = "NEAT"
+    _paper: dict[str, str] = {
+        "title": "NEAT: Nonlinear Parameter-efficient Adaptation of Pre-trained Models",
+        "id": "2410.01870",
+        "url": "https://arxiv.org/abs/2410.01870",
+    }
+
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        args: Optional[TrainingArguments] = None,
+        data_collator: Optional[Callable] = None,
+        train_dataset: Optional[Any] = None,
+        eval_dataset: Optional[Any] = None,
+        processing_class: Optional[Any] = None,
+        model_init: Optional[Callable[..., nn.Module]] = None,
+        compute_loss_func: Optional[Callable] = None,
+        compute_metrics: Optional[Callable] = None,
+        callbacks: Optional[list] = None,
+        optimizers: tuple[Optional[torch.optim.Optimizer], Optional[torch.optim.lr_scheduler.LambdaLR]] = (None, None),
+        optimizer_cls_and_kwargs: Optional[tuple[type, dict[str, Any]]] = None,
+        preprocess_logits_for_metrics: Optional[Callable] = None,
+        *,
+        neat_config: Optional[NeatConfig] = None,
+    ) -> None:
+        # Everything is checked before the adapter is created, so a refused call leaves the user's model untouched.
+        if args is None:
+            args = NeatTrainingArguments(output_dir="neat-output")
+        elif not isinstance(args, NeatTrainingArguments):
+            args = NeatTrainingArguments.from_training_arguments(args)
+        if args.fsdp:
+            raise ValueError(
+                "NeatTrainer does not support FSDP (its adapter gathering and checkpoint format are untested there); "
+                "use DeepSpeed ZeRO-3 instead: deepspeed='zero3'."
+            )
+        if optimizers[0] is not None and (args.neat_learning_rate is not None or args.head_learning_rate is not None):
+            raise ValueError(
+                "Both an optimizer (optimizers=) and neat_learning_rate/head_learning_rate were given; the optimizer "
+                "you pass is used as is. Set the learning rates in one place: drop optimizers= or the per-group rates."
+            )
+        if neat_config is not None and not isinstance(neat_config, NeatConfig):
+            raise TypeError(f"neat_config must be a NeatConfig, got {type(neat_config).__name__}.")
+        if model is not None:
+            _check_model_argument(model, neat_config)
+            _check_output_dir(args, _base_model_name(model, neat_config))
+            model = self._create_neat_model(model, neat_config, args)
+        self.neat_config = neat_config
+        self._zero3_registered = False
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        if model is None:  # built by model_init (and wrapped by `call_model_init`)
+            _check_output_dir(self.args, _base_model_name(self.model, None))
+        self._inspect_base_model()
+        self._enable_input_require_grads()
+
+    # ------------------------------------------------------------------ model
+    @staticmethod
+    def _create_neat_model(model: nn.Module, neat_config: Optional[NeatConfig], args: TrainingArguments) -> NeatModel:
+        if isinstance(model, NeatModel):
+            return model
+        # Seed first, so that ranks (and reruns) draw the same A; Trainer.__init__ seeds only after the model exists.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+        return get_neat_model(model, neat_config)
+
+    def call_model_init(self, trial: Any = None) -> nn.Module:
+        """Call `model_init` and wrap its model with `neat_config` (when given)."""
+        model = super().call_model_init(trial)
+        _check_model_argument(model, self.neat_config)
+        return self._create_neat_model(model, self.neat_config, self.args)
+
+    @property
+    def _neat_model(self) -> Optional[NeatModel]:
+        """The trained [`NeatModel`] (None while `Trainer.__init__` runs with `model_init`)."""
+        model = getattr(self, "model", None)
+        return model if isinstance(model, NeatModel) else None
+
+    def _inspect_base_model(self) -> None:
+        # Trainer reads labels and `return_loss` from `type(model)` unless the model is a PeftModel, in which case it
+        # looks at the base model. NeatModel.forward takes **kwargs, so without this the label names would be [] and
+        # evaluation would compute no loss (and `load_best_model_at_end` on eval_loss would fail).
+        neat_model = self._neat_model
+        if neat_model is None:
+            return
+        base_cls = type(neat_model.get_base_model())
+        self.label_names = find_labels(base_cls) if self.args.label_names is None else self.args.label_names
+        self.can_return_loss = can_return_loss(base_cls)
+
+    def _enable_input_require_grads(self) -> None:
+        # With gradient checkpointing, a checkpointed block whose input does not require grad gives no gradient to the
+        # adapter weights inside it (reentrant checkpointing). The embeddings are frozen, so make their output require
+        # grad, as PEFT does. transformers already does this for `input_ids` models; ViT-style models need it here.
+        neat_model = self._neat_model
+        if neat_model is None or not self.args.activation_checkpointing:
+            return
+        base = neat_model.get_base_model()
+        if getattr(base, "_require_grads_hooks", None) or not hasattr(base, "enable_input_require_grads"):
+            return
+        base.enable_input_require_grads()
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # Trainer inspects the base model's forward only for PeftModel; NeatModel.forward is (*args, **kwargs), which
+        # would make `remove_unused_columns` drop every column.
+        neat_model = self._neat_model
+        if self._signature_columns is None and neat_model is not None:
+            signature = inspect.signature(neat_model.get_base_model().forward)
+            self._signature_columns = list(signature.parameters) + list({"label", "label_ids", *self.label_names})
+        super()._set_signature_columns_if_needed()
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Optional[Union[torch.Tensor, int]] = None,
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, Any]]:
+        neat_model = self._neat_model
+        if neat_model is None or self.label_smoother is None or self.compute_loss_func is not None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # Label smoothing: Trainer decides whether to shift labels from the model class name, looking through PeftModel
+        # only; for a NeatModel it would not shift the labels of a causal LM. Same computation, base model's name.
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs["num_items_in_batch"] = num_items_in_batch
+        outputs = model(**inputs)
+        shift = neat_model.get_base_model()._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        loss = self.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss *= self.accelerator.num_processes // self.get_tp_size()
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------ optimizer
+    def neat_parameter_groups(self, model: Optional[nn.Module] = None) -> list[dict[str, Any]]:
+        """The optimizer parameter groups: NEAT weights, `modules_to_save` and any other trainable parameter, each split
+        into weight-decay / no-decay by [`~transformers.Trainer.get_decay_parameter_names`]. Empty groups are left out.
+
+        Each group has `params`, `lr`, `weight_decay` and `group` (`"neat"`, `"head"` or `"other"`) keys.
+        """
+        model = self.model if model is None else model
+        args: NeatTrainingArguments = self.args
+        decay = set(self.get_decay_parameter_names(model))
+        settings = {
+            "neat": (args.resolved_neat_learning_rate, args.resolved_neat_weight_decay),
+            "head": (args.resolved_head_learning_rate, args.resolved_head_weight_decay),
+            "other": (args.learning_rate, args.weight_decay),
+        }
+        buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                buckets.setdefault((_parameter_kind(name), name in decay), []).append(param)
+        groups = []
+        for kind in ("neat", "head", "other"):
+            lr, weight_decay = settings[kind]
+            for with_decay in (True, False):
+                params = buckets.get((kind, with_decay))
+                if params:
+                    groups.append(
+                        {"params": params, "lr": lr, "weight_decay": weight_decay if with_decay else 0.0, "group": kind}
+                    )
+        return groups
+
+    def create_optimizer(self, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+        """Build the optimizer over [`neat_parameter_groups`] (only when none was given), with the class and
+        arguments `optim=` selects through [`~transformers.Trainer.get_optimizer_cls_and_kwargs`]."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None or self._neat_model is None:
+            return super().create_optimizer(model)
+        if self.optimizer_cls_and_kwargs is not None:
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        special = [k for k in ("params", "model", "optimizer_dict") if k in optimizer_kwargs]
+        from transformers.trainer_optimizer import is_optimizer_factory
+
+        if special or is_optimizer_factory(optimizer_cls):
+            # GaLore, LOMO, layer-wise and factory optimizers build their own parameter groups.
+            if self.args.neat_learning_rate is not None or self.args.head_learning_rate is not None:
+                raise ValueError(
+                    f"optim={self.args.optim!r} builds its own parameter groups, so neat_learning_rate / "
+                    "head_learning_rate cannot apply. Drop them, or choose an optimizer such as adamw_torch."
+                )
+            return super().create_optimizer(model)
+        groups = self.neat_parameter_groups(opt_model)
+        for group in groups:
+            group.pop("group")  # some optimizers (DeepSpeed's) reject unknown group keys
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # ------------------------------------------------------------------ DeepSpeed ZeRO-3
+    def _register_zero3(self) -> None:
+        """Tell DeepSpeed that each NEAT layer reads its W0 and its adapter weights in its own forward/backward, so it
+        gathers them once per layer when that layer runs (see `neat_hf.distributed`)."""
+        neat_model = self._neat_model
+        if self._zero3_registered or neat_model is None or not self.is_deepspeed_enabled:
+            return
+        if any(is_zero3_partitioned(p) for p in neat_model.parameters()):
+            register_zero3_parameters(neat_model)
+            self._zero3_registered = True
+
+    def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: Optional[str]) -> Any:
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint is not None and self._neat_model is not None):
+            result = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+            self._register_zero3()
+            return result
+        # Trainer loads a DeepSpeed checkpoint with `load_module_strict=not _is_peft_model(model)`: strict for a
+        # NeatModel, which fails because our checkpoints leave out the frozen base weights. Load it non-strictly.
+        from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+        result = super()._prepare_for_training(max_steps, train_dataloader, None)
+        self._register_zero3()
+        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return result
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None):
+        self._register_zero3()  # evaluation without training builds the DeepSpeed engine lazily
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Save the adapter (and the processing class) to `output_dir` (defaults to `args.output_dir`).
+
+        Must be called on every process under DeepSpeed: the adapter weights are gathered collectively. Only the
+        adapter is written, never the base weights; under DeepSpeed the tensors are the full fp32 master weights.
+        """
+        if self._neat_model is None:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        state_dict = self._adapter_state_dict()
+        self._save(output_dir, state_dict=state_dict)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _adapter_keys(self) -> list[str]:
+        neat_model = self._neat_model
+        keys: set[str] = set()
+        for adapter_name in neat_model.peft_config:
+            keys.update(neat_model.adapter_key_map(adapter_name))
+        return sorted(keys)  # the same order on every rank: the gathers below are collective
+
+    def _adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """{state_dict key: full tensor} for every adapter weight (collective under DeepSpeed; all ranks get it).
+
+        Under DeepSpeed the fp32 master copy held by the optimizer is read (DeepSpeed may keep the module's own
+        copy in bf16/fp16), gathered across ranks for ZeRO-2/3; frozen adapter weights (another adapter) are gathered
+        from their ZeRO-3 partitions. The base weights are never touched.
+        """
+        neat_model = self._neat_model
+        params = dict(neat_model.named_parameters())
+        buffers = dict(neat_model.named_buffers())
+        state_dict: dict[str, torch.Tensor] = {}
+        for key in self._adapter_keys():
+            if key in buffers:
+                state_dict[key] = buffers[key].detach().cpu().clone()
+                continue
+            param = params[key]
+            full = None
+            if self.is_deepspeed_enabled and param.requires_grad:
+                from deepspeed.utils import safe_get_full_fp32_param
+
+                full = safe_get_full_fp32_param(param)
+            if full is None:
+                with gathered([param]):
+                    full = param.detach().clone()
+            state_dict[key] = full.detach().cpu()
+        return state_dict
+
+    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+        # Trainer._save dumps the *whole* state dict of a model class it does not know (base weights included) to
+        # model.safetensors, and pickles the arguments to training_args.bin. Write the PEFT adapter files and JSON.
+        neat_model = self._neat_model
+        if neat_model is None:
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = self.args.output_dir if output_dir is None else output_dir
+        if state_dict is None:
+            if any(is_zero3_partitioned(p) for p in neat_model.parameters()):
+                raise RuntimeError("Under ZeRO-3 call save_model() on every rank instead of _save().")
+            state_dict = self._adapter_state_dict()
+        os.makedirs(output_dir, exist_ok=True)
+        logger.info(f"Saving NEAT adapter to {output_dir}")
+        neat_model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        elif getattr(self.data_collator, "tokenizer", None) is not None:
+            self.data_collator.tokenizer.save_pretrained(output_dir)
+        atomic_write_text(os.path.join(output_dir, TRAINING_ARGS_JSON_NAME), self.args.to_json_string())
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not (self.is_deepspeed_enabled and self._neat_model is not None):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        # Trainer passes exclude_frozen_parameters=True only for a PeftModel; without it DeepSpeed writes the frozen
+        # base weights into every checkpoint (in the module states, and as "frozen fragments" under ZeRO-2/3).
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            with warnings.catch_warnings(record=True) as caught_warnings:
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+            reissue_pt_warnings(caught_warnings)
+
+    # ------------------------------------------------------------------ loading
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+        # Trainer loads adapters only for a PeftModel (through peft's load_adapter); else it expects full weights.
+        if self._neat_model is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_adapter_folder(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if self._neat_model is None:
+            return super()._load_best_model()
+        best = self.state.best_model_checkpoint
+        logger.info(f"Loading best adapter from {best} (score: {self.state.best_metric}).")
+        if self.is_deepspeed_enabled:
+            from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+            # Non-strict for the same reason as in _prepare_for_training (no frozen weights in the checkpoint).
+            deepspeed_load_checkpoint(self.model_wrapped, best, load_module_strict=False)
+        else:
+            self._load_adapter_folder(best)
+
+    def _load_adapter_folder(self, folder: str) -> None:
+        """Copy the adapter weights saved in `folder` into the model, after checking they are for this adapter."""
+        neat_model = self._neat_model
+        for name in neat_model.peft_config:
+            # save_pretrained puts the "default" adapter at the top and any other adapter in a sub-folder (PEFT).
+            directory = folder if name == DEFAULT_ADAPTER_NAME else os.path.join(folder, name)
+            weights = os.path.join(directory, ADAPTER_WEIGHTS_NAME)
+            if not os.path.isfile(weights):
+                raise ValueError(
+                    f"Can't find a NEAT adapter checkpoint at {directory!r}: it has no {ADAPTER_WEIGHTS_NAME} "
+                    f"(folders written by NeatTrainer hold {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})."
+                )
+            _check_checkpoint_config(os.path.join(directory, ADAPTER_CONFIG_NAME), neat_model.peft_config[name])
+            neat_model.load_adapter_weights(read_adapter_weights(weights), adapter_name=name)
+
+
+# ---------------------------------------------------------------------- helpers
+def _parameter_kind(name: str) -> str:
+    """"neat" for adapter weights, "head" for modules_to_save, "other" for anything else trainable."""
+    if any(f".{attr}." in name for attr in NeatLayer.adapter_layer_names):
+        return "neat"
+    if ".modules_to_save." in name:
+        return "head"
+    return "other"
+
+
+def _check_model_argument(model: nn.Module, neat_config: Optional[NeatConfig]) -> None:
+    if isinstance(model, NeatModel):
+        if neat_config is not None:
+            raise ValueError(
+                "The model is already a NeatModel and neat_config was given too; set the adapter in one place: "
+                "pass the plain model with neat_config, or the NeatModel alone."
+            )
+        return
+    if isinstance(model, str):
+        raise TypeError(
+            f"NeatTrainer needs a model object, got the string {model!r}; load it first, e.g. "
+            "AutoModelForCausalLM.from_pretrained(...), and pass neat_config=NeatConfig(...)."
+        )
+    if neat_config is None:
+        raise TypeError(
+            f"NeatTrainer trains NEAT adapters: pass a NeatModel (get_neat_model(model, config)) or pass the "
+            f"{type(model).__name__} together with neat_config=NeatConfig(...)."
+        )
+    if any(isinstance(m, NeatLayer) for m in model.modules()):
+        raise ValueError(
+            "The model already contains NEAT layers but is not a NeatModel; pass the NeatModel that holds it."
+        )
+
+
+def _base_model_name(model: nn.Module, neat_config: Optional[NeatConfig]) -> Optional[str]:
+    """The base model name an adapter trained on `model` will record (None when unknown)."""
+    if isinstance(model, NeatModel):
+        return model.peft_config[model.active_adapter].base_model_name_or_path
+    if neat_config is not None and neat_config.base_model_name_or_path:
+        return neat_config.base_model_name_or_path
+    return getattr(getattr(model, "config", None), "name_or_path", None) or None
+
+
+def _adapter_folders(output_dir: str) -> Iterator[str]:
+    yield output_dir
+    yield from sorted(glob.glob(os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-*")))
+
+
+def _check_output_dir(args: NeatTrainingArguments, base_model: Optional[str]) -> None:
+    """Refuse an output_dir holding an adapter for another base model (unless `overwrite_output_dir`)."""
+    if args.overwrite_output_dir or not base_model or not args.output_dir or not os.path.isdir(args.output_dir):
+        return
+    for folder in _adapter_folders(args.output_dir):
+        path = os.path.join(folder, ADAPTER_CONFIG_NAME)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                saved = json.load(handle).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError) as err:
+            raise NeatError(
+                f"output_dir {args.output_dir!r} holds an unreadable {path!r} ({err}); choose another output_dir or "
+                "set overwrite_output_dir=True (--overwrite_output_dir) to replace it."
+            ) from err
+        if saved and saved != base_model:
+            raise NeatError(
+                f"output_dir {args.output_dir!r} already holds an adapter for base model {saved!r} ({path}), but this "
+                f"run trains one for {base_model!r}. Choose another output_dir, or set overwrite_output_dir=True "
+                "(--overwrite_output_dir) to replace it."
+            )
+
+
+def _check_checkpoint_config(path: str, current: NeatConfig) -> None:
+    if not os.path.isfile(path):
+        return
+    saved = read_adapter_config(path)
+    differences = [
+        f"{field}={getattr(saved, field)!r} (model has {getattr(current, field)!r})"
+        for field in _FUNCTIONAL_FIELDS
+        if getattr(saved, field) != getattr(current, field)
+    ]
+    if differences:
+        raise AdapterMismatchError(
+            f"The checkpoint {os.path.dirname(path)!r} holds an adapter with other settings: {', '.join(differences)}. "
+            "Resume with the NeatConfig it was trained with."
+        )
+
+
+__all__ = ["NeatTrainer"]

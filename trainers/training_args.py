@@ -1,0 +1,191 @@
+"""`NeatTrainingArguments`: `transformers.TrainingArguments` plus the knobs NEAT training needs.
+
+The paper tunes separate learning rates for the NEAT weights and the task head (arXiv 2410.01870, Tables 6, 8, 9:
+"Learning Rate (NEAT)" and "Learning Rate (Head)"); these arguments carry them to [`NeatTrainer.create_optimizer`].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from transformers import TrainingArguments
+
+from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_section, resolve_deepspeed_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NeatTrainingArguments(TrainingArguments):
+    r"""
+    Configuration class for [`NeatTrainer`]: every [`~transformers.TrainingArguments`] field, plus the NEAT ones below.
+
+    Only the parameters specific to NEAT training are listed here. For the others, see
+    [`~transformers.TrainingArguments`].
+
+    Parameters that control the optimizer groups:
+
+        neat_learning_rate (`float`, *optional*):
+            Learning rate of the NEAT weights (`peanut_A`, `peanut_B`, encoders, decoders). Defaults to
+            `learning_rate`.
+        neat_weight_decay (`float`, *optional*):
+            Weight decay of the NEAT weights. Defaults to `weight_decay`.
+        head_learning_rate (`float`, *optional*):
+            Learning rate of the fully trained `modules_to_save` (e.g. a classification head). Defaults to
+            `learning_rate`.
+        head_weight_decay (`float`, *optional*):
+            Weight decay of the `modules_to_save` weights. Defaults to `weight_decay`.
+
+        Biases and normalisation weights get no weight decay in either group, as in [`~transformers.Trainer`].
+
+    DeepSpeed (`deepspeed`): besides a JSON path or a dict, the name of a bundled config is accepted (`"zero2"`,
+    `"zero3"`, `"zero3_offload"`, see `neat_hf.deepspeed_configs`). The config is read and checked when the
+    arguments are built, so a missing or invalid file fails before any model is loaded. On a machine without a GPU,
+    DeepSpeed runs on CPU with the gloo backend (`use_cpu` is turned on), and a script started without a launcher
+    runs as a single-process DeepSpeed job.
+
+    Parameters that control the output folder:
+
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Allow training into an `output_dir` that already holds an adapter made for a different base model.
+            Without it, [`NeatTrainer`] refuses before training starts, so an earlier adapter is not silently
+            replaced by one that does not fit it.
+
+    > [!NOTE]
+    > These defaults differ from [`~transformers.TrainingArguments`]:
+    > - `learning_rate` defaults to `3e-4` instead of `5e-5` (the paper's LLaMA setting, Table 10; adapters need a
+    >   larger step than full fine-tuning).
+    > - `logging_steps` defaults to `10` instead of `500`.
+    """
+
+    learning_rate: float = field(
+        default=3e-4,
+        metadata={"help": "The initial learning rate (AdamW); also the default of neat_ and head_learning_rate."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={
+            "help": "Log every X update steps. An integer, or a float in [0, 1) for a ratio of the total steps."
+        },
+    )
+
+    # --- NEAT optimizer groups ---
+    neat_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the NEAT weights (peanut_A/B, encoders, decoders). Defaults to learning_rate."},
+    )
+    neat_weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "Weight decay of the NEAT weights. Defaults to weight_decay."}
+    )
+    head_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of modules_to_save (e.g. the classifier head). Defaults to learning_rate."},
+    )
+    head_weight_decay: Optional[float] = field(
+        default=None, metadata={"help": "Weight decay of modules_to_save. Defaults to weight_decay."}
+    )
+
+    # --- output folder ---
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow an output_dir that already holds an adapter for a different base model (it gets replaced)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("neat_learning_rate", "neat_weight_decay", "head_learning_rate", "head_weight_decay"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number or None (= use the global value), got {value!r}.")
+            setattr(self, name, float(value))
+        if self.deepspeed:
+            self._prepare_deepspeed()
+        super().__post_init__()
+
+    def _prepare_deepspeed(self) -> None:
+        """Resolve and check the DeepSpeed config, and set up what DeepSpeed needs before `TrainingArguments` reads
+        the world size (which happens in `super().__post_init__`)."""
+        self.deepspeed = resolve_deepspeed_config(self.deepspeed)
+        if has_optimizer_section(self.deepspeed) and any(
+            getattr(self, name) is not None for name in ("neat_learning_rate", "head_learning_rate")
+        ):
+            raise DeepSpeedConfigError(
+                "The DeepSpeed config defines an \"optimizer\", which builds one parameter group and would ignore "
+                "neat_learning_rate / head_learning_rate. Remove the \"optimizer\" section (the Trainer then builds "
+                "AdamW with the NEAT groups; set --optim for another optimizer) or drop the per-group learning rates."
+            )
+        # `python train.py --deepspeed ...` without a launcher: DeepSpeed would otherwise look for MPI.
+        if "RANK" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ:
+            defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+            for key, value in defaults.items():
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            logger.info("No launcher environment found: running DeepSpeed as a single process.")
+        if not torch.cuda.is_available():
+            # Measured with DeepSpeed 0.19 / transformers 5.24: on a CPU-only machine the Trainer and DeepSpeed agree
+            # on the world size only with `use_cpu=True` and a gloo process group created before the arguments are.
+            if not self.use_cpu:
+                logger.info("No GPU found: running DeepSpeed on CPU (use_cpu=True, gloo backend).")
+                self.use_cpu = True
+            import deepspeed
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                deepspeed.init_distributed(dist_backend="gloo")
+
+    # Resolved values, so that callers never repeat the "None means the global value" rule.
+    @property
+    def resolved_neat_learning_rate(self) -> float:
+        """`neat_learning_rate`, or `learning_rate` when unset."""
+        return self.learning_rate if self.neat_learning_rate is None else self.neat_learning_rate
+
+    @property
+    def resolved_neat_weight_decay(self) -> float:
+        """`neat_weight_decay`, or `weight_decay` when unset."""
+        return self.weight_decay if self.neat_weight_decay is None else self.neat_weight_decay
+
+    @property
+    def resolved_head_learning_rate(self) -> float:
+        """`head_learning_rate`, or `learning_rate` when unset."""
+        return self.learning_rate if self.head_learning_rate is None else self.head_learning_rate
+
+    @property
+    def resolved_head_weight_decay(self) -> float:
+        """`head_weight_decay`, or `weight_decay` when unset."""
+        return self.weight_decay if self.head_weight_decay is None else self.head_weight_decay
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments, **overrides: Any) -> "NeatTrainingArguments":
+        """Upgrade a plain [`~transformers.TrainingArguments`] (as TRL's `SFTTrainer` does with its config).
+
+        Every init field is copied with its real value (the token fields included, which `to_dict()` masks), so the
+        result trains exactly like `args`; `overrides` set NEAT fields on top.
+        """
+        if isinstance(args, cls) and not overrides:
+            return args
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+        # Deprecated aliases are mirrored from their new names after __post_init__; pass only the new ones.
+        for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
+            values.pop(old, None)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        dropped = sorted(set(values) - known)
+        if dropped:
+            logger.warning(f"{type(args).__name__} fields unknown to NeatTrainingArguments are ignored: {dropped}.")
+        values = {k: v for k, v in values.items() if k in known}
+        values.update(overrides)
+        return cls(**values)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
