@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Optional, Union
 
 from .activations import available_activations
-from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE
+from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES
 from .errors import AdapterLoadError, NeatError
 
 # Keys PEFT writes into adapter_config.json that neat-hf does not use but must tolerate when reading.
@@ -128,8 +129,8 @@ class NeatConfig:
         _check_int(self.depth, "depth", minimum=0, rule="a non-negative integer (0 = A and B only)")
         if not isinstance(self.act_fn, str) or self.act_fn not in available_activations():
             raise NeatError(f"Unknown act_fn {self.act_fn!r}. Must be one of {available_activations()}.")
-        if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)):
-            raise NeatError(f"scaling must be a float, got {type(self.scaling).__name__} {self.scaling!r}.")
+        if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling):
+            raise NeatError(f"scaling must be a finite float, got {type(self.scaling).__name__} {self.scaling!r}.")
         self.scaling = float(self.scaling)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise NeatError(f"dropout must be a float in [0, 1), got {self.dropout!r}.")
@@ -144,6 +145,8 @@ class NeatConfig:
         for name in ("init_weights", "inference_mode"):
             if not isinstance(getattr(self, name), bool):
                 raise NeatError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+        if self.task_type is not None and self.task_type not in TASK_TYPES:
+            raise NeatError(f"task_type must be one of {sorted(TASK_TYPES)} or None (PEFT's task types), got {self.task_type!r}.")
         for name in ("task_type", "base_model_name_or_path", "revision"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

@@ -44,5 +44,13 @@ DEFAULT_TARGET_MODULES: dict[str, list[str]] = {
 #: Names of `nn.ModuleList`s that hold transformer blocks, tried in order by `layers_to_transform` (as in PEFT).
 COMMON_LAYERS_PATTERN = ["layers", "h", "block", "blocks", "layer"]
 
-#: Heads made trainable automatically for `task_type="SEQ_CLS"` (PEFT does the same in PeftModelForSequenceClassification).
-SEQ_CLS_HEAD_NAMES = ["classifier", "score"]
+#: PEFT's task types (`peft.TaskType`).
+TASK_TYPES = frozenset({"SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"})
+
+#: Heads made trainable and saved automatically per task type, added to `modules_to_save` as PEFT's
+#: PeftModelForSequenceClassification / TokenClassification / QuestionAnswering do.
+TASK_HEAD_NAMES: dict[str, list[str]] = {
+    "SEQ_CLS": ["classifier", "score"],
+    "TOKEN_CLS": ["classifier", "score"],
+    "QUESTION_ANS": ["qa_outputs"],
+}

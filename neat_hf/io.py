@@ -72,11 +72,12 @@ def resolve_adapter_file(
     filename: str,
     *,
     revision: Optional[str] = None,
+    subfolder: Optional[str] = None,
     token: Optional[Union[str, bool]] = None,
     cache_dir: Optional[str] = None,
     local_files_only: Optional[bool] = None,
 ) -> str:
-    """Return a local path to `filename` of an adapter in a local folder or a Hub repo.
+    """Return a local path to `filename` of an adapter in a local folder or a Hub repo (optionally in `subfolder`).
 
     A Hub repo is fetched through `huggingface_hub.hf_hub_download`, so its cache, `HF_HUB_OFFLINE` and the usual token
     sources apply.
@@ -85,6 +86,8 @@ def resolve_adapter_file(
         AdapterLoadError: the folder or repo, the revision or the file does not exist (the message names which).
     """
     location = os.fspath(path_or_repo_id)
+    if subfolder and os.path.isdir(location):
+        location = os.path.join(location, subfolder)
     if os.path.isdir(location):
         path = os.path.join(location, filename)
         if not os.path.isfile(path):
@@ -96,10 +99,10 @@ def resolve_adapter_file(
         return path
     if os.path.exists(location) or location.startswith((".", "/", "~")) or location.count("/") > 1:
         raise AdapterLoadError(f"Adapter path {location!r} is not a folder, and not a Hub repo id ('user/name').")
-    return _hub_download(location, filename, revision, token, cache_dir, local_files_only)
+    return _hub_download(location, filename, revision, subfolder, token, cache_dir, local_files_only)
 
 
-def _hub_download(repo_id, filename, revision, token, cache_dir, local_files_only) -> str:
+def _hub_download(repo_id, filename, revision, subfolder, token, cache_dir, local_files_only) -> str:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -114,6 +117,7 @@ def _hub_download(repo_id, filename, revision, token, cache_dir, local_files_onl
         return hf_hub_download(
             repo_id,
             filename,
+            subfolder=subfolder or None,
             revision=revision,
             token=token,
             cache_dir=cache_dir,
@@ -145,8 +149,8 @@ def read_adapter_config(path: Union[str, os.PathLike]) -> "NeatConfig":
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
     return NeatConfig.from_dict(data, source=os.fspath(path))
 
 

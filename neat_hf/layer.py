@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,13 @@ from torch import nn
 
 from .activations import get_activation
 from .config import NeatConfig
-from .distributed import gathered, layer_adapter_parameters, layer_external_parameters, register_external_weight
+from .distributed import (
+    gathered,
+    is_zero3_partitioned,
+    layer_adapter_parameters,
+    layer_external_parameters,
+    register_external_weight,
+)
 from .errors import UnsupportedModuleError
 
 
@@ -58,6 +64,14 @@ def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
     Raises:
         UnsupportedModuleError: the layer is neither `nn.Linear` nor `Conv1D`.
     """
+    if isinstance(layer, NeatLayer):
+        return layer.in_features, layer.out_features, layer.fan_in_fan_out
+    if type(layer).__module__.startswith("bitsandbytes") or not layer.weight.dtype.is_floating_point:
+        # Quantized layers subclass nn.Linear but hold packed integer weights: W0ᵀAᵀ would be meaningless.
+        raise UnsupportedModuleError(
+            f"NEAT needs the full-precision weight of each adapted layer; {type(layer).__name__} holds "
+            f"{layer.weight.dtype} weights. Load the base model in bf16/fp16/fp32."
+        )
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features, False
     conv1d = _conv1d_type()
@@ -104,6 +118,9 @@ class NeatLayer(nn.Module):
         self.disable_adapters: bool = False
         self.merged_adapters: list[str] = []
         self._weight_before_merge: Optional[torch.Tensor] = None
+        self._activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        # Inference only: s·Hᵀ per adapter, reused while A, the r×r layers and W0 are unchanged (see `_cached_hidden_t`).
+        self._hidden_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
         self.update_layer(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
         # Under ZeRO-3, have DeepSpeed gather W0 for this layer's forward/backward (once per forward).
         register_external_weight(self, self.base_layer.weight)
@@ -121,6 +138,8 @@ class NeatLayer(nn.Module):
         self.depth[adapter_name] = depth
         self.scaling[adapter_name] = config.scaling
         self.act_fn[adapter_name] = config.act_fn
+        self._activations[adapter_name] = get_activation(config.act_fn)
+        self._hidden_cache.pop(adapter_name, None)
         self.peanut_A[adapter_name] = nn.Linear(self.out_features, r, bias=False, **factory)
         self.peanut_encoders[adapter_name] = nn.ModuleList(
             nn.Linear(r, r, bias=False, **factory) for _ in range(depth)
@@ -151,7 +170,7 @@ class NeatLayer(nn.Module):
             container = getattr(self, attr)
             if adapter_name in container:
                 del container[adapter_name]
-        for attr in ("r", "depth", "scaling", "act_fn"):
+        for attr in ("r", "depth", "scaling", "act_fn", "_activations", "_hidden_cache"):
             getattr(self, attr).pop(adapter_name, None)
 
     # ------------------------------------------------------------------ the method
@@ -171,7 +190,7 @@ class NeatLayer(nn.Module):
         """
         weight = self.base_weight() if base_weight is None else base_weight
         a = self.peanut_A[adapter_name].weight
-        act = get_activation(self.act_fn[adapter_name])
+        act = self._activations[adapter_name]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             h = act((a.to(weight.dtype) @ weight).to(a.dtype))
             residuals = []
@@ -194,13 +213,25 @@ class NeatLayer(nn.Module):
             with torch.autocast(device_type=base.device.type, enabled=False):
                 return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
 
+    def _cached_hidden_t(self, adapter_name: str) -> torch.Tensor:
+        """`hidden_t` for inference (no autograd): reused across calls, e.g. every step of `generate`, and recomputed
+        when A, an r×r layer, the scaling or W0 changed (tracked by tensor version counters and storage)."""
+        tensors = [self.base_layer.weight, *(p for attr in self.adapter_layer_names for p in getattr(self, attr)[adapter_name].parameters() if attr != "peanut_B")]
+        key = (self.scaling[adapter_name], *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+        cached = self._hidden_cache.get(adapter_name)
+        if cached is None or cached[0] != key:
+            cached = (key, self.hidden_t(adapter_name))
+            self._hidden_cache[adapter_name] = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if self.disable_adapters or self.merged or name not in self.peanut_A:
             return result
         compute_dtype = x.dtype
-        h_t = self.hidden_t(name).to(compute_dtype)
+        cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not is_zero3_partitioned(self.base_layer.weight)
+        h_t = (self._cached_hidden_t(name) if cacheable else self.hidden_t(name)).to(compute_dtype)
         b = self.peanut_B[name].weight.to(compute_dtype)
         x = self.peanut_dropout[name](x)
         return result + F.linear(F.linear(x, h_t), b).to(result.dtype)
@@ -226,13 +257,21 @@ class NeatLayer(nn.Module):
         with gathered(layer_adapter_parameters(self)), gathered([weight], modifier_rank=0):
             delta = self.delta_weight(name)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
-            merged = weight.data + delta
-            if safe_merge and not torch.isfinite(merged).all():
+            if safe_merge and not torch.isfinite(weight.data + delta).all():
                 raise ValueError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
             if keep_original:
                 self._weight_before_merge = weight.data.detach().to("cpu", copy=True)
-            weight.data.copy_(merged)
+            weight.data.add_(delta)
         self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def merged_weight_is_finite(self) -> bool:
+        """Whether W0 + ΔW of the active adapter, in W0's dtype, is free of NaN/inf (what `safe_merge` checks)."""
+        weight = self.base_layer.weight
+        with gathered([weight]):
+            delta = self.delta_weight(self.active_adapter)
+            delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
+            return bool(torch.isfinite(weight.data + delta).all())
 
     @torch.no_grad()
     def unmerge(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
@@ -31,6 +32,16 @@ from .modules_to_save import ModulesToSaveWrapper
 from .targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
+
+#: transformers' PEFT integration (PeftAdapterMixin) methods that must not be reached through NeatModel's attribute
+#: fall-through, with what to use instead.
+_PEFT_MIXIN_METHODS = {
+    "enable_adapters": "adapters are active by default; use `with model.disable_adapter():` to switch them off",
+    "disable_adapters": "use `with model.disable_adapter():`",
+    "active_adapters_names": "use model.active_adapter",
+    "get_adapter_state_dict_peft": "use model.get_adapter_state_dict()",
+    "add_adapter_peft": "use model.add_adapter(name, NeatConfig(...))",
+}
 
 
 def _numel(param: torch.Tensor) -> int:
@@ -65,11 +76,17 @@ class NeatModel(nn.Module):
         autocast_adapter_dtype: bool = True,
     ) -> None:
         super().__init__()
+        if any(isinstance(m, (NeatLayer, ModulesToSaveWrapper)) for m in model.modules()):
+            raise NeatError(
+                f"This {type(model).__name__} already holds NEAT layers (it was passed to get_neat_model or "
+                "NeatModel.from_pretrained before). Add adapters through that NeatModel (add_adapter / load_adapter), "
+                "or start from a fresh base model."
+            )
         self.peft_config: dict[str, NeatConfig] = {}
         self.active_adapter = adapter_name
         self._autocast_adapter_dtype = autocast_adapter_dtype
         self.base_model = model
-        self.add_adapter(adapter_name, config)
+        self.add_adapter(adapter_name, config, _freeze_base=True)
 
     # ------------------------------------------------------------------ delegation to the wrapped model
     def __getattr__(self, name: str) -> Any:
@@ -78,6 +95,13 @@ class NeatModel(nn.Module):
         except AttributeError:
             if name == "base_model":
                 raise
+            if name in _PEFT_MIXIN_METHODS:
+                # transformers models carry PEFT's integration (PeftAdapterMixin); reaching it through the wrapper
+                # would inject stock PEFT layers next to ours.
+                raise AttributeError(
+                    f"NeatModel has no {name!r}; {_PEFT_MIXIN_METHODS[name]} (transformers' PEFT integration is not "
+                    "used for NEAT adapters)."
+                ) from None
             return getattr(self.base_model, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -123,26 +147,31 @@ class NeatModel(nn.Module):
             if isinstance(module, ModulesToSaveWrapper):
                 yield name, module
 
-    def add_adapter(self, adapter_name: str, config: NeatConfig) -> None:
-        """Inject a new adapter. Everything is checked first, so a refused call leaves the model unchanged.
+    def add_adapter(self, adapter_name: str, config: NeatConfig, *, _freeze_base: bool = False) -> None:
+        """Inject a new adapter. It is not made active (see [`set_adapter`]) and stays frozen until it is. Everything
+        is checked first, so a refused call leaves the model unchanged.
 
         Raises:
             NoTargetModulesError, UnsupportedModuleError, NeatError: see [`plan_injection`].
         """
         if not isinstance(config, NeatConfig):
             raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+            raise NeatError(f"Adapter names must be non-empty strings without '.', got {adapter_name!r}.")
         if adapter_name in self.peft_config:
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
         config = copy.deepcopy(config)
+        config._validate()  # fields may have been changed after construction
         plan = plan_injection(self.base_model, config)
         config.target_modules = plan.target_modules
-        if config.modules_to_save is None and plan.modules_to_save:
-            config.modules_to_save = [p.rsplit(".", 1)[-1] for p in plan.modules_to_save]
+        config.modules_to_save = plan.modules_to_save_names
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
+        if _freeze_base:
+            self.base_model.requires_grad_(False)
         self._inject(adapter_name, config, plan)
         self.peft_config[adapter_name] = config
-        self._mark_trainable(adapter_name, trainable=not config.inference_mode)
+        self._sync_active_adapter()
 
     def _inject(self, adapter_name: str, config: NeatConfig, plan: InjectionPlan) -> None:
         for path in plan.targets:
@@ -164,17 +193,21 @@ class NeatModel(nn.Module):
         parent_path, _, child = path.rpartition(".")
         return (self.base_model.get_submodule(parent_path) if parent_path else self.base_model), child
 
-    def _mark_trainable(self, adapter_name: str, *, trainable: bool) -> None:
-        for name, param in self.base_model.named_parameters():
-            param.requires_grad_(False)
+    def _sync_active_adapter(self) -> None:
+        """Point every NEAT layer and saved module at `self.active_adapter` and make exactly that adapter trainable
+        (unless it was loaded for inference). Base weights are left as they are."""
+        active = self.active_adapter
+        trainable = not self.peft_config[active].inference_mode
         for _, layer in self.neat_layers():
+            layer.active_adapter = active
             for attr in NeatLayer.adapter_layer_names:
-                container = getattr(layer, attr)
-                if adapter_name in container:
-                    container[adapter_name].requires_grad_(trainable)
+                for name, module in getattr(layer, attr).items():
+                    module.requires_grad_(trainable and name == active)
         for _, wrapper in self._saved_modules():
-            if adapter_name in wrapper.modules_to_save:
-                wrapper.modules_to_save[adapter_name].requires_grad_(trainable)
+            wrapper.active_adapter = active
+            wrapper.original_module.requires_grad_(False)
+            for name, module in wrapper.modules_to_save.items():
+                module.requires_grad_(trainable and name == active)
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make `adapter_name` the active adapter (and the only trainable one)."""
@@ -183,9 +216,7 @@ class NeatModel(nn.Module):
         if any(layer.merged for _, layer in self.neat_layers()):
             raise NeatError("Unmerge the adapter (unmerge_adapter()) before switching the active adapter.")
         self.active_adapter = adapter_name
-        for _, module in [*self.neat_layers(), *self._saved_modules()]:
-            module.active_adapter = adapter_name
-        self._mark_trainable(adapter_name, trainable=not self.peft_config[adapter_name].inference_mode)
+        self._sync_active_adapter()
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove a non-active adapter."""
@@ -234,10 +265,20 @@ class NeatModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ------------------------------------------------------------------ merge / unload
-    def merge_adapter(self, *, safe_merge: bool = False) -> None:
-        """Merge the active adapter into the base weights (reversible with [`unmerge_adapter`])."""
-        for _, layer in self.neat_layers():
-            layer.merge(safe_merge=safe_merge)
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, *, safe_merge: bool = False) -> None:
+        """Merge the active adapter into the base weights (reversible with [`unmerge_adapter`]).
+
+        With `safe_merge=True` every merged weight is checked (in the base dtype) before any is written.
+        """
+        self._check_mergeable(adapter_names)
+        layers = [layer for _, layer in self.neat_layers() if not layer.merged]
+        if not layers:
+            warnings.warn(f"Adapter {self.active_adapter!r} is already merged; nothing to do.", stacklevel=2)
+            return
+        if safe_merge:
+            self._check_finite_merge(layers)
+        for layer in layers:
+            layer.merge()
 
     def unmerge_adapter(self) -> None:
         """Restore the original base weights exactly."""
@@ -245,24 +286,43 @@ class NeatModel(nn.Module):
             if layer.merged:
                 layer.unmerge()
 
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False) -> nn.Module:
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+    ) -> nn.Module:
         """Merge the active adapter into the weights and return the plain base model (NEAT layers removed, trained
         `modules_to_save` copies in place). Not in-place for the wrapper: use the returned model.
 
-        With `safe_merge=True` every merged weight is checked for NaN/inf before anything is written.
+        With `safe_merge=True` every merged weight is checked for NaN/inf (in the base dtype) before anything is written.
         """
+        self._check_mergeable(adapter_names)
         return self._unload(merge=True, progressbar=progressbar, safe_merge=safe_merge)
 
     def unload(self) -> nn.Module:
         """Return the base model with NEAT removed and nothing merged (original `modules_to_save` modules back)."""
         return self._unload(merge=False)
 
+    def _check_mergeable(self, adapter_names: Optional[list[str]]) -> None:
+        if adapter_names is not None and list(adapter_names) != [self.active_adapter]:
+            raise NeatError(
+                f"neat-hf merges the active adapter ({self.active_adapter!r}) only, got adapter_names={adapter_names}; "
+                "call set_adapter(name) first."
+            )
+        if any(layer.disable_adapters for _, layer in self.neat_layers()):
+            raise NeatError("Cannot merge inside `with model.disable_adapter():`; merge after the block.")
+
+    @staticmethod
+    def _check_finite_merge(layers: list[NeatLayer]) -> None:
+        for layer in layers:  # all checked before any weight changes
+            if layer.active_adapter in layer.peanut_A and not layer.merged_weight_is_finite():
+                raise ValueError(
+                    f"NaN or inf in the merged weight of a {type(layer.base_layer).__name__} "
+                    f"(adapter {layer.active_adapter!r}); nothing was merged."
+                )
+
     def _unload(self, *, merge: bool, progressbar: bool = False, safe_merge: bool = False) -> nn.Module:
         layers = list(self.neat_layers())
         if merge and safe_merge:
-            for path, layer in layers:  # check all before changing any weight
-                if not torch.isfinite(layer.delta_weight(layer.active_adapter)).all():
-                    raise ValueError(f"NaN or inf in the adapter of {path!r}; nothing was merged.")
+            self._check_finite_merge([layer for _, layer in layers if not layer.merged])
         from tqdm.auto import tqdm
 
         for path, layer in tqdm(layers, disable=not progressbar, desc="Unloading and merging" if merge else "Unloading"):
@@ -274,7 +334,7 @@ class NeatModel(nn.Module):
             setattr(parent, child, layer.base_layer)
         for path, wrapper in list(self._saved_modules()):
             parent, child = self._parent(path)
-            setattr(parent, child, wrapper.modules_to_save[wrapper.active_adapter] if merge else wrapper.original_module)
+            setattr(parent, child, wrapper.active_module if merge else wrapper.original_module)
         return self.base_model
 
     # ------------------------------------------------------------------ serialisation
@@ -337,12 +397,15 @@ class NeatModel(nn.Module):
             raise NeatError("neat-hf writes safetensors only; drop safe_serialization=False.")
         if os.path.isfile(save_directory):
             raise NeatError(f"save_directory {os.fspath(save_directory)!r} is a file; pass a folder.")
-        unknown = [kw for kw in kwargs if kw not in ("max_shard_size", "push_to_hub", "token", "save_embedding_layers")]
+        if kwargs.pop("push_to_hub", False):
+            raise NeatError("save_pretrained(push_to_hub=True) is not supported: call model.push_to_hub(repo_id).")
+        # Accepted for drop-in compatibility with PeftModel.save_pretrained; an adapter is one small file.
+        unknown = [kw for kw in kwargs if kw not in ("max_shard_size", "token", "save_embedding_layers")]
         if unknown:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}.")
         if not is_main_process:
             return
-        names = selected_adapters or list(self.peft_config)
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         bad = [n for n in names if n not in self.peft_config]
         if bad:
             raise NeatError(f"Unknown adapters {bad}; adapters: {sorted(self.peft_config)}.")
@@ -391,6 +454,7 @@ class NeatModel(nn.Module):
         is_trainable: bool = False,
         *,
         revision: Optional[str] = None,
+        subfolder: Optional[str] = None,
         token: Optional[Union[str, bool]] = None,
         cache_dir: Optional[str] = None,
         local_files_only: Optional[bool] = None,
@@ -407,32 +471,62 @@ class NeatModel(nn.Module):
             adapter_name (`str`, *optional*, defaults to `"default"`)
             is_trainable (`bool`, *optional*, defaults to `False`): keep adapter weights trainable (to resume
                 training); otherwise they are frozen and the model is put in eval mode, as in PEFT.
-            revision, token, cache_dir, local_files_only: passed to `huggingface_hub.hf_hub_download`.
+            revision, subfolder, token, cache_dir, local_files_only: where the files are (a branch, tag or commit
+                and a folder inside the repo or directory); passed to `huggingface_hub.hf_hub_download`.
 
         Raises:
             AdapterLoadError: missing or corrupt files, invalid adapter_config.json.
             AdapterMismatchError: the adapter does not fit `model`.
         """
-        hub = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
-        config = read_adapter_config(resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub))
-        tensors = read_adapter_weights(resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub))
-        config.inference_mode = not is_trainable
-        try:
-            plan = plan_injection(model, config)
-        except NeatError as err:
-            raise AdapterMismatchError(f"Adapter {os.fspath(model_id)!r} does not fit {type(model).__name__}: {err}") from err
-        check_adapter_tensors(tensors, expected_adapter_shapes(model, config, plan), type(model).__name__)
+        hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+        config, tensors = _read_and_check_adapter(model, model_id, is_trainable, hub)
         neat_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
         neat_model.load_adapter_weights(tensors, adapter_name)
         if not is_trainable:
             neat_model.eval()
         return neat_model
 
+    def load_adapter(
+        self,
+        model_id: Union[str, os.PathLike],
+        adapter_name: str,
+        is_trainable: bool = False,
+        *,
+        revision: Optional[str] = None,
+        subfolder: Optional[str] = None,
+        token: Optional[Union[str, bool]] = None,
+        cache_dir: Optional[str] = None,
+        local_files_only: Optional[bool] = None,
+    ) -> None:
+        """Load one more saved adapter into this model under `adapter_name` (not made active: see [`set_adapter`]).
+
+        Checked against the model before anything is added, like [`from_pretrained`].
+        """
+        hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+        config, tensors = _read_and_check_adapter(self.base_model, model_id, is_trainable, hub)
+        self.add_adapter(adapter_name, config)
+        self.load_adapter_weights(tensors, adapter_name)
+
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub.push.push_to_hub`."""
         from neat_hf.hub.push import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+
+def _read_and_check_adapter(
+    model: nn.Module, model_id: Union[str, os.PathLike], is_trainable: bool, hub: dict[str, Any]
+) -> tuple[NeatConfig, dict[str, torch.Tensor]]:
+    """Read adapter_config.json and the safetensors file, and check both against `model` (which is not changed)."""
+    config = read_adapter_config(resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub))
+    tensors = read_adapter_weights(resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub))
+    config.inference_mode = not is_trainable
+    try:
+        plan = plan_injection(model, config)
+    except NeatError as err:
+        raise AdapterMismatchError(f"Adapter {os.fspath(model_id)!r} does not fit {type(model).__name__}: {err}") from err
+    check_adapter_tensors(tensors, expected_adapter_shapes(model, config, plan), type(model).__name__)
+    return config, tensors
 
 
 def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: InjectionPlan) -> dict[str, tuple[int, ...]]:
@@ -448,7 +542,9 @@ def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: Injectio
             shapes[f"{base}.peanut_encoders.{i}.weight"] = (r, r)
             shapes[f"{base}.peanut_decoders.{i}.weight"] = (r, r)
     for path in plan.modules_to_save:
-        for key, tensor in model.get_submodule(path).state_dict(keep_vars=True).items():
+        module = model.get_submodule(path)
+        module = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
+        for key, tensor in module.state_dict(keep_vars=True).items():
             shapes[f"{FILE_KEY_PREFIX}{path}.{key}"] = _shape(tensor)
     return shapes
 

@@ -1,8 +1,9 @@
 """Which modules of a model a `NeatConfig` adapts, decided without touching the model.
 
-Matching follows PEFT (`check_target_module_exists`) so a config means the same thing in both libraries: a string is
-a regex that must match the whole module path; a list matches a module whose path equals an entry or ends with
-"." + entry. `layers_to_transform` keeps only blocks with those indices in the block list named by `layers_pattern`.
+Matching follows PEFT's `check_target_module_exists` rule for rule, so a config selects the same layers in both
+libraries (a test compares the two): a string is a regex that must match the whole module path; a list matches a
+module whose path equals an entry or ends with "." + entry, and only such suffix matches are filtered by
+`layers_to_transform` (the first numbered segment of the path, or the one after `layers_pattern`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Optional, Union
 from torch import nn
 
 from .config import NeatConfig
-from .constants import DEFAULT_TARGET_MODULES, SEQ_CLS_HEAD_NAMES
+from .constants import DEFAULT_TARGET_MODULES, TASK_HEAD_NAMES
 from .errors import NeatError, NoTargetModulesError, UnsupportedModuleError
 from .layer import NeatLayer, supported_layer_types
 
@@ -32,6 +33,8 @@ class InjectionPlan:
     target_modules: Union[list[str], str]
     targets: list[str]
     modules_to_save: list[str]
+    #: `modules_to_save` as stored in the config: the user's entries plus the task heads found in the model.
+    modules_to_save_names: Optional[list[str]] = None
 
 
 def name_matches(name: str, patterns: Union[list[str], str]) -> bool:
@@ -42,16 +45,34 @@ def name_matches(name: str, patterns: Union[list[str], str]) -> bool:
 
 
 def layer_index(name: str, layers_pattern: Optional[Union[list[str], str]]) -> Optional[int]:
-    """Index of the block that module path `name` sits in, or None."""
-    if layers_pattern is None:
-        match = re.match(r".*\.[^.]*\.(\d+)\.", name)
-        return int(match.group(1)) if match else None
+    """Index of the block that module path `name` sits in (the *first* numbered segment, as in PEFT), or None."""
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+        return int(match.group("idx")) if match else None
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
     for pattern in patterns:
-        match = re.match(rf".*\.{pattern}\.(\d+)\.", name)
+        match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
         if match:
-            return int(match.group(1))
+            return int(match.group("idx"))
     return None
+
+
+def target_matches(name: str, config: NeatConfig, target_modules: Union[list[str], str]) -> bool:
+    """Whether module path `name` is a NEAT target: PEFT's `check_target_module_exists`, rule for rule.
+
+    A regex or an exact path is taken as is; only dotted-suffix matches are filtered by `layers_to_transform`.
+    """
+    if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
+        return False
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    if name in target_modules:
+        return True
+    if not any(name.endswith("." + t) for t in target_modules):
+        return False
+    if not config.layers_to_transform:
+        return True
+    return layer_index(name, config.layers_pattern) in config.layers_to_transform
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -91,15 +112,16 @@ def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
         NeatError: a `modules_to_save` entry matches no module.
     """
     target_modules = config.target_modules if config.target_modules is not None else default_target_modules(model)
-    modules_to_save = list(config.modules_to_save or [])
-    if not modules_to_save and config.task_type == "SEQ_CLS":
-        modules_to_save = [n for n in SEQ_CLS_HEAD_NAMES if any(name_matches(k, [n]) for k, _ in model.named_modules() if k)]
+    task_heads = TASK_HEAD_NAMES.get(config.task_type or "", [])
+    requested = list(config.modules_to_save or [])
+    # As PEFT does for classification / QA task types: the task head is trained and saved too.
+    modules_to_save = requested + [n for n in task_heads if n not in requested]
     save_paths = [k for k, _ in model.named_modules() if k and not _is_internal(k) and name_matches(k, modules_to_save)]
     missing = [n for n in modules_to_save if not any(name_matches(p, [n]) for p in save_paths)]
-    if missing and len(missing) == len(modules_to_save):
-        raise NeatError(f"modules_to_save={modules_to_save} matches no module of {type(model).__name__}.")
-    # PEFT writes both usual head names for SEQ_CLS and ignores the one a model lacks; so do we, quietly.
-    if [n for n in missing if n not in SEQ_CLS_HEAD_NAMES]:
+    if requested and all(n in missing for n in requested):
+        raise NeatError(f"modules_to_save={requested} matches no module of {type(model).__name__}.")
+    # A task head name the model lacks (PEFT lists both "classifier" and "score") is ignored quietly, as in PEFT.
+    if [n for n in missing if n not in task_heads]:
         logger.warning("modules_to_save entries %s match no module of %s; ignoring them.", missing, type(model).__name__)
     # Outermost matches only: a saved module's children are saved with it.
     save_paths = [p for p in save_paths if not any(p.startswith(q + ".") for q in save_paths if q != p)]
@@ -111,11 +133,7 @@ def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
             continue
         if any(name == p or name.startswith(p + ".") for p in save_paths):
             continue
-        if not name_matches(name, target_modules):
-            continue
-        if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
-            continue
-        if config.layers_to_transform is not None and layer_index(name, config.layers_pattern) not in config.layers_to_transform:
+        if not target_matches(name, config, target_modules):
             continue
         if isinstance(module, (NeatLayer, *kinds)):  # a NeatLayer gets one more adapter
             targets.append(name)
@@ -137,4 +155,5 @@ def plan_injection(model: nn.Module, config: NeatConfig) -> InjectionPlan:
             f"target_modules={target_modules!r}{extra} matched no layer of {type(model).__name__}. "
             f"Layers NEAT can adapt in this model: {linear_layer_names(model)}."
         )
-    return InjectionPlan(target_modules=target_modules, targets=targets, modules_to_save=save_paths)
+    names = requested + [n for n in task_heads if n not in requested and n not in missing]
+    return InjectionPlan(target_modules, targets, save_paths, names or None)

@@ -42,7 +42,9 @@ def assert_unchanged(model, before):
         ({"r": 2.5}, "r must be a positive integer"),
         ({"depth": -1}, "depth must be a non-negative integer"),
         ({"act_fn": "swishy"}, r"Unknown act_fn 'swishy'. Must be one of \[.*'relu'.*'sin'"),
-        ({"scaling": "big"}, "scaling must be a float"),
+        ({"scaling": "big"}, "scaling must be a finite float"),
+        ({"scaling": float("nan")}, "scaling must be a finite float"),
+        ({"task_type": "SEQ_CLASSIFICATION"}, "task_type must be one of"),
         ({"dropout": 1.5}, r"dropout must be a float in \[0, 1\)"),
         ({"target_modules": 3}, "target_modules must be a list of module names or a regex"),
         ({"layers_pattern": "layers"}, "set layers_to_transform too"),
@@ -159,7 +161,7 @@ def test_truncated_weights_file(saved_adapter):
     [
         ("r", "4", r"r must be a positive integer \(e.g. 8, 16, 32\), got '4'"),
         ("depth", 1.5, "depth must be a non-negative integer"),
-        ("scaling", [1], "scaling must be a float"),
+        ("scaling", [1], "scaling must be a finite float"),
         ("target_modules", {"q": 1}, "target_modules must be"),
         ("act_fn", 7, "Unknown act_fn 7"),
         ("peft_type", "LORA", "peft_type='LORA'"),
@@ -180,7 +182,7 @@ def test_adapter_config_with_wrong_field_types(saved_adapter, field, value, mess
 
 def test_adapter_config_not_json(saved_adapter):
     (saved_adapter / ADAPTER_CONFIG_NAME).write_text("{not json")
-    with pytest.raises(AdapterLoadError, match="not valid JSON"):
+    with pytest.raises(AdapterLoadError, match="not valid UTF-8 JSON"):
         NeatModel.from_pretrained(tiny_llama(), saved_adapter)
 
 
@@ -204,3 +206,75 @@ def test_duplicate_adapter_name_is_refused():
         model.add_adapter("default", NeatConfig(r=4))
     after = model.state_dict()
     assert list(after) == list(before)
+
+
+@pytest.mark.parametrize(("field", "value"), [("r", 0), ("depth", -1), ("act_fn", "bogus"), ("scaling", float("inf"))])
+def test_config_changed_after_construction_is_checked_again(field, value):
+    config = NeatConfig(r=2)
+    setattr(config, field, value)
+    model = tiny_llama()
+    before = snapshot(model)
+    with pytest.raises(NeatError, match=field):
+        get_neat_model(model, config)
+    assert_unchanged(model, before)
+
+
+def test_nan_scaling_in_adapter_config_is_refused(saved_adapter):
+    path = saved_adapter / ADAPTER_CONFIG_NAME
+    path.write_text(path.read_text().replace('"scaling": 1.0', '"scaling": NaN'))
+    with pytest.raises(AdapterLoadError, match="scaling must be a finite float"):
+        NeatModel.from_pretrained(tiny_llama(), saved_adapter)
+
+
+def test_adapter_config_not_utf8(saved_adapter):
+    (saved_adapter / ADAPTER_CONFIG_NAME).write_bytes(b'{"r": "\xff\xfe"}')
+    with pytest.raises(AdapterLoadError, match="not valid UTF-8 JSON"):
+        NeatModel.from_pretrained(tiny_llama(), saved_adapter)
+
+
+def test_wrapping_a_base_twice_is_refused(saved_adapter):
+    base = tiny_llama()
+    model = get_neat_model(base, NeatConfig(r=2, init_weights=False))
+    before = snapshot(model)
+    with pytest.raises(NeatError, match="already holds NEAT layers.*add_adapter / load_adapter"):
+        get_neat_model(base, NeatConfig(r=2))
+    with pytest.raises(NeatError, match="already holds NEAT layers"):
+        NeatModel.from_pretrained(base, saved_adapter)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", ["", "a.b", 3])
+def test_bad_adapter_name_leaves_no_state(name):
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2))
+    before = snapshot(model)
+    with pytest.raises(NeatError, match="Adapter names must be non-empty strings without '.'"):
+        model.add_adapter(name, NeatConfig(r=2))
+    assert list(model.state_dict()) == list(before)
+    layer = next(layer for _, layer in model.neat_layers())
+    assert list(layer.r) == ["default"] and list(model.peft_config) == ["default"]
+
+
+def test_merge_inside_disable_adapter_is_refused():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, init_weights=False))
+    with model.disable_adapter(), pytest.raises(NeatError, match="Cannot merge inside"):
+        model.merge_adapter()
+    assert not any(layer.merged for _, layer in model.neat_layers())
+
+
+def test_peft_integration_methods_are_not_reached_through_the_wrapper():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2))
+    with pytest.raises(AttributeError, match="disable_adapter"):
+        model.enable_adapters()
+
+
+def test_quantized_like_layers_are_refused():
+    class Int8Linear(torch.nn.Linear):
+        pass
+
+    layer = Int8Linear(4, 4)
+    layer.weight = torch.nn.Parameter(torch.zeros(4, 4, dtype=torch.int8), requires_grad=False)
+    from neat_hf.layer import layer_features
+
+    with pytest.raises(UnsupportedModuleError, match="full-precision weight"):
+        layer_features(layer)

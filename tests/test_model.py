@@ -185,11 +185,33 @@ def test_half_precision_model_forward(dtype):
 
 
 def test_generate_goes_through_the_adapter():
-    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
     prompt = model_inputs("llama")["input_ids"][:1]
-    out = model.generate(input_ids=prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    assert out.shape == (1, prompt.shape[1] + 4)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+
+    def scores(model):
+        return torch.stack(model.generate(input_ids=prompt, **kwargs).scores)
+
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    randomize_adapter(model)
+    live = scores(model)
+    assert live.shape[0] == 4
     assert model.config.model_type == "llama"  # attribute access falls through
+    assert_logits_differ(live, scores(tiny_llama()))
+    torch.testing.assert_close(live, scores(model.merge_and_unload()), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_cache_of_h_is_refreshed_when_weights_change():
+    inputs = model_inputs("llama")
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    first = model_output(model, inputs)  # no_grad: fills the cache
+    assert torch.equal(model_output(model, inputs), first)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "peanut_A" in name:
+                param.mul_(1.5)  # in-place update, as an optimizer step does
+    updated = model_output(model, inputs)
+    assert_logits_differ(updated, first)
+    torch.testing.assert_close(updated, model(**inputs).logits.detach())  # grad-enabled path, no cache
 
 
 # ---------------------------------------------------------------------------------------------- merge
@@ -286,7 +308,12 @@ def test_multiple_adapters_switch_and_save(tmp_path):
     first = model_output(model, inputs)
     model.add_adapter("other", NeatConfig(r=2, target_modules=["q_proj"], init_weights=False))
     assert torch.equal(model_output(model, inputs), first)  # still the active one
+    # Only the active adapter trains; the added one waits frozen until it is activated.
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (".default." in name and "peanut_" in name), name
     model.set_adapter("other")
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (".other." in name), name
     second = model_output(model, inputs)
     assert_logits_differ(first, second)
     model.save_pretrained(tmp_path)
@@ -322,3 +349,68 @@ def test_saved_files_get_normal_permissions(tmp_path):
     for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")], "temporary files were left behind"
+
+
+def test_load_adapter_adds_a_saved_adapter(tmp_path):
+    inputs = model_inputs("llama")
+    other = get_neat_model(tiny_llama(), NeatConfig(r=2, depth=1, target_modules=["v_proj"], init_weights=False)).eval()
+    other.save_pretrained(tmp_path)
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False)).eval()
+    first = model_output(model, inputs)
+    model.load_adapter(tmp_path, "other")
+    assert torch.equal(model_output(model, inputs), first)
+    model.set_adapter("other")
+    torch.testing.assert_close(model_output(model, inputs), model_output(other, inputs))
+
+
+def test_set_adapter_keeps_base_parameters_the_user_unfroze():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2))
+    norm = model.base_model.model.norm.weight
+    norm.requires_grad_(True)
+    model.add_adapter("other", NeatConfig(r=2))
+    model.set_adapter("other")
+    assert norm.requires_grad
+
+
+def test_merge_and_unload_when_active_adapter_has_no_head_copy():
+    inputs = model_inputs("bert")
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=2, task_type="SEQ_CLS", init_weights=False)).eval()
+    model.add_adapter("other", NeatConfig(r=2, target_modules=["query"], init_weights=False))
+    model.set_adapter("other")
+    live = model_output(model, inputs)
+    torch.testing.assert_close(model_output(model.merge_and_unload(), inputs), live, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("task_type", "modules_to_save", "expected"),
+    [
+        ("SEQ_CLS", None, ["classifier"]),
+        ("TOKEN_CLS", None, ["classifier"]),
+        ("SEQ_CLS", ["pooler"], ["pooler", "classifier"]),
+        (None, ["classifier"], ["classifier"]),
+    ],
+)
+def test_task_heads_are_trained_like_peft(task_type, modules_to_save, expected):
+    model = get_neat_model(tiny_bert_classifier(), NeatConfig(r=2, task_type=task_type, modules_to_save=modules_to_save))
+    assert model.peft_config["default"].modules_to_save == expected
+    trained = sorted({n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad and ".modules_to_save." in n})
+    assert trained == sorted(expected)
+    stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=2, task_type=task_type, target_modules=["query", "value"], modules_to_save=modules_to_save))
+    stock_trained = sorted({n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n, p in stock.named_parameters() if p.requires_grad and ".modules_to_save." in n})
+    assert trained == stock_trained
+
+
+def test_safe_merge_checks_the_merged_weight_in_the_base_dtype_and_merges_nothing():
+    model = get_neat_model(tiny_llama().to(torch.float16), NeatConfig(r=4, init_weights=False))
+    layers = [layer for _, layer in model.neat_layers()]
+    with torch.no_grad():
+        layers[-1].peanut_B["default"].weight.fill_(1e7)  # finite in fp32, overflows fp16 once merged
+    assert torch.isfinite(layers[-1].delta_weight("default")).all()
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.merge_adapter(safe_merge=True)
+    assert not any(layer.merged for layer in layers), "a refused safe merge must merge no layer"
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.merge_and_unload(safe_merge=True)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
