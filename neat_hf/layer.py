@@ -120,7 +120,7 @@ class NeatLayer(nn.Module):
         self._weight_before_merge: Optional[torch.Tensor] = None
         self._activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         # Inference only: s·Hᵀ per adapter, reused while A, the r×r layers and W0 are unchanged (see `_cached_hidden_t`).
-        self._hidden_cache: dict[str, tuple[tuple, torch.Tensor]] = {}
+        self._hidden_cache: dict[str, tuple[tuple, torch.Tensor, list[torch.Tensor]]] = {}
         self.update_layer(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
         # Under ZeRO-3, have DeepSpeed gather W0 for this layer's forward/backward (once per forward).
         register_external_weight(self, self.base_layer.weight)
@@ -220,9 +220,16 @@ class NeatLayer(nn.Module):
         key = (self.scaling[adapter_name], *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
         cached = self._hidden_cache.get(adapter_name)
         if cached is None or cached[0] != key:
-            cached = (key, self.hidden_t(adapter_name))
+            # Keep the keyed tensors alive with the entry: otherwise, after `param.data = new` the freed storage can
+            # be reused by a later tensor with the same data_ptr and version, and the stale H would match the key.
+            cached = (key, self.hidden_t(adapter_name), [t.detach() for t in tensors])
             self._hidden_cache[adapter_name] = cached
         return cached[1]
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "NeatLayer":
+        # `.to()`, `.half()`, `.cuda()` replace parameter storage: drop cached H (and the old storages it pins).
+        self._hidden_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)

@@ -414,3 +414,13 @@ def test_safe_merge_checks_the_merged_weight_in_the_base_dtype_and_merges_nothin
         model.merge_and_unload(safe_merge=True)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_moving_the_model_drops_the_inference_cache():
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, init_weights=False)).eval()
+    model_output(model, model_inputs("llama"))
+    layers = [layer for _, layer in model.neat_layers()]
+    assert all(layer._hidden_cache for layer in layers)
+    model.to(torch.float64)
+    assert not any(layer._hidden_cache for layer in layers)
+    assert model_output(model, {"input_ids": model_inputs("llama")["input_ids"]}).dtype == torch.float64
