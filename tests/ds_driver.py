@@ -272,6 +272,20 @@ class GatherCounter:
 def main(argv: Optional[list[str]] = None) -> None:
     ns = parse_args(argv)
     run(ns)
+    _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Leave the process group in step on every rank, then exit without running C++ static destructors: gloo/DeepSpeed
+    CPU threads torn down at interpreter exit sometimes abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
