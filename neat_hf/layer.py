@@ -120,7 +120,7 @@ class NeatLayer(nn.Module):
         self._weight_before_merge: Optional[torch.Tensor] = None
         self._activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         # Inference only: s·Hᵀ per adapter, reused while A, the r×r layers and W0 are unchanged (see `_cached_hidden_t`).
-        self._hidden_cache: dict[str, tuple[tuple, torch.Tensor, list[torch.Tensor]]] = {}
+        self._hidden_cache: dict[str, tuple[tuple, torch.Tensor, list[torch.Tensor], torch.Tensor]] = {}
         self.update_layer(adapter_name, config, autocast_adapter_dtype=autocast_adapter_dtype)
         # Under ZeRO-3, have DeepSpeed gather W0 for this layer's forward/backward (once per forward).
         register_external_weight(self, self.base_layer.weight)
@@ -214,17 +214,27 @@ class NeatLayer(nn.Module):
                 return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
 
     def _cached_hidden_t(self, adapter_name: str) -> torch.Tensor:
-        """`hidden_t` for inference (no autograd): reused across calls, e.g. every step of `generate`, and recomputed
-        when A, an r×r layer, the scaling or W0 changed (tracked by tensor version counters and storage)."""
-        tensors = [self.base_layer.weight, *(p for attr in self.adapter_layer_names for p in getattr(self, attr)[adapter_name].parameters() if attr != "peanut_B")]
-        key = (self.scaling[adapter_name], *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
+        """`hidden_t` for inference (no autograd): reused across calls, e.g. every step of `generate`.
+
+        The entry is reused only if the weight network's inputs are unchanged: the small adapter weights (A and the
+        r×r layers, O(r·out)) are compared by *value* with a copy, because optimizers may update parameters without
+        bumping their version counter (torch's fused AdamW, the Trainer's default, does not); W0, which only merge,
+        unmerge and storage swaps change, is tracked by storage, version, dtype and device (its storage is pinned by
+        the entry, so a freed address cannot be reused and match by accident).
+        """
+        adapter = [p for attr in self.adapter_layer_names if attr != "peanut_B" for p in getattr(self, attr)[adapter_name].parameters()]
+        weight = self.base_layer.weight
+        key = (self.scaling[adapter_name], weight.data_ptr(), weight._version, weight.dtype, weight.device)
         cached = self._hidden_cache.get(adapter_name)
-        if cached is None or cached[0] != key:
-            # Keep the keyed tensors alive with the entry: otherwise, after `param.data = new` the freed storage can
-            # be reused by a later tensor with the same data_ptr and version, and the stale H would match the key.
-            cached = (key, self.hidden_t(adapter_name), [t.detach() for t in tensors])
-            self._hidden_cache[adapter_name] = cached
-        return cached[1]
+        if cached is not None:
+            cached_key, h_t, snapshot, _ = cached
+            if cached_key == key and all(
+                p.dtype == c.dtype and p.device == c.device and torch.equal(p, c) for p, c in zip(adapter, snapshot)
+            ):
+                return h_t
+        h_t = self.hidden_t(adapter_name)
+        self._hidden_cache[adapter_name] = (key, h_t, [p.detach().clone() for p in adapter], weight.detach())
+        return h_t
 
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> "NeatLayer":
         # `.to()`, `.half()`, `.cuda()` replace parameter storage: drop cached H (and the old storages it pins).
@@ -241,7 +251,23 @@ class NeatLayer(nn.Module):
         h_t = (self._cached_hidden_t(name) if cacheable else self.hidden_t(name)).to(compute_dtype)
         b = self.peanut_B[name].weight.to(compute_dtype)
         x = self.peanut_dropout[name](x)
-        return result + F.linear(F.linear(x, h_t), b).to(result.dtype)
+        delta = F.linear(F.linear(x, h_t), b).to(result.dtype)
+        if self._can_add_in_place(result):
+            # Saves an out-sized allocation and pass: 2-7% of a layer's forward+backward CPU time, 1% of a training
+            # step (benchmarks/README.md, "Performance"); the values are bit-identical to `result + delta`.
+            return result.add_(delta)
+        return result + delta
+
+    def _can_add_in_place(self, result: torch.Tensor) -> bool:
+        """Whether the base layer's output is ours to modify: a plain `nn.Linear` (its backward needs its inputs, not
+        its output) whose output no forward hook has seen, and not a leaf that requires grad. Anything else (ZeRO-3's
+        hooks, Conv1D's view, custom Linear subclasses) takes the out-of-place add."""
+        return (
+            type(self.base_layer) is nn.Linear
+            and not self.base_layer._forward_hooks
+            and not nn.modules.module._global_forward_hooks
+            and not (result.is_leaf and result.requires_grad)
+        )
 
     # ------------------------------------------------------------------ merging
     @torch.no_grad()

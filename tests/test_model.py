@@ -424,3 +424,18 @@ def test_moving_the_model_drops_the_inference_cache():
     model.to(torch.float64)
     assert not any(layer._hidden_cache for layer in layers)
     assert model_output(model, {"input_ids": model_inputs("llama")["input_ids"]}).dtype == torch.float64
+
+
+def test_inference_cache_sees_fused_adamw_updates():
+    """torch's fused AdamW (the Trainer's default optimizer) does not bump version counters: values must be compared."""
+    inputs = model_inputs("llama")
+    model = get_neat_model(tiny_llama(), NeatConfig(r=4, init_weights=False))
+    model.eval()
+    model_output(model, inputs)  # fills the cache
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, fused=True)
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    optimizer.step()
+    after = model_output(model, inputs)
+    with torch.enable_grad():
+        reference = model(**inputs).logits.detach()  # recomputes H from the current weights
+    torch.testing.assert_close(after, reference)
