@@ -1,0 +1,407 @@
+#!/usr/bin/env python
+"""Training-step benchmark: neat-hf NEAT against PEFT LoRA, PEFT PEANuT and the frozen-model floor.
+
+Each method runs in a fresh process on the same random-init LLaMA (same seed, same token batch, AdamW over the
+trainable parameters). A step is forward + backward + optimizer step; after warm-up steps the script records the
+step times, the peak memory (CUDA: `torch.cuda.max_memory_allocated`; CPU: peak RSS of the child process from
+`resource.getrusage`), the trainable parameter count and tokens/s. Methods are run in interleaved rounds (the order
+rotates every round) and the report quotes the median over rounds of each round's median step, with the spread.
+
+Outputs `<output-dir>/train_<preset>_<device>_<dtype>.{json,md,png}`.
+
+Examples:
+
+    # ANCHORS' CPU shape (hidden 512, 4 layers, seq 256 x batch 4, r=32), three interleaved rounds
+    python benchmarks/bench_train.py --preset cpu --device cpu --dtype fp32 --rounds 3
+
+    # 1.1B and 7B shapes on one GPU in bf16 (adapter weights stay fp32, as PEFT does)
+    python benchmarks/bench_train.py --preset 1b --device cuda --dtype bf16 --rounds 2
+    python benchmarks/bench_train.py --preset 7b --device cuda --dtype bf16 --rounds 1 --steps 6
+
+    # parameter counts and shapes of the 7B preset without a GPU (meta device, nothing allocated)
+    python benchmarks/bench_train.py --preset 7b --dtype bf16 --dry-run
+
+    # smoke run (seconds)
+    python benchmarks/bench_train.py --preset tiny --rounds 1 --warmup 1 --steps 2 --output-dir /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_models import TRAIN_METHODS, apply_method, build_llama, count_trainable, get_preset, random_batch  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    atomic_write_json,
+    atomic_write_text,
+    environment,
+    fmt_bytes,
+    fmt_count,
+    format_env,
+    import_pyplot,
+    markdown_table,
+    peak_rss_bytes,
+    resolve_dtype,
+    run_worker,
+    save_figure,
+    setup_logging,
+    summarize,
+)
+
+
+logger = logging.getLogger("neat_hf.benchmarks.train")
+
+# Issue 6 targets (ratios of median step time / peak memory, measured side by side in one run).
+TARGETS = {
+    "neat_vs_lora_time": 1.00,
+    "neat_vs_lora_memory": 1.02,
+    "neat_vs_peanut_time": {"1b": 0.30, "7b": 0.20},
+}
+
+OVERRIDE_FIELDS = ("seq_len", "batch_size", "r", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Child process
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the model for `spec["method"]`, run warm-up + measured steps, return the timings (runs in the child)."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device, dtype = spec["device"], resolve_dtype(spec["dtype"])
+    preset = get_preset(spec["preset"], **spec.get("overrides", {}))
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    model = apply_method(build_llama(preset, device, dtype, spec["seed"]), spec["method"], preset, spec["seed"])
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4) if trainable else None
+    step_model = torch.compile(model) if spec.get("compile") else model
+    input_ids = random_batch(preset, device, spec["seed"])
+
+    times, cpu_times, losses = [], [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = step_model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        losses.append(float(loss.detach()))
+        if i >= spec["warmup"]:
+            times.append(elapsed)
+            cpu_times.append(cpu)
+
+    if device.startswith("cuda"):
+        peak, peak_kind = torch.cuda.max_memory_allocated(), "cuda_max_memory_allocated"
+    else:
+        peak, peak_kind = peak_rss_bytes(), "peak_rss"
+    return {
+        "method": spec["method"],
+        "step_times_s": times,
+        # CPU time of the child per step (all its threads). On a CPU shared with other jobs it is far less sensitive
+        # to contention than wall time, as long as the child runs one thread (with several, OpenMP spin-waits count).
+        "step_cpu_times_s": cpu_times,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "trainable_params": sum(p.numel() for p in trainable) if trainable else 0,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "peak_memory_bytes": int(peak),
+        "peak_memory_kind": peak_kind,
+        "tokens_per_step": preset.batch_size * preset.seq_len,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parent: interleaved rounds, aggregation, report
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def aggregate(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine one method's rounds: median of per-round medians, spread over rounds and over all steps."""
+    round_medians = [summarize(r["step_times_s"])["median"] for r in runs]
+    all_steps = [t for r in runs for t in r["step_times_s"]]
+    over_rounds = summarize(round_medians)
+    step_s = over_rounds["median"]
+    cpu_round_medians = [summarize(r["step_cpu_times_s"])["median"] for r in runs]
+    cpu_over_rounds = summarize(cpu_round_medians)
+    return {
+        "step_cpu_s_median": cpu_over_rounds["median"],
+        "step_cpu_s_rounds_min": cpu_over_rounds["min"],
+        "step_cpu_s_rounds_max": cpu_over_rounds["max"],
+        "step_cpu_s_all_steps": summarize([t for r in runs for t in r["step_cpu_times_s"]]),
+        "method": method,
+        "step_s_median": step_s,
+        "step_s_round_medians": round_medians,
+        "step_s_rounds_min": over_rounds["min"],
+        "step_s_rounds_max": over_rounds["max"],
+        "step_s_all_steps": summarize(all_steps),
+        "tokens_per_s": runs[0]["tokens_per_step"] / step_s,
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs),
+        "peak_memory_kind": runs[0]["peak_memory_kind"],
+        "trainable_params": runs[0]["trainable_params"],
+        "total_params": runs[0]["total_params"],
+        "first_loss": runs[0]["first_loss"],
+        "last_loss": runs[0]["last_loss"],
+    }
+
+
+def compare(summary: dict[str, dict[str, Any]], preset: str) -> dict[str, Any]:
+    """Ratios between methods and the issue-6 targets they are held to."""
+    out: dict[str, Any] = {}
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        if a in summary and b in summary and summary[b][key]:
+            return summary[a][key] / summary[b][key]
+        return None
+
+    out["neat_vs_lora_time"] = ratio("neat", "lora", "step_s_median")
+    out["neat_vs_lora_cpu_time"] = ratio("neat", "lora", "step_cpu_s_median")
+    out["neat_vs_peanut_cpu_time"] = ratio("neat", "peanut", "step_cpu_s_median")
+    out["neat_vs_floor_cpu_time"] = ratio("neat", "floor", "step_cpu_s_median")
+    out["lora_vs_floor_cpu_time"] = ratio("lora", "floor", "step_cpu_s_median")
+    out["neat_vs_lora_memory"] = ratio("neat", "lora", "peak_memory_bytes")
+    out["neat_vs_peanut_time"] = ratio("neat", "peanut", "step_s_median")
+    out["neat_vs_floor_time"] = ratio("neat", "floor", "step_s_median")
+    out["lora_vs_floor_time"] = ratio("lora", "floor", "step_s_median")
+    out["peanut_vs_lora_time"] = ratio("peanut", "lora", "step_s_median")
+    checks = {}
+    if out["neat_vs_lora_time"] is not None:
+        checks["neat_time_le_1.00x_lora"] = out["neat_vs_lora_time"] <= TARGETS["neat_vs_lora_time"]
+    if out["neat_vs_lora_cpu_time"] is not None and summary["neat"].get("device", "cpu") == "cpu":
+        checks["neat_cpu_time_le_1.00x_lora"] = out["neat_vs_lora_cpu_time"] <= TARGETS["neat_vs_lora_time"]
+    if out["neat_vs_lora_memory"] is not None:
+        checks["neat_memory_le_1.02x_lora"] = out["neat_vs_lora_memory"] <= TARGETS["neat_vs_lora_memory"]
+    peanut_target = TARGETS["neat_vs_peanut_time"].get(preset)
+    if out["neat_vs_peanut_time"] is not None and peanut_target is not None:
+        checks[f"neat_time_le_{peanut_target:.2f}x_peanut"] = out["neat_vs_peanut_time"] <= peanut_target
+    out["target_checks"] = checks
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    mem_label = "peak memory (CUDA max allocated)" if cfg["device"].startswith("cuda") else "peak RSS (child)"
+    rows = []
+    for m in report["methods"]:
+        s = report["summary"][m]
+        rows.append([
+            m,
+            f"{s['step_s_median'] * 1e3:.1f} ms",
+            f"{s['step_s_rounds_min'] * 1e3:.1f}–{s['step_s_rounds_max'] * 1e3:.1f} ms",
+            f"{s['step_s_all_steps']['iqr_rel'] * 100:.1f}%",
+            f"{s['step_cpu_s_median'] * 1e3:.1f} ms ({s['step_cpu_s_rounds_min'] * 1e3:.0f}–{s['step_cpu_s_rounds_max'] * 1e3:.0f})",
+            f"{s['tokens_per_s']:,.0f}",
+            fmt_bytes(s["peak_memory_bytes"]),
+            fmt_count(s["trainable_params"]),
+        ])
+    table = markdown_table(
+        ["method", "step (median)", "range of round medians", "IQR/median (all steps)",
+         "CPU time / step (range over rounds)", "tokens/s", mem_label, "trainable"],
+        rows,
+    )
+    cmp_ = report["comparison"]
+    ratios = ", ".join(
+        f"{k.replace('_', ' ')} {v:.3f}×" for k, v in cmp_.items() if isinstance(v, float)
+    )
+    checks = ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in cmp_["target_checks"].items())
+    p = report["preset"]
+    return (
+        f"### Training step — preset `{cfg['preset']}` ({p['description']}), {cfg['device']} {cfg['dtype']}\n\n"
+        f"hidden {p['hidden_size']}, {p['num_hidden_layers']} layers, intermediate {p['intermediate_size']}, "
+        f"{p['num_attention_heads']} heads / {p['num_key_value_heads']} kv, vocab {p['vocab_size']}, "
+        f"seq {p['seq_len']} × batch {p['batch_size']}, r={p['r']} on {', '.join(report['targets'])}; "
+        f"{cfg['rounds']} interleaved round(s) × {cfg['steps']} steps after {cfg['warmup']} warm-up; "
+        f"{report['runs'][report['methods'][0]][0]['torch_threads']} torch thread(s) per child process.\n\n"
+        f"{table}\n"
+        f"Ratios (median step / peak memory): {ratios}.\n\n"
+        f"Targets: {checks or 'n/a'}.\n\n"
+        f"Command: `{report['command']}`\n\n"
+        f"Environment: {format_env(report['environment'])}; load average at end "
+        f"{report['load_avg_end']}.\n"
+    )
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    plt = import_pyplot()
+    methods = report["methods"]
+    s = report["summary"]
+    med = [s[m]["step_s_median"] * 1e3 for m in methods]
+    lo = [med[i] - s[m]["step_s_rounds_min"] * 1e3 for i, m in enumerate(methods)]
+    hi = [s[m]["step_s_rounds_max"] * 1e3 - med[i] for i, m in enumerate(methods)]
+    mem = [s[m]["peak_memory_bytes"] / 2**30 for m in methods]
+    colors = {"floor": "#999999", "lora": "#1f77b4", "peanut": "#d62728", "neat": "#2ca02c"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.bar(methods, med, yerr=[lo, hi], capsize=4, color=[colors.get(m, "#555555") for m in methods])
+    ax1.set_ylabel("step time (ms), median; bars = range over rounds")
+    ax2.bar(methods, mem, color=[colors.get(m, "#555555") for m in methods])
+    ax2.set_ylabel("peak memory (GiB)" + (" — RSS" if not report["config"]["device"].startswith("cuda") else ""))
+    cfg = report["config"]
+    fig.suptitle(f"train step, preset {cfg['preset']}, {cfg['device']} {cfg['dtype']}")
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", help="tiny, cpu, 1b or 7b (see bench_models.PRESETS)")
+    parser.add_argument("--methods", default=",".join(TRAIN_METHODS),
+                        help=f"comma-separated subset of {','.join(TRAIN_METHODS)}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="base-model dtype")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one fresh process per method each)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps discarded per process")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per process")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each child")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every method")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--tag", default="", help="suffix for the output file names")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build every method on the meta device (no memory, no timing) and report parameter counts")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per child process")
+    for field in OVERRIDE_FIELDS:
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=None, help=f"override the preset's {field}")
+    parser.add_argument("--render", type=Path, default=None, help="rewrite the .md/.png of an existing result JSON")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def dry_run(args: argparse.Namespace, methods: list[str], overrides: dict[str, int]) -> dict[str, Any]:
+    """Build each method's model on the meta device: checks shapes, targets and parameter counts of any preset
+    (1b/7b included) on a machine without the memory or the GPU to run it."""
+    preset = get_preset(args.preset, **overrides)
+    dtype = resolve_dtype(args.dtype)
+    counts = {}
+    for method in methods:
+        model = apply_method(build_llama(preset, "meta", dtype, args.seed), method, preset, args.seed)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        counts[method] = {
+            "trainable_params": sum(p.numel() for p in trainable),
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "trainable_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in trainable}),
+        }
+        del model
+    report = {"benchmark": "train_step_dry_run", "preset": {**preset.__dict__}, "dtype": args.dtype, "params": counts}
+    rows = [[m, fmt_count(c["trainable_params"]), f"{c['total_params'] / 1e9:.3f} B", ",".join(c["trainable_dtypes"]) or "—"]
+            for m, c in counts.items()]
+    print(markdown_table(["method", "trainable", "total", "trainable dtype"], rows))
+    out = args.output_dir / f"dryrun_{args.preset}_{args.dtype}{('_' + args.tag) if args.tag else ''}.json"
+    atomic_write_json(out, report)
+    return report
+
+
+def validate(args: argparse.Namespace) -> list[str]:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in TRAIN_METHODS]
+    if bad or not methods:
+        raise SystemExit(f"--methods {args.methods!r}: unknown {bad}; choose from {','.join(TRAIN_METHODS)}.")
+    get_preset(args.preset)  # raises with the accepted names
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
+        raise SystemExit("--rounds and --steps must be >= 1 and --warmup >= 0.")
+    if args.device.startswith("cuda") and not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device} requested but torch.cuda.is_available() is False; use --device cpu.")
+    return methods
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = make_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.worker is not None:
+        atomic_write_json(args.result_file, measure(json.loads(args.worker)))
+        return None
+
+    if args.render is not None:
+        report = json.loads(args.render.read_text(encoding="utf-8"))
+        report["comparison"] = compare(report["summary"], report["config"]["preset"])
+        atomic_write_json(args.render, report)
+        atomic_write_text(args.render.with_suffix(".md"), render_markdown(report))
+        if not args.no_plot:
+            plot(report, args.render.with_suffix(".png"))
+        return report
+    methods = validate(args)
+    overrides = {f: getattr(args, f) for f in OVERRIDE_FIELDS if getattr(args, f) is not None}
+    if args.dry_run:
+        return dry_run(args, methods, overrides)
+    preset = get_preset(args.preset, **overrides)
+    env = environment(args.device)
+    script = Path(__file__).resolve()
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for rnd in range(args.rounds):
+        order = methods[rnd % len(methods):] + methods[: rnd % len(methods)]
+        for method in order:
+            spec = {
+                "method": method, "preset": args.preset, "overrides": overrides, "device": args.device,
+                "dtype": args.dtype, "seed": args.seed, "warmup": args.warmup, "steps": args.steps,
+                "threads": args.threads, "compile": args.compile,
+            }
+            result = run_worker(script, spec, timeout=args.timeout)
+            med = summarize(result["step_times_s"])["median"]
+            logger.info("round %d/%d %-7s median step %.1f ms", rnd + 1, args.rounds, method, med * 1e3)
+            runs[method].append(result)
+
+    summary = {m: {**aggregate(m, runs[m]), "device": args.device} for m in methods}
+    report = {
+        "benchmark": "train_step",
+        "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                   if k not in ("worker", "result_file")},
+        "preset": {**preset.__dict__},
+        "targets": list(__import__("common").LLAMA_TARGETS),
+        "methods": methods,
+        "environment": env,
+        "load_avg_end": [round(x, 2) for x in __import__("os").getloadavg()],
+        "summary": summary,
+        "comparison": compare(summary, args.preset),
+        "runs": runs,
+    }
+    first_losses = {m: summary[m]["first_loss"] for m in methods}
+    spread = max(first_losses.values()) - min(first_losses.values())
+    report["first_loss_spread"] = spread  # B = 0 at init: every method starts from the same loss
+    if spread > 1e-2 * max(1.0, abs(min(first_losses.values()))):
+        logger.warning("First-step losses differ across methods: %s", first_losses)
+
+    stem = f"train_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
+    out = args.output_dir
+    atomic_write_json(out / f"{stem}.json", report)
+    md = render_markdown(report)
+    atomic_write_text(out / f"{stem}.md", md)
+    if not args.no_plot:
+        plot(report, out / f"{stem}.png")
+    print(md)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Smoke tests for the benchmark scripts in benchmarks/: each runs end to end on a tiny preset and writes valid
+JSON, a markdown table and (where it draws one) a PNG.
+
+These tests check what the scripts compute and write, never how fast anything is: speed goals are measured by the
+benchmarks themselves (see benchmarks/README.md), not asserted in timed tests. The scripts run as subprocesses, as a
+user runs them; only the CoLA metric is imported directly (from the script's file) to check it against known values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_script(name: str, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def load_outputs(out: Path, stem: str, png: bool = True) -> dict:
+    report = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
+    md = (out / f"{stem}.md").read_text(encoding="utf-8")
+    assert md.count("\n|") >= 3, md  # header, separator and at least one row
+    assert "Command: `python benchmarks/" in md and "Environment:" in md
+    if png:
+        assert (out / f"{stem}.png").read_bytes()[:8] == PNG_MAGIC
+    return report
+
+
+@pytest.mark.slow
+def test_bench_train_tiny(tmp_path):
+    run_script("bench_train.py", "--preset", "tiny", "--rounds", "1", "--warmup", "1", "--steps", "2",
+               "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "train_tiny_cpu_fp32")
+    summary = report["summary"]
+    assert set(summary) == {"floor", "lora", "peanut", "neat"}
+    assert summary["floor"]["trainable_params"] == 0
+    # NEAT and PEANuT train the same parameters (A: r×out, B: out×r per target); LoRA's A is r×in.
+    assert summary["neat"]["trainable_params"] == summary["peanut"]["trainable_params"] > 0
+    assert summary["lora"]["trainable_params"] > 0
+    for method, s in summary.items():
+        assert s["step_s_median"] > 0 and s["tokens_per_s"] > 0 and s["peak_memory_bytes"] > 0, method
+        assert len(report["runs"][method]) == 1 and len(report["runs"][method][0]["step_times_s"]) == 2
+    # B = 0 at init and the same base weights and batch everywhere: every method starts from the same loss.
+    first = [s["first_loss"] for s in summary.values()]
+    assert max(first) - min(first) < 1e-4, first
+    assert set(report["comparison"]["target_checks"]) == {
+        "neat_time_le_1.00x_lora", "neat_cpu_time_le_1.00x_lora", "neat_memory_le_1.02x_lora"}
+    assert all(len(r[0]["step_cpu_times_s"]) == 2 for r in report["runs"].values())
+
+
+@pytest.mark.slow
+def test_bench_train_bf16_base_fp32_adapters(tmp_path):
+    """The CUDA recipe's dtype path (bf16 base, fp32 adapter weights), exercised on CPU with the tiny preset."""
+    run_script("bench_train.py", "--preset", "tiny", "--dtype", "bf16", "--methods", "lora,neat", "--rounds", "1",
+               "--warmup", "1", "--steps", "1", "--no-plot", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "train_tiny_cpu_bf16", png=False)
+    assert report["config"]["dtype"] == "bf16"
+    assert all(s["last_loss"] == s["last_loss"] for s in report["summary"].values())  # not NaN
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        # ../shared/ANCHORS.md: 16.9 M (LoRA) and 14.4 M (PEANuT, factored NEAT) at 1.1B; 56.1 M for all at 7B.
+        ("1b", {"lora": 16_941_056, "peanut": 14_417_920, "neat": 14_417_920, "floor": 0}),
+        ("7b", {"lora": 56_098_816, "peanut": 56_098_816, "neat": 56_098_816, "floor": 0}),
+    ],
+)
+def test_bench_train_gpu_presets_dry_run_match_anchor_shapes(tmp_path, preset, expected):
+    """The 1b/7b presets build on the meta device with the ANCHORS parameter counts and fp32 adapters on bf16."""
+    run_script("bench_train.py", "--preset", preset, "--dtype", "bf16", "--dry-run", "--output-dir", str(tmp_path))
+    report = json.loads((tmp_path / f"dryrun_{preset}_bf16.json").read_text(encoding="utf-8"))
+    assert {m: c["trainable_params"] for m, c in report["params"].items()} == expected
+    for method in ("lora", "peanut", "neat"):
+        assert report["params"][method]["trainable_dtypes"] == ["float32"]
+
+
+@pytest.mark.slow
+def test_bench_generate_tiny(tmp_path):
+    methods = "base,lora,neat,neat_merged"
+    run_script("bench_generate.py", "--preset", "tiny", "--methods", methods, "--rounds", "1", "--repeats", "1",
+               "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "generate_tiny_cpu_fp32")
+    assert report["methods"] == methods.split(",")
+    for method in report["methods"]:
+        run = report["runs"][method][0]
+        assert report["summary"][method]["tokens_per_s"] > 0
+        assert len(run["tokens"]) == 1 and len(run["tokens"][0]) == report["preset"]["new_tokens"]
+    assert set(report["merged_token_agreement"]) == {"neat vs neat_merged"}
+
+
+def test_profile_adapter_tiny(tmp_path):
+    run_script("profile_adapter.py", "--preset", "tiny", "--iters", "2", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "profile_tiny_cpu_fp32", png=False)
+    assert set(report["timings"]) == {"64x32", "64x64", "64x172", "172x64"}
+    for per_shape in report["timings"].values():
+        assert set(per_shape) == {"frozen", "lora", "neat", "flops"}
+    assert any(row["op"] == "aten::mm" for row in report["profile"])
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_bench_zero3_one_w0_gather_per_layer_per_forward(tmp_path):
+    """Under ZeRO-3 (2 gloo ranks, every weight released after use) NEAT gathers each W0 once per forward, like LoRA."""
+    run_script("bench_zero3.py", "--preset", "tiny", "--settings", "strict", "--rounds", "1", "--warmup", "1",
+               "--steps", "1", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "zero3_tiny", png=False)
+    for method in ("neat", "lora"):
+        s = report["summary"][f"{method}/strict"]
+        assert s["n_target_layers"] == 10  # 2 layers × q, k, v, up, down
+        assert s["w0_gathers_per_layer"]["forward"] == pytest.approx(1.0), (method, s)
+    assert report["runs"]["neat/strict"][0]["registered_external"] == 10
+
+
+# ---------------------------------------------------------------------------------------------------------- quality
+
+
+def _tiny_bert_dir(root: Path) -> Path:
+    """A tiny BERT sequence classifier + WordPiece tokenizer saved like a Hub folder (no downloads)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = "good bad great awful fine poor movie film plot acting very not".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    model_dir = root / "tiny-bert"
+    model_dir.mkdir()
+    (model_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(model_dir / "vocab.txt")).save_pretrained(model_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64)
+    BertForSequenceClassification(config).save_pretrained(model_dir)
+    return model_dir
+
+
+def _tsv(path: Path, n: int, seed: int) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fine"], ["bad", "awful", "poor"]
+    lines = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = [rng.choice(pos if label else neg), rng.choice(["movie", "film", "plot", "acting"])]
+        lines.append(f"{label}\t{' '.join(words)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    return _tiny_bert_dir(tmp_path), _tsv(tmp_path / "train.tsv", 48, 0), _tsv(tmp_path / "dev.tsv", 16, 1)
+
+
+@pytest.mark.slow
+def test_quality_tiny(tmp_path, tiny_task):
+    model_dir, train, dev = tiny_task
+    out = tmp_path / "out"
+    methods = "neat,lora,neat_depth1,neat_sin,head"
+    run_script("quality.py", "--model", str(model_dir), "--tasks", "toy", "--train-file", str(train), "--dev-file",
+               str(dev), "--text-column", "1", "--label-column", "0", "--metric", "matthews_correlation",
+               "--methods", methods, "--seeds", "0,1", "--lrs", "1e-3", "--extra-lrs", "2e-3", "--epochs", "2", "--batch-size", "16",
+               "--r", "4", "--no-evaluate", "--output-dir", str(out))
+    report = load_outputs(out, "quality_toy_tiny-bert")
+    assert not (out / "quality_toy_tiny-bert.partial.json").exists()
+    task = report["tasks"]["toy"]
+    counts = task["param_counts"]
+    # r=4 on query,value (32×32) of 2 layers: 2·2·(4·32 + 32·4) = 1,024 for both methods; head 32·2 + 2.
+    assert counts["neat"]["adapter"] == counts["lora"]["adapter"] == 1024
+    assert counts["neat_sin"]["adapter"] == 1024
+    assert counts["neat_depth1"]["adapter"] == 1024 + 4 * 2 * 4 * 4
+    assert counts["head"]["adapter"] == 0
+    assert {c["head"] for c in counts.values()} == {66}
+    assert len(task["runs"]) == 5 * 2  # methods × seeds, one lr each (--lrs for neat/lora, --extra-lrs for the rest)
+    for run in task["runs"]:
+        assert len(run["curve"]) == 2 and all(-1.0 <= v <= 1.0 for v in run["curve"])
+        assert run["final"] == run["curve"][-1] and run["best"] == max(run["curve"])
+        expected = "NeatTrainer" if run["method"].startswith("neat") else "Trainer"
+        assert run["trainer"].endswith("." + expected), run["trainer"]
+    for method in methods.split(","):
+        s = task["summary"][method]
+        assert s["lr"] == (1e-3 if method in ("neat", "lora") else 2e-3) and len(s["finals"]) == 2
+    assert "NEAT − LoRA" in task["reading"]
+
+
+@pytest.mark.slow
+def test_quality_refuses_unequal_parameter_budgets(tmp_path, tiny_task):
+    model_dir, train, dev = tiny_task
+    proc = run_script("quality.py", "--model", str(model_dir), "--tasks", "toy", "--train-file", str(train),
+                      "--dev-file", str(dev), "--text-column", "1", "--label-column", "0", "--methods", "neat,lora",
+                      "--target-modules", "intermediate.dense", "--seeds", "0", "--lrs", "1e-3", "--epochs", "1",
+                      "--no-evaluate", "--output-dir", str(tmp_path / "out"), check=False)
+    assert proc.returncode != 0
+    assert "only fair at equal counts" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _quality_module():
+    spec = importlib.util.spec_from_file_location("neat_bench_quality", BENCH / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_metrics_match_known_values():
+    q = _quality_module()
+    labels = [1, 1, 1, 1, 0, 0, 0, 1, 0, 1]
+    preds = [1, 1, 0, 1, 0, 1, 0, 1, 0, 0]
+    # tp=4, tn=3, fp=1, fn=2: (4·3 − 1·2) / sqrt(5·5·6·4) = 10 / sqrt(600)
+    assert q.matthews_corrcoef(labels, preds) == pytest.approx(10 / 600**0.5)
+    assert q.matthews_corrcoef([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0  # undefined (constant prediction) → 0
+    assert q.matthews_corrcoef([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+    assert q.compute_metric("accuracy", labels, preds) == pytest.approx(0.7)
+    assert q.compute_metric("f1", labels, preds) == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    with pytest.raises(ValueError, match="expected one of"):
+        q.compute_metric("auc", labels, preds)
+
+
+def test_quality_reads_both_tsv_layouts(tmp_path):
+    q = _quality_module()
+    sst = tmp_path / "sst.tsv"
+    sst.write_text("1\ta fine film\n0\tdull\n", encoding="utf-8")
+    cola = tmp_path / "cola.tsv"
+    cola.write_text('he said "hi" , twice\t1\nthe the\t0\n', encoding="utf-8")
+    assert q.read_table(sst, 1, 0, header=False) == {"text": ["a fine film", "dull"], "label": [1, 0]}
+    assert q.read_table(cola, 0, 1, header=False) == {"text": ['he said "hi" , twice', "the the"], "label": [1, 0]}

@@ -1,0 +1,492 @@
+"""Datasets for `neat-train`: loading, the column check, formatting, tokenization, collators and metrics.
+
+Four formats cover the paper's setups (`DataArguments.dataset_format`):
+
+| format | columns | used by |
+|---|---|---|
+| `instruction` | `instruction`, `output` (`input`, `answer` optional) | Commonsense170K (LLM-Adapters), `builtin:number-words` |
+| `metamathqa` | `query`, `response` | MetaMathQA |
+| `text-classification` | `--text_column` [, `--text_pair_column`], `--label_column` | GLUE |
+| `image-classification` | `--image_column`, `--label_column` | ViT (CIFAR, …) |
+
+Instruction data is rendered with the LLM-Adapters (Alpaca) template, and the loss is computed on the response only:
+prompt tokens get the label -100 (`train_on_inputs=False` in LLM-Adapters). Sequences are cut at `cutoff_len` tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from neat_hf.errors import NeatError
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from neat_hf.trainers.arguments import DataArguments
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+#: LLM-Adapters' prompt (the Alpaca template, without the stray indentation of LLM-Adapters' source), with an input.
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+#: LLM-Adapters' prompt for rows whose `input` is empty (all of Commonsense170K and MetaMathQA).
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+#: Prompt templates by name (`--prompt_template`): `(with input, without input)`. `llm-adapters-short` keeps the
+#: sections but drops the preamble sentence, which only costs tokens for a model that was never instruction-tuned
+#: (the embedded default's tiny random LLaMA learns its task several times faster with it).
+PROMPT_TEMPLATES: dict[str, tuple[str, str]] = {
+    "llm-adapters": (PROMPT_WITH_INPUT, PROMPT_NO_INPUT),
+    "llm-adapters-short": (
+        PROMPT_WITH_INPUT.split("\n\n", 1)[1],
+        PROMPT_NO_INPUT.split("\n\n", 1)[1],
+    ),
+}
+
+TASKS = ("causal-lm", "sequence-classification", "image-classification")
+DATASET_FORMATS = ("instruction", "metamathqa", "text-classification", "image-classification")
+_TASK_FORMATS = {
+    "causal-lm": ("instruction", "metamathqa"),
+    "sequence-classification": ("text-classification",),
+    "image-classification": ("image-classification",),
+}
+
+#: Text columns of the GLUE tasks (`nyu-mll/glue` configs), used when `--text_column` is not given.
+GLUE_TASK_COLUMNS: dict[str, tuple[str, Optional[str]]] = {
+    "cola": ("sentence", None),
+    "sst2": ("sentence", None),
+    "mrpc": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "stsb": ("sentence1", "sentence2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+
+_EXTENSION_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+_EVAL_SPLIT_CANDIDATES = ("validation", "validation_matched", "valid", "dev")
+
+
+class MissingColumnsError(NeatError):
+    """The dataset lacks columns that the recipe's `dataset_format` needs."""
+
+
+def format_instruction_prompt(instruction: str, input: Optional[str] = None, *, template: str = "llm-adapters") -> str:
+    """Renders the LLM-Adapters prompt, ending with `"### Response:\\n"`; the response follows it directly.
+
+    Args:
+        instruction (`str`): The task.
+        input (`str`, *optional*): Extra context; the template without an input section is used when empty.
+        template (`str`, *optional*, defaults to `"llm-adapters"`): A key of `PROMPT_TEMPLATES`.
+
+    Example:
+        >>> format_instruction_prompt("What is 2 + 2?").endswith("### Response:\\n")
+        True
+    """
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"Unknown prompt_template {template!r}. Use one of {sorted(PROMPT_TEMPLATES)}.")
+    with_input, without_input = PROMPT_TEMPLATES[template]
+    if input:
+        return with_input.format(instruction=instruction, input=input)
+    return without_input.format(instruction=instruction)
+
+
+def resolve_dataset_format(task: str, dataset_format: Optional[str]) -> str:
+    """Returns the dataset format, checking it suits the task; `None` picks the task's first format."""
+    if task not in _TASK_FORMATS:
+        raise ValueError(f"Unknown task {task!r}. Use one of {list(TASKS)}.")
+    if dataset_format is None:
+        return _TASK_FORMATS[task][0]
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"Unknown dataset_format {dataset_format!r}. Use one of {list(DATASET_FORMATS)}.")
+    if dataset_format not in _TASK_FORMATS[task]:
+        raise ValueError(
+            f"dataset_format={dataset_format!r} does not fit task={task!r}; that task takes {list(_TASK_FORMATS[task])}."
+        )
+    return dataset_format
+
+
+def text_columns(data_args: DataArguments) -> tuple[str, Optional[str]]:
+    """The text (and optional pair) columns for text classification: flags first, then the GLUE table, then `sentence`."""
+    glue = GLUE_TASK_COLUMNS.get((data_args.dataset_config_name or "").lower())
+    text = data_args.text_column or (glue[0] if glue else "sentence")
+    pair = data_args.text_pair_column if data_args.text_column else (glue[1] if glue else data_args.text_pair_column)
+    return text, pair
+
+
+def required_columns(dataset_format: str, data_args: DataArguments) -> list[str]:
+    """Columns a dataset must have for `dataset_format` (with the column flags of `data_args` applied)."""
+    if dataset_format == "instruction":
+        return ["instruction", "output"]
+    if dataset_format == "metamathqa":
+        return ["query", "response"]
+    if dataset_format == "text-classification":
+        text, pair = text_columns(data_args)
+        return [c for c in (text, pair, data_args.label_column) if c]
+    return [data_args.image_column, data_args.label_column]
+
+
+def check_columns(
+    datasets: DatasetDict, dataset_format: str, data_args: DataArguments, *, recipe: Optional[str] = None
+) -> None:
+    """Raises [`MissingColumnsError`] naming every column a split lacks, before any preprocessing.
+
+    Raises:
+        MissingColumnsError: a split lacks a required column; the message names it, the columns present and the fix.
+    """
+    needed = required_columns(dataset_format, data_args)
+    for split, dataset in datasets.items():
+        missing = [c for c in needed if c not in dataset.column_names]
+        if not missing:
+            continue
+        origin = f"recipe {recipe!r} (dataset_format={dataset_format!r})" if recipe else f"dataset_format={dataset_format!r}"
+        hint = {
+            "instruction": "Commonsense170K rows have instruction/input/output/answer.",
+            "metamathqa": "MetaMathQA rows have query/response; use --dataset_format instruction for instruction/output data.",
+            "text-classification": "Name the columns with --text_column, --text_pair_column and --label_column.",
+            "image-classification": "Name the columns with --image_column and --label_column.",
+        }[dataset_format]
+        raise MissingColumnsError(
+            f"The {split!r} split is missing column(s) {missing} needed by {origin}. "
+            f"It has {sorted(dataset.column_names)}. {hint}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _data_file_builder(path: str) -> tuple[str, dict[str, Any]]:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _EXTENSION_BUILDERS:
+        raise ValueError(
+            f"Cannot tell the format of data file {path!r}: use one of {sorted(_EXTENSION_BUILDERS)} "
+            "(JSON lines or a JSON list, CSV with a header, TSV with a header or --column_names, Parquet)."
+        )
+    kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    return _EXTENSION_BUILDERS[suffix], kwargs
+
+
+def _load_files(data_args: DataArguments, cache_dir: Optional[str]) -> DatasetDict:
+    from datasets import load_dataset
+
+    files = {"train": data_args.train_file}
+    if data_args.validation_file:
+        files["validation"] = data_args.validation_file
+    builders = set()
+    kwargs: dict[str, Any] = {}
+    for split, path in files.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--{'train' if split == 'train' else 'validation'}_file {path!r} does not exist.")
+        builder, extra = _data_file_builder(path)
+        builders.add(builder)
+        kwargs.update(extra)
+    if len(builders) > 1:
+        raise ValueError(f"train_file and validation_file must have the same format; got {sorted(builders)}.")
+    builder = builders.pop()
+    if data_args.column_names:
+        if builder != "csv":
+            raise ValueError("--column_names only applies to headerless .csv/.tsv files.")
+        kwargs["column_names"] = [c.strip() for c in data_args.column_names.split(",")]
+    return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
+
+
+def _load_builtin(data_args: DataArguments, seed: int) -> DatasetDict:
+    from datasets import Dataset, DatasetDict
+
+    from neat_hf.trainers import default_job
+
+    if data_args.dataset_name != default_job.NUMBER_WORDS:
+        raise ValueError(
+            f"Unknown built-in dataset {data_args.dataset_name!r}. Built-in datasets: {list(default_job.BUILTIN_DATASETS)}."
+        )
+    train, evaluation = default_job.generate_number_words(
+        num_train=data_args.max_train_samples or 2048, num_eval=data_args.max_eval_samples or 256, seed=seed
+    )
+    return DatasetDict({"train": Dataset.from_list(train), "validation": Dataset.from_list(evaluation)})
+
+
+def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: Optional[str] = None) -> DatasetDict:
+    """Loads the train (and eval) splits named by `data_args`: local files (`train_file`, which wins over
+    `dataset_name`), a built-in task, or a Hub id / local folder / data file.
+
+    The eval split is `--eval_split` when given, else the first of `validation`, `validation_matched`, `valid`, `dev`
+    present, else `--eval_split_size` rows held out of the training split (none when 0).
+
+    Returns:
+        `DatasetDict` with a `train` split and, when there is one, a `validation` split.
+    """
+    from datasets import DatasetDict, load_dataset
+
+    from neat_hf.trainers.default_job import is_builtin
+
+    if data_args.train_file:
+        loaded = _load_files(data_args, cache_dir)
+    elif is_builtin(data_args.dataset_name):
+        loaded = _load_builtin(data_args, seed)
+    elif data_args.dataset_name:
+        if os.path.isfile(data_args.dataset_name):
+            builder, kwargs = _data_file_builder(data_args.dataset_name)
+            loaded = load_dataset(builder, data_files={"train": data_args.dataset_name}, cache_dir=cache_dir, **kwargs)
+        else:
+            loaded = load_dataset(
+                data_args.dataset_name,
+                data_args.dataset_config_name,
+                revision=data_args.dataset_revision,
+                cache_dir=cache_dir,
+            )
+    else:
+        raise ValueError(
+            "No training data: pass --dataset_name (a Hub dataset id, a local folder or file, or builtin:number-words) "
+            "or --train_file (a .json/.jsonl/.csv/.tsv/.parquet file)."
+        )
+
+    if data_args.train_split not in loaded:
+        raise ValueError(f"The dataset has no {data_args.train_split!r} split; it has {list(loaded)}. Set --train_split.")
+    splits = {"train": loaded[data_args.train_split]}
+    eval_name = data_args.eval_split or next((s for s in _EVAL_SPLIT_CANDIDATES if s in loaded), None)
+    if data_args.eval_split and data_args.eval_split not in loaded:
+        raise ValueError(f"The dataset has no {data_args.eval_split!r} split; it has {list(loaded)}. Set --eval_split.")
+    if eval_name is not None:
+        splits["validation"] = loaded[eval_name]
+    elif data_args.eval_split_size:
+        size = data_args.eval_split_size
+        held_out = splits["train"].train_test_split(test_size=int(size) if size >= 1 else size, seed=seed, shuffle=True)
+        splits = {"train": held_out["train"], "validation": held_out["test"]}
+    result = DatasetDict(splits)
+    if data_args.max_train_samples is not None:
+        result["train"] = result["train"].select(range(min(data_args.max_train_samples, len(result["train"]))))
+    if data_args.max_eval_samples is not None and "validation" in result:
+        result["validation"] = result["validation"].select(
+            range(min(data_args.max_eval_samples, len(result["validation"])))
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Causal LM: template, prompt masking, cutoff
+
+
+def _prompt_and_response(example: Mapping[str, Any], dataset_format: str, template: str) -> tuple[str, str]:
+    if dataset_format == "metamathqa":
+        return format_instruction_prompt(example["query"], template=template), example["response"]
+    return format_instruction_prompt(example["instruction"], example.get("input"), template=template), example["output"]
+
+
+def tokenize_prompt_response(
+    prompt: str, response: str, tokenizer: Any, *, cutoff_len: int, train_on_inputs: bool = False
+) -> dict[str, list[int]]:
+    """Tokenizes `prompt + response` (+ EOS), cut at `cutoff_len` tokens, with labels -100 on the prompt.
+
+    With a fast tokenizer the prompt/response boundary comes from character offsets, so it is exact whatever the
+    tokenizer merges; a slow tokenizer falls back on the length of the tokenized prompt (LLM-Adapters' method).
+    EOS is appended when it fits, as LLM-Adapters does.
+
+    Returns:
+        `dict` with `input_ids`, `attention_mask` and `labels` (lists of the same length).
+    """
+    text = prompt + response
+    use_offsets = getattr(tokenizer, "is_fast", False)
+    encoded = tokenizer(text, truncation=True, max_length=cutoff_len, return_offsets_mapping=use_offsets)
+    input_ids = list(encoded["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and len(input_ids) < cutoff_len and (not input_ids or input_ids[-1] != eos):
+        input_ids.append(eos)
+        response_start = [False] * (len(input_ids) - 1) + [True]
+    else:
+        response_start = [False] * len(input_ids)
+    if train_on_inputs:
+        labels = list(input_ids)
+    else:
+        if use_offsets:
+            in_response = [start >= len(prompt) and end > start for start, end in encoded["offset_mapping"]]
+        else:
+            prompt_len = len(tokenizer(prompt, truncation=True, max_length=cutoff_len)["input_ids"])
+            in_response = [i >= prompt_len for i in range(len(encoded["input_ids"]))]
+        keep = [a or b for a, b in zip(in_response + [False] * (len(input_ids) - len(in_response)), response_start)]
+        labels = [tok if k else IGNORE_INDEX for tok, k in zip(input_ids, keep)]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+
+
+def preprocess_causal_lm(
+    datasets: DatasetDict,
+    tokenizer: Any,
+    *,
+    dataset_format: str,
+    cutoff_len: int,
+    train_on_inputs: bool = False,
+    prompt_template: str = "llm-adapters",
+    num_proc: Optional[int] = None,
+) -> DatasetDict:
+    """Applies the template and [`tokenize_prompt_response`] to every split; drops rows left with no response token."""
+    if prompt_template not in PROMPT_TEMPLATES:
+        raise ValueError(f"Unknown prompt_template {prompt_template!r}. Use one of {sorted(PROMPT_TEMPLATES)}.")
+
+    def tokenize_batch(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
+        out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        for row in rows:
+            prompt, response = _prompt_and_response(row, dataset_format, prompt_template)
+            encoded = tokenize_prompt_response(
+                prompt, response, tokenizer, cutoff_len=cutoff_len, train_on_inputs=train_on_inputs
+            )
+            for key in out:
+                out[key].append(encoded[key])
+        return out
+
+    processed = {}
+    for split, dataset in datasets.items():
+        tokenized = dataset.map(
+            tokenize_batch, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=f"Tokenizing {split}"
+        )
+        before = len(tokenized)
+        tokenized = tokenized.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
+        if len(tokenized) < before:
+            logger.warning(
+                "%d of %d %s rows had no response token left after the %d-token cutoff and were dropped; "
+                "raise --cutoff_len to keep them.",
+                before - len(tokenized),
+                before,
+                split,
+                cutoff_len,
+            )
+        if len(tokenized) == 0:
+            raise ValueError(f"No {split} row keeps a response token within cutoff_len={cutoff_len}; raise --cutoff_len.")
+        processed[split] = tokenized
+    return type(datasets)(processed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classification
+
+
+def label_info(dataset: Dataset, label_column: str) -> tuple[int, Optional[list[str]], bool]:
+    """Returns `(num_labels, label_names, is_regression)` read from a ClassLabel feature or the label values."""
+    feature = dataset.features[label_column]
+    names = getattr(feature, "names", None)
+    if names:
+        return len(names), list(names), False
+    dtype = getattr(feature, "dtype", "")
+    if str(dtype).startswith("float"):
+        return 1, None, True
+    values = sorted({v for v in dataset[label_column] if v is not None and v >= 0})
+    if values and values != list(range(len(values))):
+        raise ValueError(
+            f"Labels in column {label_column!r} must be 0..N-1 integers or a ClassLabel; found {values[:10]}."
+        )
+    return max(len(values), 2), None, False
+
+
+def preprocess_text_classification(
+    datasets: DatasetDict, tokenizer: Any, data_args: DataArguments, *, num_proc: Optional[int] = None
+) -> DatasetDict:
+    """Tokenizes sentence or sentence-pair rows (truncated at `cutoff_len`) and renames the label column `labels`."""
+    text, pair = text_columns(data_args)
+    label = data_args.label_column
+
+    def tokenize_batch(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        args = (batch[text],) if pair is None else (batch[text], batch[pair])
+        encoded = tokenizer(*args, truncation=True, max_length=data_args.cutoff_len)
+        encoded["labels"] = batch[label]
+        return encoded
+
+    processed = {}
+    for split, dataset in datasets.items():
+        processed[split] = dataset.map(
+            tokenize_batch, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc=f"Tokenizing {split}"
+        )
+    return type(datasets)(processed)
+
+
+def image_transform(image_processor: Any, image_column: str, label_column: str, *, train: bool) -> Callable:
+    """Returns a `set_transform` function: RGB conversion, the model's resize/normalize, and a random horizontal flip
+    on training images (the research code's RandomResizedCrop needs torchvision, which neat-hf does not require)."""
+
+    def transform(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        images = [image.convert("RGB") for image in batch[image_column]]
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        if train:
+            flip = torch.rand(pixel_values.shape[0]) < 0.5
+            pixel_values[flip] = pixel_values[flip].flip(-1)
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(batch[label_column])}
+
+    return transform
+
+
+def collate_images(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stacks `pixel_values` and `labels` of transformed image rows."""
+    return {
+        "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]),
+        "labels": torch.as_tensor([int(e["labels"]) for e in examples]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics (numpy only: `evaluate.load` would download metric scripts)
+
+
+def argmax_logits(logits: Any, labels: Any) -> torch.Tensor:
+    """`preprocess_logits_for_metrics` for causal LMs: keeps the argmax token ids instead of the full logits."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def causal_lm_metrics(eval_pred: Any) -> dict[str, float]:
+    """Response-token accuracy and exact match under teacher forcing.
+
+    `exact_match` is the share of rows whose every response token is the argmax given the true prefix, which is the
+    same as greedy decoding reproducing the whole response.
+    """
+    predictions, labels = eval_pred.predictions, eval_pred.label_ids
+    predictions, labels = np.asarray(predictions)[:, :-1], np.asarray(labels)[:, 1:]
+    mask = labels != IGNORE_INDEX
+    correct = (predictions == labels) & mask
+    rows = mask.any(axis=1)
+    exact = (correct.sum(axis=1) == mask.sum(axis=1)) & rows
+    return {
+        "token_accuracy": float(correct.sum() / max(mask.sum(), 1)),
+        "exact_match": float(exact.sum() / max(rows.sum(), 1)),
+    }
+
+
+def _matthews(labels: np.ndarray, predictions: np.ndarray) -> float:
+    classes = np.union1d(labels, predictions)
+    confusion = np.zeros((len(classes), len(classes)))
+    index = {c: i for i, c in enumerate(classes)}
+    for t, p in zip(labels, predictions):
+        confusion[index[t], index[p]] += 1
+    t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
+    n, c = confusion.sum(), np.trace(confusion)
+    denominator = np.sqrt((n**2 - (p_sum**2).sum()) * (n**2 - (t_sum**2).sum()))
+    return float((c * n - (p_sum * t_sum).sum()) / denominator) if denominator else 0.0
+
+
+def classification_metrics(eval_pred: Any) -> dict[str, float]:
+    """Accuracy and Matthews correlation (CoLA's metric) for classification; Pearson r for one-output regression."""
+    logits, labels = eval_pred.predictions, np.asarray(eval_pred.label_ids)
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = np.asarray(logits)
+    if logits.ndim == 1 or logits.shape[-1] == 1:
+        predictions = logits.reshape(-1)
+        if np.std(predictions) == 0 or np.std(labels) == 0:
+            return {"pearson": 0.0}
+        return {"pearson": float(np.corrcoef(predictions, labels.astype(float))[0, 1])}
+    predictions = logits.argmax(axis=-1)
+    return {"accuracy": float((predictions == labels).mean()), "matthews_correlation": _matthews(labels, predictions)}

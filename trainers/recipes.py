@@ -1,0 +1,92 @@
+"""Recipe registry: the paper's training setups shipped as YAML files under `neat_hf/trainers/recipes/`.
+
+A recipe is a flat YAML mapping of `neat-train` flags (model, data, NEAT and `TrainingArguments` fields) used as
+defaults; flags given on the command line win, as with TRL's `--config` and torchtune's `key=value` overrides. A
+recipe is named by its path under `recipes/` without `.yaml`, e.g. `commonsense/llama2-7b` (`neat-train --list`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Union
+
+from neat_hf.errors import NeatError
+
+RECIPES_DIR = Path(__file__).with_name("recipes")
+DEFAULT_RECIPE = "default"
+
+
+class UnknownRecipeError(NeatError):
+    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes, sorted (`default`, `commonsense/llama2-7b`, …)."""
+    names = [path.relative_to(RECIPES_DIR).with_suffix("").as_posix() for path in RECIPES_DIR.rglob("*.yaml")]
+    return sorted(names, key=lambda name: (name != DEFAULT_RECIPE, name))
+
+
+def resolve_recipe(name: Union[str, os.PathLike]) -> Path:
+    """Returns the file of recipe `name`: a shipped recipe name, or a path to a YAML/JSON file.
+
+    Raises:
+        UnknownRecipeError: neither a shipped recipe nor an existing file; the message lists the known recipes.
+    """
+    text = os.fspath(name)
+    shipped = RECIPES_DIR / f"{text.removesuffix('.yaml')}.yaml"
+    if shipped.is_file() and shipped.resolve().is_relative_to(RECIPES_DIR.resolve()):
+        return shipped
+    if os.path.isfile(text) and text.endswith((".yaml", ".yml", ".json")):
+        return Path(text)
+    known = list_recipes()
+    close = difflib.get_close_matches(text, known, n=3, cutoff=0.5)
+    suggestion = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownRecipeError(
+        f"Unknown recipe {text!r}.{suggestion} Known recipes: {', '.join(known)}. "
+        "A path to your own .yaml/.json file works too (`neat-train --list` shows the recipes)."
+    )
+
+
+def load_recipe(name: Union[str, os.PathLike]) -> dict[str, Any]:
+    """Reads recipe `name` (see [`resolve_recipe`]) into a flat `{flag: value}` dict."""
+    return load_config_file(resolve_recipe(name))
+
+
+def load_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """Reads a flat YAML or JSON mapping of `neat-train` flags.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a mapping of flag names to values.
+    """
+    import json
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
+        raise ValueError(
+            f"Config file {str(path)!r} must be a flat mapping of neat-train flags to values "
+            f"(e.g. `learning_rate: 3.0e-4`), got {type(values).__name__}."
+        )
+    return values
+
+
+def recipe_summary(name: str) -> str:
+    """The first line of a recipe's header comment (its title), for `neat-train --list`."""
+    for line in resolve_recipe(name).read_text(encoding="utf-8").splitlines():
+        stripped = line.lstrip("# ").strip()
+        if line.startswith("#") and stripped:
+            return stripped
+    return ""
