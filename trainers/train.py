@@ -481,7 +481,17 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     results = run(job)
     if results["is_main_process"]:
         _print_summary(results, job)
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """End a distributed run in step on every rank (gloo/DeepSpeed threads left at interpreter exit can abort it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
