@@ -47,8 +47,9 @@ _DATACLASSES = (ModelArguments, DataArguments, NeatArguments, NeatTrainingArgume
 _RUN_FLAGS = ("recipe", "config", "list")
 #: Defaults of `neat-train` that differ from the dataclasses' (the adapter lands in ./neat-output).
 _CLI_DEFAULTS = {"output_dir": "neat-output", "report_to": "none"}
-#: Errors that mean "bad input": the CLI prints them as one line instead of a traceback.
-USER_ERRORS = (NeatError, ValueError, TypeError, FileNotFoundError)
+#: Errors that mean "bad input" (including a model or dataset that cannot be found or opened): the CLI prints them
+#: as one line instead of a traceback, before any training starts.
+USER_ERRORS = (NeatError, ValueError, TypeError, OSError)
 
 
 def make_parser() -> HfArgumentParser:
@@ -90,7 +91,7 @@ def _convert(action: argparse.Action, value: Any) -> Any:
     return value
 
 
-def _file_defaults(parser: HfArgumentParser, options: argparse.Namespace, argv: Sequence[str]) -> tuple[dict, Optional[str]]:
+def _file_defaults(parser: HfArgumentParser, options: argparse.Namespace) -> tuple[dict, Optional[str]]:
     """Merge the recipe and config file into one `{dest: value}` dict, checking every key names a flag."""
     config = load_config_file(options.config) if options.config else {}
     recipe = options.recipe or config.pop("recipe", None)
@@ -137,7 +138,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[ArgumentTuple, Opt
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     options = _pre_parse(argv)
-    defaults, recipe = _file_defaults(parser, options, argv)
+    defaults, recipe = _file_defaults(parser, options)
     parser.set_defaults(**defaults)
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -149,6 +150,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> tuple[ArgumentTuple, Opt
         ]
         raise ValueError(f"Unrecognized arguments: {' '.join(unknown)}. {'; '.join(hints)}".rstrip(". ") + ".")
     values = vars(namespace)
+    explicit = set(defaults) | {a.lstrip("-").split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if values["task"] == "image-classification" and "remove_unused_columns" not in explicit:
+        values["remove_unused_columns"] = False  # the image transform reads the raw image column
     if not values.get("use_cpu") and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator():
         # Under torchrun on a machine without a GPU, TrainingArguments only join the process group (gloo) with
         # use_cpu=True; otherwise every rank trains alone on the whole dataset (measured with transformers 5.24).
@@ -244,16 +248,50 @@ def _load_tokenizer_and_model(model_args: ModelArguments, task: str, labels):
     import torch
 
     if not torch.cuda.is_available():
-        # Measured on 2 busy CPU cores: the tiny model's matmuls are too small to gain from intra-op threads, and
-        # spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; and without flushing
-        # denormals the step rate halved after ~1000 steps (33 it/s steady with flushing).
-        torch.set_flush_denormal(True)
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(1)
-            logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
+        _use_one_cpu_thread_for_the_tiny_model()
     tokenizer = default_job.build_default_tokenizer()
     dtype = None if model_args.torch_dtype in (None, "auto") else getattr(torch, model_args.torch_dtype)
     return tokenizer, default_job.build_default_base_model(tokenizer, dtype=dtype)
+
+
+def _build_inputs(raw: Any, tokenizer: Any, dataset_format: str, data_args: DataArguments) -> tuple[Any, ...]:
+    """Turn raw splits into model inputs: `(datasets, data_collator, compute_metrics, preprocess_logits_for_metrics)`."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    from neat_hf.trainers import data as data_lib
+
+    workers = data_args.preprocessing_num_workers
+    if dataset_format in ("instruction", "metamathqa"):
+        datasets = data_lib.preprocess_causal_lm(
+            raw, tokenizer, dataset_format=dataset_format, cutoff_len=data_args.cutoff_len,
+            train_on_inputs=data_args.train_on_inputs, prompt_template=data_args.prompt_template, num_proc=workers,
+        )
+        collator = DataCollatorForSeq2Seq(
+            tokenizer, padding=True, label_pad_token_id=data_lib.IGNORE_INDEX,
+            pad_to_multiple_of=8 if torch.cuda.is_available() else None,
+        )
+        return datasets, collator, data_lib.causal_lm_metrics, data_lib.argmax_logits
+    if dataset_format == "text-classification":
+        datasets = data_lib.preprocess_text_classification(raw, tokenizer, data_args, num_proc=workers)
+        return datasets, DataCollatorWithPadding(tokenizer), data_lib.classification_metrics, None
+    for split, dataset in raw.items():
+        dataset.set_transform(
+            data_lib.image_transform(tokenizer, data_args.image_column, data_args.label_column, train=split == "train")
+        )
+    return raw, data_lib.collate_images, data_lib.classification_metrics, None
+
+
+def _use_one_cpu_thread_for_the_tiny_model() -> None:
+    """Measured on 2 busy CPU cores: the tiny model's matmuls are too small to gain from intra-op threads, and
+    spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; without flushing
+    denormals the step rate halved after ~1000 steps (33 steps/s steady with flushing)."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+        logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
 
 
 def prepare(
@@ -276,8 +314,7 @@ def prepare(
         NeatError: `output_dir` holds an adapter for a different base model.
         ValueError: any other invalid argument.
     """
-    import torch
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, set_seed
+    from transformers import set_seed
 
     from neat_hf import get_neat_model
     from neat_hf.trainers import data as data_lib
@@ -289,6 +326,12 @@ def prepare(
         task=task, base_model_name_or_path=model_args.model_name_or_path, revision=model_args.model_revision
     )
     _check_output_dir(training_args, model_args.model_name_or_path)
+    if dataset_format == "image-classification" and training_args.remove_unused_columns:
+        raise ValueError(
+            "Image classification needs remove_unused_columns=False: the image transform reads the raw "
+            f"{data_args.image_column!r} column, which the Trainer would drop as unused. Pass "
+            "--remove_unused_columns false (neat-train does so by default for --task image-classification)."
+        )
 
     with training_args.main_process_first(desc="loading the dataset"):
         raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
@@ -305,31 +348,7 @@ def prepare(
     model = get_neat_model(model, neat_config)
 
     with training_args.main_process_first(desc="preprocessing the dataset"):
-        if dataset_format in ("instruction", "metamathqa"):
-            datasets = data_lib.preprocess_causal_lm(
-                raw, tokenizer, dataset_format=dataset_format, cutoff_len=data_args.cutoff_len,
-                train_on_inputs=data_args.train_on_inputs, prompt_template=data_args.prompt_template,
-                num_proc=data_args.preprocessing_num_workers,
-            )
-            collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=data_lib.IGNORE_INDEX,
-                                              pad_to_multiple_of=8 if torch.cuda.is_available() else None)
-            metrics, preprocess_logits = data_lib.causal_lm_metrics, data_lib.argmax_logits
-        elif dataset_format == "text-classification":
-            datasets = data_lib.preprocess_text_classification(
-                raw, tokenizer, data_args, num_proc=data_args.preprocessing_num_workers
-            )
-            collator = DataCollatorWithPadding(tokenizer)
-            metrics, preprocess_logits = data_lib.classification_metrics, None
-        else:
-            for split, dataset in raw.items():
-                dataset.set_transform(data_lib.image_transform(
-                    tokenizer, data_args.image_column, data_args.label_column, train=split == "train"))
-            datasets = raw
-            collator = data_lib.collate_images
-            metrics, preprocess_logits = data_lib.classification_metrics, None
-            if training_args.remove_unused_columns:
-                # The transform needs the raw image column, which Trainer would drop as "unused".
-                training_args.remove_unused_columns = False
+        datasets, collator, metrics, preprocess_logits = _build_inputs(raw, tokenizer, dataset_format, data_args)
 
     trainer = NeatTrainer(
         model=model,
@@ -341,6 +360,8 @@ def prepare(
         compute_metrics=metrics,
         preprocess_logits_for_metrics=preprocess_logits,
     )
+    # Named in the model card that saves and Hub pushes write (Hub datasets only: local paths stay private).
+    trainer.neat_dataset_name = data_args.dataset_name
     return PreparedJob(
         trainer=trainer,
         model_args=model_args,
