@@ -9,7 +9,7 @@ import re
 import pytest
 
 from neat_hf.errors import NeatError
-from neat_hf.trainers.recipes import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
+from neat_hf.trainers.recipe_registry import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
 from neat_hf.trainers.train import cli, make_parser, parse_args
 
 EXPECTED_RECIPES = {
@@ -200,3 +200,16 @@ def test_invalid_choices_are_refused(tmp_path, capsys):
     config.write_text("prompt_template: chatml\n", encoding="utf-8")  # values from files skip argparse's check
     with pytest.raises(ValueError, match="prompt_template='chatml' is not supported"):
         parse_args(["--config", str(config)])
+
+
+def test_image_tasks_keep_the_raw_image_column(tmp_path):
+    base = ["--model_name_or_path", str(tmp_path / "no-model"), "--task", "image-classification",
+            "--output_dir", str(tmp_path / "out")]
+    (_, _, _, training_args), _ = parse_args(base)
+    assert training_args.remove_unused_columns is False
+    args, recipe = parse_args([*base, "--remove_unused_columns", "true"])
+    assert args[3].remove_unused_columns is True
+    from neat_hf.trainers.train import prepare
+
+    with pytest.raises(ValueError, match="--remove_unused_columns false"):  # refused before the model is looked up
+        prepare(*args, recipe=recipe)

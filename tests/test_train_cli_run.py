@@ -1,5 +1,5 @@
 """`neat-train` end to end: the recipes on local tiny models and data files, the embedded default, the console script,
-errors raised before training, and a 2-process DeepSpeed launch on CPU."""
+errors raised before training, and 2-process launches on CPU (DeepSpeed ZeRO-3 and plain DDP)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from train_cli_helpers import (
 
 from neat_hf import NeatModel
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
-from neat_hf.errors import NeatError, NoTargetModulesError
-from neat_hf.trainers.data import IGNORE_INDEX, MissingColumnsError
+from neat_hf.errors import NoTargetModulesError
+from neat_hf.trainers.data import IGNORE_INDEX
 from neat_hf.trainers.train import cli, main, parse_args, prepare, run
 
 # Recipes written for GPUs, shrunk for a CPU test: fp32, two steps, no checkpoints.
@@ -130,6 +130,42 @@ def test_vit_recipe_on_a_local_image_folder(tmp_path):
     assert config["r"] == 7 and config["modules_to_save"] == ["classifier"]
     adapted = {key.rsplit(".peanut_", 1)[0].rsplit(".", 1)[1] for key in _safetensors_keys(out) if ".peanut_" in key}
     assert adapted in ({"q_proj", "v_proj"}, {"query", "value"})  # transformers 5 / 4 names
+
+
+@pytest.mark.slow
+def test_resume_from_the_last_checkpoint_ends_like_an_uninterrupted_run(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    def train(out, *extra):
+        args, recipe = parse_args(["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3",
+                                   "--max_train_samples", "64", "--max_eval_samples", "16", "--logging_steps", "3",
+                                   "--output_dir", str(out), *extra])
+        return main(*args, recipe=recipe)
+
+    def final_adapter(out):
+        return load_file(out / ADAPTER_WEIGHTS_NAME)
+
+    full = tmp_path / "full"
+    train(full)
+    # A run killed right after its step-3 checkpoint is the full run's checkpoint-3 alone in its folder.
+    resumed, tampered = tmp_path / "resumed", tmp_path / "tampered"
+    for folder in (resumed, tampered):
+        shutil.copytree(full / "checkpoint-3", folder / "checkpoint-3")
+    weights = tampered / "checkpoint-3" / ADAPTER_WEIGHTS_NAME
+    save_file({k: v * 2 if "peanut_B" in k else v for k, v in load_file(weights).items()}, weights)
+
+    train(resumed, "--resume_from_checkpoint", "last")
+    expected, got = final_adapter(full), final_adapter(resumed)
+    assert expected.keys() == got.keys()
+    assert max(v.abs().max().item() for k, v in expected.items() if "peanut_B" in k) > 0
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    # ... and the checkpoint was really used: changing it changes the result.
+    train(tampered, "--resume_from_checkpoint", "last")
+    changed = final_adapter(tampered)
+    assert any(not torch.allclose(changed[k], expected[k]) for k in expected if "peanut_B" in k)
 
 
 # ------------------------------------------------------------------------------- errors before training
@@ -249,8 +285,7 @@ def test_console_script_and_module_entry_points(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.deepspeed
-@pytest.mark.parametrize("stage", ["zero3", None])
+@pytest.mark.parametrize("stage", [pytest.param("zero3", marks=pytest.mark.deepspeed), None])
 def test_torchrun_two_processes_on_cpu(tmp_path, stage):
     """The launch the README documents, on CPU and without any extra flag: DeepSpeed ZeRO-3 over gloo, and plain DDP
     (without `use_cpu`, which neat-train sets, each rank would train alone and print its own summary)."""

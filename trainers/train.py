@@ -35,7 +35,7 @@ from transformers import HfArgumentParser
 
 from neat_hf.errors import NeatError
 from neat_hf.trainers.arguments import DataArguments, ModelArguments, NeatArguments
-from neat_hf.trainers.recipes import DEFAULT_RECIPE, list_recipes, load_config_file, load_recipe, recipe_summary
+from neat_hf.trainers.recipe_registry import DEFAULT_RECIPE, list_recipes, load_config_file, load_recipe, recipe_summary
 from neat_hf.trainers.training_args import NeatTrainingArguments
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,7 @@
 """Recipe registry: the paper's training setups shipped as YAML files under `neat_hf/trainers/recipes/`.
 
+(Named like torchtune's `_recipe_registry.py`: a module called `recipes` would shadow the data folder of that name.)
+
 A recipe is a flat YAML mapping of `neat-train` flags (model, data, NEAT and `TrainingArguments` fields) used as
 defaults; flags given on the command line win, as with TRL's `--config` and torchtune's `key=value` overrides. A
 recipe is named by its path under `recipes/` without `.yaml`, e.g. `commonsense/llama2-7b` (`neat-train --list`).
