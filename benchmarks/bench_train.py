@@ -250,16 +250,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt = import_pyplot()
     methods = report["methods"]
     s = report["summary"]
-    med = [s[m]["step_s_median"] * 1e3 for m in methods]
-    lo = [med[i] - s[m]["step_s_rounds_min"] * 1e3 for i, m in enumerate(methods)]
-    hi = [s[m]["step_s_rounds_max"] * 1e3 - med[i] for i, m in enumerate(methods)]
-    mem = [s[m]["peak_memory_bytes"] / 2**30 for m in methods]
-    colors = {"floor": "#999999", "lora": "#1f77b4", "peanut": "#d62728", "neat": "#2ca02c"}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.bar(methods, med, yerr=[lo, hi], capsize=4, color=[colors.get(m, "#555555") for m in methods])
-    ax1.set_ylabel("step time (ms), median; bars = range over rounds")
-    ax2.bar(methods, mem, color=[colors.get(m, "#555555") for m in methods])
-    ax2.set_ylabel("peak memory (GiB)" + (" — RSS" if not report["config"]["device"].startswith("cuda") else ""))
+    colors = [{"floor": "#999999", "lora": "#1f77b4", "peanut": "#d62728", "neat": "#2ca02c"}.get(m, "#555555")
+              for m in methods]
+    panels = [("step_s", "wall step time (ms)")]
+    if all("step_cpu_s_median" in s[m] for m in methods):
+        panels.append(("step_cpu_s", "CPU time per step (ms)"))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5 * (len(panels) + 1), 4))
+    for ax, (key, label) in zip(axes, panels):
+        med = [s[m][f"{key}_median"] * 1e3 for m in methods]
+        lo = [med[i] - s[m][f"{key}_rounds_min"] * 1e3 for i, m in enumerate(methods)]
+        hi = [s[m][f"{key}_rounds_max"] * 1e3 - med[i] for i, m in enumerate(methods)]
+        ax.bar(methods, med, yerr=[lo, hi], capsize=4, color=colors)
+        ax.set_ylabel(label + ", median; bars = range over rounds")
+    mem_kind = "" if report["config"]["device"].startswith("cuda") else " — peak RSS"
+    axes[-1].bar(methods, [s[m]["peak_memory_bytes"] / 2**30 for m in methods], color=colors)
+    axes[-1].set_ylabel(f"peak memory (GiB){mem_kind}")
     cfg = report["config"]
     fig.suptitle(f"train step, preset {cfg['preset']}, {cfg['device']} {cfg['dtype']}")
     fig.tight_layout()
