@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     save_figure,
     setup_logging,
     summarize,
+    write_outputs,
 )
 
 
@@ -219,12 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "runs": runs,
     }
     stem = f"generate_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
-    atomic_write_json(args.output_dir / f"{stem}.json", report)
-    md = render_markdown(report)
-    atomic_write_text(args.output_dir / f"{stem}.md", md)
-    if not args.no_plot:
-        plot(report, args.output_dir / f"{stem}.png")
-    print(md)
+    write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 
 

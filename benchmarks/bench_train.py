@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     save_figure,
     setup_logging,
     summarize,
+    write_outputs,
 )
 
 
@@ -398,13 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         logger.warning("First-step losses differ across methods: %s", first_losses)
 
     stem = f"train_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
-    out = args.output_dir
-    atomic_write_json(out / f"{stem}.json", report)
-    md = render_markdown(report)
-    atomic_write_text(out / f"{stem}.md", md)
-    if not args.no_plot:
-        plot(report, out / f"{stem}.png")
-    print(md)
+    write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 
 

@@ -53,6 +53,7 @@ from common import (  # noqa: E402
     run_worker,
     setup_logging,
     summarize,
+    write_outputs,
 )
 
 
@@ -357,10 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "runs": runs,
     }
     stem = f"zero3_{args.preset}{('_' + args.tag) if args.tag else ''}"
-    atomic_write_json(args.output_dir / f"{stem}.json", report)
-    md = render_markdown(report)
-    atomic_write_text(args.output_dir / f"{stem}.md", md)
-    print(md)
+    write_outputs(args.output_dir, stem, report, render_markdown(report))
     return report
 
 

@@ -134,6 +134,20 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_outputs(out_dir: str | os.PathLike, stem: str, report: dict[str, Any], markdown: str,
+                  plot: Any = None) -> None:
+    """Write `<stem>.json` (the whole report), `<stem>.md` and, when `plot` is given, `<stem>.png`; print the table.
+
+    Every file is written atomically, so an interrupted run never leaves a half-written result behind.
+    """
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / f"{stem}.json", report)
+    atomic_write_text(out_dir / f"{stem}.md", markdown)
+    if plot is not None:
+        plot(report, out_dir / f"{stem}.png")
+    print(markdown)
+
+
 def save_figure(fig: Any, path: str | os.PathLike) -> None:
     """Save a matplotlib figure to `path` atomically (PNG)."""
     path = Path(path)

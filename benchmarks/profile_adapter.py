@@ -34,14 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import get_preset  # noqa: E402
 from common import (  # noqa: E402
     RESULTS_DIR,
-    atomic_write_json,
-    atomic_write_text,
     environment,
     format_env,
     markdown_table,
     resolve_dtype,
     setup_logging,
     summarize,
+    write_outputs,
 )
 
 
@@ -207,9 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"benchmark": "profile_adapter", "command": cmd, "environment": env, "batch_seq": list(tokens), "r": preset.r,
               "timings": timings, "profile": prof_rows}
     stem = f"profile_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
-    atomic_write_json(args.output_dir / f"{stem}.json", report)
-    atomic_write_text(args.output_dir / f"{stem}.md", md)
-    print(md)
+    write_outputs(args.output_dir, stem, report, md)
     return report
 
 

@@ -35,6 +35,12 @@ Examples:
         --text-column sentence --label-column label --dev-split validation --metric accuracy \\
         --seeds 0,1,2 --lrs 5e-4,1e-3,2e-3,5e-3 --epochs 10 --batch-size 32 --bf16 --device cuda
 
+    # one sweep split into shards that run at once (one process per task x method; several fit on one GPU),
+    # then one table from all of them (only seeds that every method finished are compared)
+    for t in sst2 cola; do for m in neat lora neat_depth1 neat_sin; do
+        python benchmarks/quality.py --device cuda --tasks $t --methods $m --tag shard_${t}_$m & done; done; wait
+    python benchmarks/quality.py --merge benchmarks/results/quality_*_shard_*.json --tag gpu
+
     # smoke run on tiny local files
     python benchmarks/quality.py --model /path/to/tiny-bert --train-file t.tsv --dev-file d.tsv \\
         --text-column 1 --label-column 0 --seeds 0 --lrs 1e-3 --epochs 1 --output-dir /tmp/q
@@ -61,13 +67,13 @@ from common import (  # noqa: E402
     REPO_ROOT,
     RESULTS_DIR,
     atomic_write_json,
-    atomic_write_text,
     environment,
     format_env,
     import_pyplot,
     markdown_table,
     save_figure,
     setup_logging,
+    write_outputs,
 )
 
 
@@ -470,30 +476,179 @@ def reading(summary: dict[str, Any], metric: str) -> str:
             f"{verdict}.")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Merging shards
+# ----------------------------------------------------------------------------------------------------------------
+
+#: Settings that must be equal in every shard for their runs to be compared in one table.
+MERGE_KEYS = ("model_name", "r", "target_modules", "act_fn", "neat_scaling", "lora_alpha", "dropout", "epochs",
+              "batch_size", "max_length", "weight_decay", "warmup_ratio", "max_train_samples", "max_dev_samples",
+              "subset_seed", "bf16")
+
+
+def _shard_tasks(shard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task: metric, sizes, parameter counts and runs of one result file (a final or a `.partial.json` one)."""
+    tasks = {name: {"metric": t["metric"], "n_train": t["n_train"], "n_dev": t["n_dev"],
+                    "param_counts": t["param_counts"], "runs": list(t["runs"])}
+             for name, t in shard["tasks"].items()}
+    partial = shard.get("partial_runs")
+    if partial:
+        # A partial file is written while its first unfinished task runs; its runs belong to that task.
+        pending = [t.strip() for t in str(shard["config"]["tasks"]).split(",") if t.strip() and t.strip() not in tasks]
+        if not pending:
+            raise SystemExit("A .partial.json has runs but no unfinished task; is it from this script?")
+        tasks[pending[0]] = {"metric": None, "n_train": None, "n_dev": None,
+                             "param_counts": {r["method"]: r["params"] for r in partial}, "runs": list(partial)}
+    return tasks
+
+
+def complete_seeds(runs: list[dict[str, Any]]) -> list[int]:
+    """Seeds at which every method has a run at every learning rate it was run with at any seed.
+
+    Shards cut off by a time limit leave some (method, seed) pairs missing; comparing methods over different seeds
+    would not be fair, so a merged table keeps only the seeds that every method finished.
+    """
+    lrs_of: dict[str, set[float]] = {}
+    for r in runs:
+        lrs_of.setdefault(r["method"], set()).add(r["lr"])
+    done = {(r["method"], r["lr"], r["seed"]) for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    return [s for s in seeds if all((m, lr, s) in done for m, lrs in lrs_of.items() for lr in lrs)]
+
+
+def merge_reports(paths: list[Path], command: str) -> dict[str, Any]:
+    """Combine result files of one sweep split into shards (by task, method or seed) into one report.
+
+    The shards must share the settings in `MERGE_KEYS`; a (task, method, lr, seed) run may appear only once. Runs at
+    seeds that not every method finished are left out of the summary (listed under `dropped_runs`).
+    """
+    shards = []
+    for path in paths:
+        try:
+            shards.append((path, json.loads(Path(path).read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--merge: cannot read {path}: {exc}") from exc
+    if not shards:
+        raise SystemExit("--merge needs at least one result file.")
+    ref_path, ref = shards[0]
+    tasks: dict[str, dict[str, Any]] = {}
+    for path, shard in shards:
+        for name, t in _shard_tasks(shard).items():
+            into = tasks.setdefault(name, {"metric": None, "n_train": None, "n_dev": None, "param_counts": {},
+                                           "runs": [], "seen": {}, "config": shard["config"], "from": path})
+            # Within a task every shard must have the same settings (tasks may differ, e.g. in epochs).
+            for key in MERGE_KEYS:
+                if shard["config"].get(key) != into["config"].get(key):
+                    raise SystemExit(
+                        f"--merge: task {name!r}: {path} has {key}={shard['config'].get(key)!r} but {into['from']} "
+                        f"has {into['config'].get(key)!r}; only runs of the same settings can share a table.")
+            for key in ("metric", "n_train", "n_dev"):
+                if t[key] is not None:
+                    if into[key] is not None and into[key] != t[key]:
+                        raise SystemExit(f"--merge: task {name!r} has {key}={t[key]!r} in {path} but {into[key]!r} "
+                                         "in an earlier file; the shards used different data.")
+                    into[key] = t[key]
+            into["param_counts"].update(t["param_counts"])
+            for r in t["runs"]:
+                key = (r["method"], r["lr"], r["seed"])
+                if key in into["seen"]:
+                    raise SystemExit(f"--merge: task {name!r} run {key} is in both {into['seen'][key]} and {path}.")
+                into["seen"][key] = str(path)
+                into["runs"].append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    methods = sorted({r["method"] for t in tasks.values() for r in t["runs"]}, key=lambda m: order.get(m, len(order)))
+    report: dict[str, Any] = {
+        "benchmark": "quality", "command": command,
+        "config": {**ref["config"], "tasks": ",".join(tasks), "methods": ",".join(methods)},
+        "methods": methods, "environment": ref["environment"], "tasks": {},
+        "merged_from": [{"file": str(p), "command": s["command"], "partial": "partial_runs" in s,
+                         "wall_s": s.get("wall_s")} for p, s in shards],
+    }
+    all_seeds: set[int] = set()
+    for name, t in tasks.items():
+        seeds = complete_seeds(t["runs"])
+        if not seeds:
+            raise SystemExit(f"--merge: task {name!r} has no seed that every method finished; nothing to compare.")
+        all_seeds.update(seeds)
+        kept = [r for r in t["runs"] if r["seed"] in seeds]
+        dropped = [{k: r[k] for k in ("method", "lr", "seed", "final")} for r in t["runs"] if r["seed"] not in seeds]
+        task_methods = [m for m in methods if any(r["method"] == m for r in kept)]
+        summary = summarize_task(kept, task_methods)
+        n_train, n_dev = t["n_train"], t["n_dev"]
+        report["tasks"][name] = {
+            "metric": t["metric"] or ref["config"].get("metric") or BUILTIN_TASKS.get(name, {}).get("metric", "?"),
+            "n_train": n_train, "n_dev": n_dev, "param_counts": t["param_counts"], "summary": summary,
+            "reading": reading(summary, t["metric"] or "metric"), "runs": kept, "dropped_runs": dropped,
+            "seeds": seeds, "epochs": t["config"]["epochs"],
+        }
+    lrs = sorted({r["lr"] for t in report["tasks"].values() for r in t["runs"] if r["method"] in ("neat", "lora")})
+    extra = sorted({r["lr"] for t in report["tasks"].values() for r in t["runs"] if r["method"] not in ("neat", "lora")})
+    epochs = {t["epochs"] for t in report["tasks"].values()}
+    report["config"].update(seeds=sorted(all_seeds), lrs=lrs, extra_lrs=extra or lrs,
+                            epochs=epochs.pop() if len(epochs) == 1 else "per task")
+    report["metric_backend"] = ref.get("metric_backend", "built-in")
+    report["wall_s"] = sum(r["wall_s"] for t in report["tasks"].values() for r in t["runs"])
+    report["load_avg_end"] = None
+    return report
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    """`mean ± std`, or the bare value for a single seed (no spread to show)."""
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f} (1 seed)"
+
+
+def lr_sweep_table(task: dict[str, Any], methods: list[str]) -> str:
+    """Final metric (mean ± std over seeds) of every method at every learning rate it ran, when any ran several."""
+    lrs = sorted({lr for m in methods for lr in task["summary"][m]["per_lr"]}, key=float)
+    if all(len(task["summary"][m]["per_lr"]) < 2 for m in methods):
+        return ""
+    rows = []
+    for m in methods:
+        per_lr = {float(k): v for k, v in task["summary"][m]["per_lr"].items()}
+        rows.append([m] + [_pm(per_lr[float(lr)]["final_mean"], per_lr[float(lr)]["final_std"],
+                               len(per_lr[float(lr)]["finals"])) if float(lr) in per_lr else "—" for lr in lrs])
+    header = ["method"] + [f"lr {float(lr):g}" for lr in lrs]
+    return f"\nEvery learning rate (final {task['metric']}, mean ± std over seeds):\n\n{markdown_table(header, rows)}\n"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     parts = []
     for task, t in report["tasks"].items():
         rows = []
-        for m in report["methods"]:
+        task_methods = [m for m in report["methods"] if m in t["summary"]]
+        for m in task_methods:
             s = t["summary"][m]
             rows.append([
                 m, f"{s['params']['adapter']:,}", f"{s['params']['head']:,}", f"{s['lr']:g}",
-                f"{s['final_mean']:.4f} ± {s['final_std']:.4f}", f"{s['best_mean']:.4f} ± {s['best_std']:.4f}",
+                _pm(s["final_mean"], s["final_std"], len(s["finals"])), _pm(s["best_mean"], s["best_std"], len(s["bests"])),
                 " / ".join(f"{v:.3f}" for v in s["finals"]),
             ])
         table = markdown_table(
             ["method", "adapter params", "head params", "lr (by final)", f"final {t['metric']} (mean ± std)",
              f"best-epoch {t['metric']}", "per-seed final"], rows)
-        parts.append(
-            f"#### {task} — {t['metric']}, train {t['n_train']:,} / dev {t['n_dev']:,} examples\n\n{table}\n"
-            f"{t['reading']}\n"
-        )
+        sizes = (f"train {t['n_train']:,} / dev {t['n_dev']:,} examples" if t["n_train"] is not None
+                 else "data sizes not recorded (partial shard)")
+        dropped = (f"\nLeft out: {len(t['dropped_runs'])} run(s) at seeds not every method finished."
+                   if t.get("dropped_runs") else "")
+        epochs = f", {t['epochs']:g} epoch(s)" if "epochs" in t else ""
+        parts.append(f"#### {task} — {t['metric']}, {sizes}{epochs}\n\n{table}\n{t['reading']}{dropped}\n"
+                     + lr_sweep_table(t, task_methods))
     cfg = report["config"]
+    if report.get("merged_from"):
+        shards = report["merged_from"]
+        cut = sum(m["partial"] for m in shards)
+        merge_cmd = report.get("command_short", report["command"])
+        runs = (f"Merged from {len(shards)} shard(s)" + (f" ({cut} cut off before the end)" if cut else "") +
+                f"; the first: `{shards[0]['command']}` (every shard's command is in the JSON, `merged_from`)"
+                f"\n\nCommand: `{merge_cmd}`")
+        timing = f"sum of run wall times {report['wall_s'] / 60:.1f} min"
+    else:
+        runs = f"Command: `{report['command']}`"
+        timing = f"load average at end {report['load_avg_end']}; total wall time {report['wall_s'] / 60:.1f} min"
     return (
-        f"### Quality — `{cfg['model_name']}`, r={cfg['r']} on {cfg['target_modules']}, {cfg['epochs']} epoch(s), "
+        f"### Quality — `{cfg['model_name']}`, r={cfg['r']} on {cfg['target_modules']}, epochs: {cfg['epochs']}, "
         f"seeds {cfg['seeds']}, lr sweep {cfg['lrs']} (other rows: {cfg['extra_lrs']})\n\n" + "\n".join(parts) +
-        f"\nCommand: `{report['command']}`\n\nEnvironment: {format_env(report['environment'])}; load average at end "
-        f"{report['load_avg_end']}; total wall time {report['wall_s'] / 60:.1f} min; metric backend "
+        f"\n{runs}\n\nEnvironment: {format_env(report['environment'])}; {timing}; metric backend "
         f"{report['metric_backend']}.\n"
     )
 
@@ -504,7 +659,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         t = report["tasks"][task]
-        methods = report["methods"]
+        methods = [m for m in report["methods"] if m in t["summary"]]
         means = [t["summary"][m]["final_mean"] for m in methods]
         stds = [t["summary"][m]["final_std"] for m in methods]
         ax.bar(methods, means, yerr=stds, capsize=4,
@@ -562,6 +717,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--tag", default="")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="no training: combine the result files (final or .partial.json) of one sweep run in "
+                             "shards (by task, method or seed, e.g. one process per GPU) into one report named by "
+                             "--tag; only seeds that every method finished are compared")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -569,6 +728,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = make_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.merge:
+        return write_merged(args, argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from transformers import AutoTokenizer
@@ -644,13 +805,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["metric_backend"] = metric_backend
     report["wall_s"] = time.perf_counter() - t_start
     report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-    atomic_write_json(args.output_dir / f"{stem}.json", report)
+    write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     (args.output_dir / f"{stem}.partial.json").unlink(missing_ok=True)
-    md = render_markdown(report)
-    atomic_write_text(args.output_dir / f"{stem}.md", md)
-    if not args.no_plot:
-        plot(report, args.output_dir / f"{stem}.png")
-    print(md)
+    return report
+
+
+def write_merged(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """`--merge`: combine shard files into `quality_<tasks>_<model>_<tag>.{json,md,png}` in --output-dir."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = "python benchmarks/quality.py " + " ".join(words)
+    report = merge_reports(list(args.merge), command)
+    files = {str(f) for f in args.merge}
+    short = [w for w in words if w not in files]
+    short.insert(short.index("--merge") + 1, f"<{len(args.merge)} result files>")
+    report["command_short"] = "python benchmarks/quality.py " + " ".join(short)
+    model = str(report["config"]["model_name"]).split(" ")[0].split("/")[-1]
+    stem = f"quality_{'_'.join(report['tasks'])}_{model}" + (f"_{args.tag}" if args.tag else "")
+    write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 
 

@@ -240,3 +240,67 @@ def test_quality_reads_both_tsv_layouts(tmp_path):
     cola.write_text('he said "hi" , twice\t1\nthe the\t0\n', encoding="utf-8")
     assert q.read_table(sst, 1, 0, header=False) == {"text": ["a fine film", "dull"], "label": [1, 0]}
     assert q.read_table(cola, 0, 1, header=False) == {"text": ['he said "hi" , twice', "the the"], "label": [1, 0]}
+
+
+@pytest.mark.slow
+def test_quality_merge_of_shards_equals_one_sweep(tmp_path, tiny_task):
+    """Shards by method (one cut off, as by a time limit) merge into the table one process would have written."""
+    model_dir, train, dev = tiny_task
+    out = tmp_path / "out"
+    common = ["--model", str(model_dir), "--tasks", "toy", "--train-file", str(train), "--dev-file", str(dev),
+              "--text-column", "1", "--label-column", "0", "--lrs", "1e-3", "--epochs", "1", "--batch-size", "16",
+              "--r", "4", "--no-evaluate", "--no-plot", "--output-dir", str(out)]
+    run_script("quality.py", *common, "--methods", "neat", "--seeds", "0,1", "--tag", "shard_neat")
+    run_script("quality.py", *common, "--methods", "lora", "--seeds", "0,1", "--tag", "shard_lora")
+    run_script("quality.py", *common, "--methods", "neat,lora", "--seeds", "0,1", "--tag", "whole")
+    # A shard cut off after one seed: the merge keeps only the seed every method finished.
+    cut = json.loads((out / "quality_toy_tiny-bert_shard_lora.json").read_text(encoding="utf-8"))
+    partial = {k: v for k, v in cut.items() if k not in ("tasks", "wall_s", "load_avg_end", "metric_backend")}
+    partial["tasks"] = {}
+    partial["partial_runs"] = [r for r in cut["tasks"]["toy"]["runs"] if r["seed"] == 0]
+    (out / "cut.partial.json").write_text(json.dumps(partial), encoding="utf-8")
+
+    shards = [str(out / "quality_toy_tiny-bert_shard_neat.json"), str(out / "quality_toy_tiny-bert_shard_lora.json")]
+    run_script("quality.py", "--merge", *shards, "--tag", "merged", "--output-dir", str(out))
+    merged = load_outputs(out, "quality_toy_tiny-bert_merged", png=False)
+    whole = json.loads((out / "quality_toy_tiny-bert_whole.json").read_text(encoding="utf-8"))
+    assert merged["methods"] == ["neat", "lora"]
+    for method in ("neat", "lora"):  # same seeds, same data: the same numbers as the single sweep
+        assert merged["tasks"]["toy"]["summary"][method]["finals"] == pytest.approx(
+            whole["tasks"]["toy"]["summary"][method]["finals"], abs=1e-6)
+    assert merged["tasks"]["toy"]["reading"].startswith("NEAT − LoRA")
+    assert "Merged from 2 shard(s)" in (out / "quality_toy_tiny-bert_merged.md").read_text(encoding="utf-8")
+
+    run_script("quality.py", "--merge", shards[0], str(out / "cut.partial.json"), "--tag", "cut",
+               "--output-dir", str(out))
+    cut_report = json.loads((out / "quality_toy_tiny-bert_cut.json").read_text(encoding="utf-8"))
+    assert cut_report["tasks"]["toy"]["seeds"] == [0]
+    assert [(r["method"], r["seed"]) for r in cut_report["tasks"]["toy"]["dropped_runs"]] == [("neat", 1)]
+    assert all(len(s["finals"]) == 1 for s in cut_report["tasks"]["toy"]["summary"].values())
+
+    # Shards of different settings, or the same run twice, are refused and nothing is written.
+    other = json.loads((out / "quality_toy_tiny-bert_shard_lora.json").read_text(encoding="utf-8"))
+    other["config"]["epochs"] = 3
+    (out / "other.json").write_text(json.dumps(other), encoding="utf-8")
+    proc = run_script("quality.py", "--merge", shards[0], str(out / "other.json"), "--tag", "bad",
+                      "--output-dir", str(out), check=False)
+    assert proc.returncode != 0 and "epochs=3" in proc.stderr
+    proc = run_script("quality.py", "--merge", shards[0], shards[0], "--tag", "bad", "--output-dir", str(out),
+                      check=False)
+    assert proc.returncode != 0 and "is in both" in proc.stderr
+    assert not list(out.glob("*_bad.*"))
+
+
+def test_quality_lr_sweep_table_lists_every_rate_each_method_ran():
+    q = _quality_module()
+    runs = [{"method": m, "lr": lr, "seed": seed, "final": f, "best": f, "params": {"adapter": 1, "head": 1}}
+            for m, lr, seed, f in [("neat", 1e-3, 0, 0.5), ("neat", 1e-3, 1, 0.7), ("neat", 3e-3, 0, 0.9),
+                                   ("neat", 3e-3, 1, 0.8), ("lora", 3e-3, 0, 0.6), ("lora", 3e-3, 1, 0.6)]]
+    task = {"metric": "accuracy", "summary": q.summarize_task(runs, ["neat", "lora"])}
+    table = q.lr_sweep_table(task, ["neat", "lora"])
+    assert "| method | lr 0.001 | lr 0.003 |" in table
+    assert "| neat | 0.6000 ± 0.1414 | 0.8500 ± 0.0707 |" in table
+    assert "| lora | — | 0.6000 ± 0.0000 |" in table
+    assert task["summary"]["neat"]["lr"] == 3e-3  # the lr with the best mean final metric
+    one_lr = {"metric": "accuracy", "summary": q.summarize_task(runs[-2:], ["lora"])}
+    assert q.lr_sweep_table(one_lr, ["lora"]) == ""  # nothing to compare across rates

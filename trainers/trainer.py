@@ -208,7 +208,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
         # adapter weights inside it (reentrant checkpointing). The embeddings are frozen, so make their output require
         # grad, as PEFT does. transformers already does this for `input_ids` models; ViT-style models need it here.
         neat_model = self._neat_model
-        if neat_model is None or not self.args.activation_checkpointing:
+        # `activation_checkpointing` is transformers >= 5.2x's name of `gradient_checkpointing`.
+        checkpointing = getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing
+        if neat_model is None or not checkpointing:
             return
         base = neat_model.get_base_model()
         if getattr(base, "_require_grads_hooks", None) or not hasattr(base, "enable_input_require_grads"):

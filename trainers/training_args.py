@@ -174,8 +174,9 @@ class NeatTrainingArguments(TrainingArguments):
             return args
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
         # Deprecated aliases are mirrored from their new names after __post_init__; pass only the new ones.
-        for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
-            values.pop(old, None)
+        if "activation_checkpointing" in values:
+            for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
+                values.pop(old, None)
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         dropped = sorted(set(values) - known)
         if dropped:
