@@ -445,6 +445,7 @@ def summarize_task(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, 
             by_lr.setdefault(r["lr"], []).append(r)
         per_lr = {}
         for lr, rs in sorted(by_lr.items()):
+            rs = sorted(rs, key=lambda r: r["seed"])  # per-seed columns in seed order, whatever order runs came in
             fm, fs = _mean_std([r["final"] for r in rs])
             bm, bs = _mean_std([r["best"] for r in rs])
             per_lr[lr] = {"final_mean": fm, "final_std": fs, "best_mean": bm, "best_std": bs,
@@ -500,6 +501,12 @@ def _shard_tasks(shard: dict[str, Any]) -> dict[str, dict[str, Any]]:
         tasks[pending[0]] = {"metric": None, "n_train": None, "n_dev": None,
                              "param_counts": {r["method"]: r["params"] for r in partial}, "runs": list(partial)}
     return tasks
+
+
+def _machine(env: dict[str, Any]) -> str:
+    """A short name of the machine a shard ran on (the GPU, else the CPU), with its torch and transformers."""
+    where = env.get("gpu") or f"CPU {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores)"
+    return f"{where}, torch {env.get('torch')}, transformers {env.get('transformers')}"
 
 
 def complete_seeds(runs: list[dict[str, Any]]) -> list[int]:
@@ -562,7 +569,10 @@ def merge_reports(paths: list[Path], command: str) -> dict[str, Any]:
         "config": {**ref["config"], "tasks": ",".join(tasks), "methods": ",".join(methods)},
         "methods": methods, "environment": ref["environment"], "tasks": {},
         "merged_from": [{"file": str(p), "command": s["command"], "partial": "partial_runs" in s,
-                         "wall_s": s.get("wall_s")} for p, s in shards],
+                         "wall_s": s.get("wall_s"), "machine": _machine(s["environment"]),
+                         "environment": s["environment"],
+                         "seeds": sorted({r["seed"] for t in _shard_tasks(s).values() for r in t["runs"]})}
+                        for p, s in shards],
     }
     all_seeds: set[int] = set()
     for name, t in tasks.items():
@@ -638,7 +648,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         shards = report["merged_from"]
         cut = sum(m["partial"] for m in shards)
         merge_cmd = report.get("command_short", report["command"])
+        machines: dict[str, set[int]] = {}
+        for m in shards:
+            machines.setdefault(m.get("machine", "?"), set()).update(m.get("seeds", []))
+        where = "; ".join(f"seed(s) {sorted(seeds)} on {name}" for name, seeds in machines.items())
         runs = (f"Merged from {len(shards)} shard(s)" + (f" ({cut} cut off before the end)" if cut else "") +
+                (f" — {where}" if len(machines) > 1 else "") +
                 f"; the first: `{shards[0]['command']}` (every shard's command is in the JSON, `merged_from`)"
                 f"\n\nCommand: `{merge_cmd}`")
         timing = f"sum of run wall times {report['wall_s'] / 60:.1f} min"

