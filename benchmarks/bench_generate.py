@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,13 +34,18 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     atomic_write_json,
     atomic_write_text,
+    command_line,
     environment,
     fmt_bytes,
     format_env,
     import_pyplot,
+    interleaved,
+    load_average,
     markdown_table,
     peak_rss_bytes,
     resolve_dtype,
+    result_stem,
+    run_config,
     run_worker,
     save_figure,
     setup_logging,
@@ -182,14 +186,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     preset = get_preset(args.preset, **overrides)
     env = environment(args.device)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for rnd in range(args.rounds):
-        for method in methods[rnd % len(methods):] + methods[: rnd % len(methods)]:
-            spec = {"method": method, "preset": args.preset, "overrides": overrides, "device": args.device,
-                    "dtype": args.dtype, "seed": args.seed, "repeats": args.repeats, "threads": args.threads}
-            res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout)
-            tps = res["new_tokens_per_call"] / summarize(res["generate_times_s"])["median"]
-            logger.info("round %d/%d %-12s %.1f new tokens/s", rnd + 1, args.rounds, method, tps)
-            runs[method].append(res)
+    for rnd, method in interleaved(methods, args.rounds):
+        spec = {"method": method, "preset": args.preset, "overrides": overrides, "device": args.device,
+                "dtype": args.dtype, "seed": args.seed, "repeats": args.repeats, "threads": args.threads}
+        res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout)
+        tps = res["new_tokens_per_call"] / summarize(res["generate_times_s"])["median"]
+        logger.info("round %d/%d %-12s %.1f new tokens/s", rnd + 1, args.rounds, method, tps)
+        runs[method].append(res)
 
     summary = {}
     for m in methods:
@@ -208,18 +211,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             agreement[f"{m.removesuffix('_merged')} vs {m}"] = sum(x == y for x, y in zip(a, b)) / max(1, len(a))
     report = {
         "benchmark": "generate",
-        "command": "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("worker", "result_file")},
+        "command": command_line("bench_generate.py", argv),
+        "config": run_config(args),
         "preset": {**preset.__dict__},
         "methods": methods,
         "environment": env,
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_end": load_average(),
         "summary": summary,
         "merged_token_agreement": agreement,
         "runs": runs,
     }
-    stem = f"generate_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
+    stem = result_stem("generate", args.preset, args.device, args.dtype, tag=args.tag)
     write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 

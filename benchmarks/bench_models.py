@@ -137,10 +137,6 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
     return out
 
 
-def count_trainable(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def random_batch(preset: Preset, device: str, seed: int, *, seq_len: int | None = None,
                  batch_size: int | None = None) -> Any:
     """Token ids drawn from a seeded generator on CPU (identical for every method), moved to `device`."""

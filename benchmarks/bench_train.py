@@ -37,19 +37,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import TRAIN_METHODS, apply_method, build_llama, count_trainable, get_preset, random_batch  # noqa: E402
+from bench_models import TRAIN_METHODS, apply_method, build_llama, get_preset, random_batch  # noqa: E402
 from common import (  # noqa: E402
+    LLAMA_TARGETS,
     RESULTS_DIR,
     atomic_write_json,
     atomic_write_text,
+    command_line,
     environment,
     fmt_bytes,
     fmt_count,
     format_env,
     import_pyplot,
+    interleaved,
+    load_average,
     markdown_table,
     peak_rss_bytes,
     resolve_dtype,
+    result_stem,
+    run_config,
     run_worker,
     save_figure,
     setup_logging,
@@ -320,7 +326,7 @@ def dry_run(args: argparse.Namespace, methods: list[str], overrides: dict[str, i
     rows = [[m, fmt_count(c["trainable_params"]), f"{c['total_params'] / 1e9:.3f} B", ",".join(c["trainable_dtypes"]) or "—"]
             for m, c in counts.items()]
     print(markdown_table(["method", "trainable", "total", "trainable dtype"], rows))
-    out = args.output_dir / f"dryrun_{args.preset}_{args.dtype}{('_' + args.tag) if args.tag else ''}.json"
+    out = args.output_dir / f"{result_stem('dryrun', args.preset, args.dtype, tag=args.tag)}.json"
     atomic_write_json(out, report)
     return report
 
@@ -364,30 +370,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     env = environment(args.device)
     script = Path(__file__).resolve()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
-    for rnd in range(args.rounds):
-        order = methods[rnd % len(methods):] + methods[: rnd % len(methods)]
-        for method in order:
-            spec = {
-                "method": method, "preset": args.preset, "overrides": overrides, "device": args.device,
-                "dtype": args.dtype, "seed": args.seed, "warmup": args.warmup, "steps": args.steps,
-                "threads": args.threads, "compile": args.compile,
-            }
-            result = run_worker(script, spec, timeout=args.timeout)
-            med = summarize(result["step_times_s"])["median"]
-            logger.info("round %d/%d %-7s median step %.1f ms", rnd + 1, args.rounds, method, med * 1e3)
-            runs[method].append(result)
+    for rnd, method in interleaved(methods, args.rounds):
+        spec = {
+            "method": method, "preset": args.preset, "overrides": overrides, "device": args.device,
+            "dtype": args.dtype, "seed": args.seed, "warmup": args.warmup, "steps": args.steps,
+            "threads": args.threads, "compile": args.compile,
+        }
+        result = run_worker(script, spec, timeout=args.timeout)
+        med = summarize(result["step_times_s"])["median"]
+        logger.info("round %d/%d %-7s median step %.1f ms", rnd + 1, args.rounds, method, med * 1e3)
+        runs[method].append(result)
 
     summary = {m: {**aggregate(m, runs[m]), "device": args.device} for m in methods}
     report = {
         "benchmark": "train_step",
-        "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("worker", "result_file")},
+        "command": command_line("bench_train.py", argv),
+        "config": run_config(args),
         "preset": {**preset.__dict__},
-        "targets": list(__import__("common").LLAMA_TARGETS),
+        "targets": list(LLAMA_TARGETS),
         "methods": methods,
         "environment": env,
-        "load_avg_end": [round(x, 2) for x in __import__("os").getloadavg()],
+        "load_avg_end": load_average(),
         "summary": summary,
         "comparison": compare(summary, args.preset),
         "runs": runs,
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if spread > 1e-2 * max(1.0, abs(min(first_losses.values()))):
         logger.warning("First-step losses differ across methods: %s", first_losses)
 
-    stem = f"train_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
+    stem = result_stem("train", args.preset, args.device, args.dtype, tag=args.tag)
     write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,14 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     atomic_write_json,
     atomic_write_text,
+    command_line,
     environment,
     format_env,
+    interleaved,
+    load_average,
     markdown_table,
+    result_stem,
+    run_config,
     run_worker,
     setup_logging,
     summarize,
@@ -315,15 +319,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc)]
     combos = [(m, s) for s in settings for m in methods]
     runs: dict[str, list[dict[str, Any]]] = {f"{m}/{s}": [] for m, s in combos}
-    for rnd in range(args.rounds):
-        for method, setting in combos[rnd % len(combos):] + combos[: rnd % len(combos)]:
-            spec = {"method": method, "setting": setting, "preset": args.preset, "overrides": overrides,
-                    "seed": args.seed, "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
-            res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout, launcher=launcher)
-            logger.info("round %d/%d %-5s %-8s median step %.1f ms, W0 gathers/layer fwd %.2f bwd %.2f", rnd + 1,
-                        args.rounds, method, setting, summarize(res["step_times_s"])["median"] * 1e3,
-                        per_layer(res, "forward"), per_layer(res, "backward"))
-            runs[f"{method}/{setting}"].append(res)
+    for rnd, (method, setting) in interleaved(combos, args.rounds):
+        spec = {"method": method, "setting": setting, "preset": args.preset, "overrides": overrides,
+                "seed": args.seed, "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
+        res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout, launcher=launcher)
+        logger.info("round %d/%d %-5s %-8s median step %.1f ms, W0 gathers/layer fwd %.2f bwd %.2f", rnd + 1,
+                    args.rounds, method, setting, summarize(res["step_times_s"])["median"] * 1e3,
+                    per_layer(res, "forward"), per_layer(res, "backward"))
+        runs[f"{method}/{setting}"].append(res)
 
     summary = {}
     for key, rs in runs.items():
@@ -344,20 +347,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     extra = extra_cost_lines(summary, settings)
     report = {
         "benchmark": "zero3",
-        "command": "python benchmarks/bench_zero3.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                   if k not in ("worker", "result_file")},
+        "command": command_line("bench_zero3.py", argv),
+        "config": run_config(args),
         "preset": {**preset.__dict__},
         "methods": methods,
         "settings": settings,
         "environment": env,
         "threads_per_rank": next(iter(runs.values()))[0]["threads_per_rank"],
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_end": load_average(),
         "summary": summary,
         "extra_cost": extra,
         "runs": runs,
     }
-    stem = f"zero3_{args.preset}{('_' + args.tag) if args.tag else ''}"
+    stem = result_stem("zero3", args.preset, tag=args.tag)
     write_outputs(args.output_dir, stem, report, render_markdown(report))
     return report
 

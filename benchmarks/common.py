@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_1_5_15": load_average(),
         "device": device,
     }
     for name in ("torch", "transformers", "peft", "deepspeed", "accelerate"):
@@ -132,6 +132,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON, atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that produced a result, as a user would retype it (`argv`: the arguments, default sys.argv)."""
+    return f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def run_config(args: Any) -> dict[str, Any]:
+    """The parsed options of a benchmark run as JSON-ready values, without the parent-to-worker plumbing."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in ("worker", "result_file")}
+
+
+def result_stem(*parts: str, tag: str = "") -> str:
+    """`train_1b_cuda_bf16[_tag]`: the parts joined by `_` (":" dropped from devices such as cuda:1)."""
+    return "_".join(p.replace(":", "") for p in parts) + (f"_{tag}" if tag else "")
+
+
+def load_average() -> list[float]:
+    """The 1/5/15-minute load average, rounded (recorded at the start and end of runs on shared machines)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def interleaved(items: Sequence[Any], rounds: int) -> Iterator[tuple[int, Any]]:
+    """Yield `(round, item)` for `rounds` rounds over `items`, starting each round one item later.
+
+    Rotating the order means no method is always measured first (cold caches, clock ramp-up) or last.
+    """
+    for rnd in range(rounds):
+        k = rnd % len(items)
+        for item in list(items[k:]) + list(items[:k]):
+            yield rnd, item
 
 
 def write_outputs(out_dir: str | os.PathLike, stem: str, report: dict[str, Any], markdown: str,

@@ -34,10 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import get_preset  # noqa: E402
 from common import (  # noqa: E402
     RESULTS_DIR,
+    command_line,
     environment,
     format_env,
     markdown_table,
     resolve_dtype,
+    result_stem,
     setup_logging,
     summarize,
     write_outputs,
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ["op", "calls/iter", "self CPU µs/iter", "total CPU µs/iter"] + (["self device µs/iter"] if args.device != "cpu" else []),
         [[r["op"], f"{r['calls_per_iter']:.0f}", f"{r['self_cpu_us_per_iter']:.0f}", f"{r['cpu_total_us_per_iter']:.0f}"]
          + ([f"{r['self_device_us_per_iter']:.0f}"] if args.device != "cpu" else []) for r in prof_rows[:15]])
-    cmd = "python benchmarks/profile_adapter.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command_line("profile_adapter.py", argv)
     md = (
         f"### One-layer forward+backward, preset `{args.preset}` (batch {tokens[0]} × seq {tokens[1]}, r={preset.r}), "
         f"{args.device} {args.dtype}, median of {args.iters}\n\n{table}\n"
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     report = {"benchmark": "profile_adapter", "command": cmd, "environment": env, "batch_seq": list(tokens), "r": preset.r,
               "timings": timings, "profile": prof_rows}
-    stem = f"profile_{args.preset}_{args.device.replace(':', '')}_{args.dtype}{('_' + args.tag) if args.tag else ''}"
+    stem = result_stem("profile", args.preset, args.device, args.dtype, tag=args.tag)
     write_outputs(args.output_dir, stem, report, md)
     return report
 

@@ -67,10 +67,13 @@ from common import (  # noqa: E402
     REPO_ROOT,
     RESULTS_DIR,
     atomic_write_json,
+    command_line,
     environment,
     format_env,
     import_pyplot,
+    load_average,
     markdown_table,
+    result_stem,
     save_figure,
     setup_logging,
     write_outputs,
@@ -538,9 +541,10 @@ def merge_reports(paths: list[Path], command: str) -> dict[str, Any]:
     if not shards:
         raise SystemExit("--merge needs at least one result file.")
     ref_path, ref = shards[0]
+    shard_tasks = [(path, shard, _shard_tasks(shard)) for path, shard in shards]
     tasks: dict[str, dict[str, Any]] = {}
-    for path, shard in shards:
-        for name, t in _shard_tasks(shard).items():
+    for path, shard, parsed in shard_tasks:
+        for name, t in parsed.items():
             into = tasks.setdefault(name, {"metric": None, "n_train": None, "n_dev": None, "param_counts": {},
                                            "runs": [], "seen": {}, "config": shard["config"], "from": path})
             # Within a task every shard must have the same settings (tasks may differ, e.g. in epochs).
@@ -571,8 +575,8 @@ def merge_reports(paths: list[Path], command: str) -> dict[str, Any]:
         "merged_from": [{"file": str(p), "command": s["command"], "partial": "partial_runs" in s,
                          "wall_s": s.get("wall_s"), "machine": _machine(s["environment"]),
                          "environment": s["environment"],
-                         "seeds": sorted({r["seed"] for t in _shard_tasks(s).values() for r in t["runs"]})}
-                        for p, s in shards],
+                         "seeds": sorted({r["seed"] for t in parsed.values() for r in t["runs"]})}
+                        for p, s, parsed in shard_tasks],
     }
     all_seeds: set[int] = set()
     for name, t in tasks.items():
@@ -650,7 +654,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         merge_cmd = report.get("command_short", report["command"])
         machines: dict[str, set[int]] = {}
         for m in shards:
-            machines.setdefault(m.get("machine", "?"), set()).update(m.get("seeds", []))
+            machines.setdefault(m["machine"], set()).update(m["seeds"])
         where = "; ".join(f"seed(s) {sorted(seeds)} on {name}" for name, seeds in machines.items())
         runs = (f"Merged from {len(shards)} shard(s)" + (f" ({cut} cut off before the end)" if cut else "") +
                 (f" — {where}" if len(machines) > 1 else "") +
@@ -780,7 +784,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     report: dict[str, Any] = {
         "benchmark": "quality",
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("quality.py", argv),
         "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                    "model_name": model_name,
                    "seeds": seeds, "lrs": lrs, "extra_lrs": extra_lrs},
@@ -789,8 +793,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tasks": {},
     }
     metric_backend = "built-in"
-    stem = f"quality_{'_'.join(tasks)}_{model_name.split(' ')[0].split('/')[-1]}"
-    stem += f"_{args.tag}" if args.tag else ""
+    stem = quality_stem(tasks, model_name, args.tag)
     for task in tasks:
         train, dev, metric_name = load_splits(args, task)
         train = subsample(train, args.max_train_samples, args.subset_seed)
@@ -819,23 +822,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     report["metric_backend"] = metric_backend
     report["wall_s"] = time.perf_counter() - t_start
-    report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_avg_end"] = load_average()
     write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     (args.output_dir / f"{stem}.partial.json").unlink(missing_ok=True)
     return report
 
 
+def quality_stem(tasks: list[str], model_name: str, tag: str) -> str:
+    """`quality_<tasks>_<model>[_<tag>]`, the model by its last path part (`all-MiniLM-L6-v2`)."""
+    return result_stem("quality", *tasks, model_name.split(" ")[0].split("/")[-1], tag=tag)
+
+
 def write_merged(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     """`--merge`: combine shard files into `quality_<tasks>_<model>_<tag>.{json,md,png}` in --output-dir."""
     words = list(sys.argv[1:] if argv is None else argv)
-    command = "python benchmarks/quality.py " + " ".join(words)
-    report = merge_reports(list(args.merge), command)
+    report = merge_reports(list(args.merge), command_line("quality.py", words))
     files = {str(f) for f in args.merge}
     short = [w for w in words if w not in files]
     short.insert(short.index("--merge") + 1, f"<{len(args.merge)} result files>")
-    report["command_short"] = "python benchmarks/quality.py " + " ".join(short)
-    model = str(report["config"]["model_name"]).split(" ")[0].split("/")[-1]
-    stem = f"quality_{'_'.join(report['tasks'])}_{model}" + (f"_{args.tag}" if args.tag else "")
+    report["command_short"] = command_line("quality.py", short)
+    stem = quality_stem(list(report["tasks"]), str(report["config"]["model_name"]), args.tag)
     write_outputs(args.output_dir, stem, report, render_markdown(report), None if args.no_plot else plot)
     return report
 
