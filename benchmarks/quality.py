@@ -462,22 +462,40 @@ def summarize_task(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, 
     return out
 
 
-def reading(summary: dict[str, Any], metric: str) -> str:
-    """A plain statement of where NEAT wins, ties or loses against LoRA (difference vs the seeds' spread)."""
-    if "neat" not in summary or "lora" not in summary:
-        return ""
-    n, lo = summary["neat"], summary["lora"]
-    diff = n["final_mean"] - lo["final_mean"]
-    noise = math.hypot(n["final_std"], lo["final_std"])
-    seeds = len(n["finals"])
-    if seeds < 2:
+def _versus_lora(name: str, row: dict[str, Any], lora: dict[str, Any]) -> tuple[float, float, str]:
+    """Difference of `name`'s mean final metric from LoRA's, the combined seed std, and the verdict it supports."""
+    diff = row["final_mean"] - lora["final_mean"]
+    noise = math.hypot(row["final_std"], lora["final_std"])
+    if min(len(row["finals"]), len(lora["finals"])) < 2:
         verdict = "one seed only: no verdict"
     elif abs(diff) <= noise:
         verdict = "a tie within the seed spread"
     else:
-        verdict = "NEAT ahead" if diff > 0 else "LoRA ahead"
-    return (f"NEAT − LoRA (final {metric}, mean of {seeds} seed(s)) = {diff:+.4f}; combined seed std {noise:.4f} → "
+        verdict = f"{name} ahead" if diff > 0 else "LoRA ahead"
+    return diff, noise, verdict
+
+
+def reading(summary: dict[str, Any], metric: str) -> str:
+    """A plain statement of where NEAT wins, ties or loses against LoRA (difference vs the seeds' spread).
+
+    The first sentence is NEAT (the row at LoRA's exact parameter count) against LoRA; every other NEAT row
+    (depth 1, `sin`) follows with its own difference, and its parameter count where it differs from LoRA's.
+    """
+    if "neat" not in summary or "lora" not in summary:
+        return ""
+    lora = summary["lora"]
+    diff, noise, verdict = _versus_lora("NEAT", summary["neat"], lora)
+    seeds = len(summary["neat"]["finals"])
+    text = (f"NEAT − LoRA (final {metric}, mean of {seeds} seed(s)) = {diff:+.4f}; combined seed std {noise:.4f} → "
             f"{verdict}.")
+    for method, row in summary.items():
+        if method == "neat" or not method.startswith("neat"):
+            continue
+        diff, noise, verdict = _versus_lora(method, row, lora)
+        extra = row["params"]["adapter"] - lora["params"]["adapter"]
+        budget = f" ({extra:+,} adapter parameters)" if extra else ""
+        text += f" {method}{budget} − LoRA = {diff:+.4f}; combined seed std {noise:.4f} → {verdict}."
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------

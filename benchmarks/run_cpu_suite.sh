@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU runs behind the numbers in README.md (performance and quality sections) and benchmarks/results/.
 # Machine: 2-core CPU, no GPU, shared with other jobs: the load average is recorded in every result file.
-# Usage: bash benchmarks/run_cpu_suite.sh [speed|quality|cola|seeds|all]   (from the repository root)
+# Usage: bash benchmarks/run_cpu_suite.sh [speed|quality|cola|seeds|sweep|all]   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -53,4 +53,26 @@ if [[ "$what" == seeds ]]; then
   h100=benchmarks/results/quality_shards/h100
   python benchmarks/quality.py --tag 3seeds --merge "$out"/*.json \
     $h100/quality_cola_*_{neat,lora}_s0_lr1e-3.json $h100/quality_sst2_*.json
+fi
+
+if [[ "$what" == sweep ]]; then
+  # The rest of the three-seed sweep (after `seeds`): CoLA NEAT and LoRA at lr 3e-3 and 1e-2 and the extra rows at
+  # 3e-3 on seeds 1-2, which completes the sweep run_gpu_suite.sh defines; then the extra rows at lr 1e-3 on all
+  # three seeds, for both tasks (1e-3 is the lr CoLA's NEAT and LoRA chose, and `sin` was unstable at 3e-3 on
+  # SST2). Most informative runs first, so a sweep cut short loses the least. Two at a time (~125 min on 2 cores).
+  out=benchmarks/results/quality_shards/cpu
+  model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
+  jobs=()
+  for lr in 3e-3 1e-2; do for seed in 1 2; do for m in neat lora; do
+    jobs+=("--tasks cola --methods $m --seeds $seed --lrs $lr --epochs 6 --tag shard_cola_${m}_s${seed}_lr${lr}"); done; done
+    [[ $lr == 3e-3 ]] && for seed in 0 1 2; do for m in neat_depth1 neat_sin; do
+      jobs+=("--tasks cola --methods $m --seeds $seed --lrs 1e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr1e-3"); done; done
+  done
+  for seed in 1 2; do for m in neat_depth1 neat_sin; do
+    jobs+=("--tasks cola --methods $m --seeds $seed --lrs 3e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr3e-3"); done; done
+  for seed in 0 1 2; do for m in neat_depth1 neat_sin; do
+    jobs+=("--tasks sst2 --methods $m --seeds $seed --lrs 1e-3 --epochs 3 --tag shard_sst2_${m}_s${seed}_lr1e-3"); done; done
+  printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
+      --batch-size 32 --no-evaluate --no-plot --output-dir "$0" "$@"' "$out" "${model[@]}"
+  python benchmarks/quality.py --tag 3seeds --merge "$out"/*.json benchmarks/results/quality_shards/h100/*.json
 fi

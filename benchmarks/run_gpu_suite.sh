@@ -29,7 +29,7 @@ fi
 
 if has quality; then
   # all-MiniLM-L6-v2, r=8 on query,value (73,728 adapter parameters for NEAT and LoRA), full SST2/CoLA train sets,
-  # batch 32, fp32. lr sweep {1e-3, 3e-3, 1e-2} for NEAT and LoRA, 3e-3 for the extra NEAT rows (depth 1, sin).
+  # batch 32, fp32. lr sweep {1e-3, 3e-3, 1e-2} for NEAT and LoRA, {1e-3, 3e-3} for the extra NEAT rows (depth 1, sin).
   # Every (task, method, seed, lr) is its own process so that JOBS of them share the GPU; seed-major order, so a
   # sweep cut short loses whole seeds, which the merge then leaves out for every method alike.
   shards=${SHARDS_DIR:-$(mktemp -d)}; mkdir -p "$shards"
@@ -42,7 +42,7 @@ if has quality; then
     for task in cola sst2; do  # CoLA runs longest (6 epochs): start it first
       epochs=3; [[ $task == cola ]] && epochs=6
       for method in neat lora neat_depth1 neat_sin; do
-        lrs="1e-3 3e-3 1e-2"; [[ $method == neat || $method == lora ]] || lrs="3e-3"
+        lrs="1e-3 3e-3 1e-2"; [[ $method == neat || $method == lora ]] || lrs="1e-3 3e-3"
         for lr in $lrs; do
           echo "--tasks $task --methods $method --seeds $seed --lrs $lr --epochs $epochs --tag shard_${task}_${method}_s${seed}_lr${lr}" >> "$jobs_file"
         done

@@ -26,6 +26,7 @@ asynchronous (`trainer.push_in_progress`); `train()` waits for them before retur
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import platform
@@ -144,7 +145,16 @@ class NeatHubMixin:
 
     # ------------------------------------------------------------------ Trainer hub methods
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+        if "private" in inspect.signature(super().init_hf_repo).parameters:  # type: ignore[misc]
+            super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+        else:
+            # transformers < 5.23 takes the visibility from `args.hub_private_repo` only: set it for this call.
+            saved = self.args.hub_private_repo
+            self.args.hub_private_repo = saved if private is None else private
+            try:
+                super().init_hf_repo(token=token)  # type: ignore[misc]
+            finally:
+                self.args.hub_private_repo = saved
         revision = self.args.hub_revision
         if self.is_world_process_zero() and revision and revision != "main" and not _COMMIT_SHA.match(revision):
             token = token if token is not None else self.args.hub_token

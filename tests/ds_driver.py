@@ -66,6 +66,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def build_args(ns: argparse.Namespace):
     from neat_hf.trainers import NeatTrainingArguments
+    from neat_hf.trainers.training_args import CHECKPOINTING_FIELD
 
     return NeatTrainingArguments(
         output_dir=ns.output_dir,
@@ -86,7 +87,7 @@ def build_args(ns: argparse.Namespace):
         use_cpu=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        activation_checkpointing=ns.activation_checkpointing,
+        **{CHECKPOINTING_FIELD: ns.activation_checkpointing},
         bf16=ns.bf16,
     )
 

@@ -232,6 +232,27 @@ def test_quality_metrics_match_known_values():
         q.compute_metric("auc", labels, preds)
 
 
+def test_quality_reading_compares_every_neat_row_with_lora():
+    q = _quality_module()
+
+    def row(finals, adapter=100):
+        mean, std = q._mean_std(finals)
+        return {"final_mean": mean, "final_std": std, "finals": finals, "params": {"adapter": adapter}}
+
+    summary = {"neat": row([0.80, 0.81, 0.82]), "lora": row([0.85, 0.86, 0.87]),
+               "neat_depth1": row([0.90, 0.91, 0.92], adapter=116), "neat_sin": row([0.84, 0.86, 0.88])}
+    text = q.reading(summary, "accuracy")
+    # NEAT first: −0.05 against a combined std of hypot(0.01, 0.01) ≈ 0.0141 → LoRA ahead.
+    assert text.startswith("NEAT − LoRA (final accuracy, mean of 3 seed(s)) = -0.0500; combined seed std 0.0141 → "
+                           "LoRA ahead.")
+    # The other NEAT rows follow, with their parameter count where it differs from LoRA's.
+    assert "neat_depth1 (+16 adapter parameters) − LoRA = +0.0500; combined seed std 0.0141 → neat_depth1 ahead." in text
+    assert "neat_sin − LoRA = +0.0000; combined seed std 0.0224 → a tie within the seed spread." in text
+    summary = {"neat": row([0.9]), "lora": row([0.8])}
+    assert q.reading(summary, "accuracy").endswith("→ one seed only: no verdict.")
+    assert q.reading({"neat": row([0.9])}, "accuracy") == ""
+
+
 def test_quality_reads_both_tsv_layouts(tmp_path):
     q = _quality_module()
     sst = tmp_path / "sst.tsv"

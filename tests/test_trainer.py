@@ -22,6 +22,7 @@ from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from neat_hf.deepspeed_configs import DeepSpeedConfigError
 from neat_hf.errors import AdapterMismatchError, NeatError
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
+from neat_hf.trainers.training_args import CHECKPOINTING_FIELD
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -320,8 +321,8 @@ def test_load_best_model_at_end_with_save_total_limit(tmp_path):
 def test_gradient_checkpointing_with_frozen_embeddings_trains_every_adapter_weight(tmp_path):
     # ViT takes pixel_values, for which transformers does not enable input gradients itself; with reentrant
     # checkpointing the adapter weights inside the checkpointed blocks would get no gradient at all.
-    args = make_args(tmp_path, max_steps=2, activation_checkpointing=True,
-                     activation_checkpointing_kwargs={"use_reentrant": True})
+    args = make_args(tmp_path, max_steps=2,
+                     **{CHECKPOINTING_FIELD: True, f"{CHECKPOINTING_FIELD}_kwargs": {"use_reentrant": True}})
     config = NeatConfig(r=4, modules_to_save=["classifier"])
     trainer = NeatTrainer(tiny_vit_classifier(), args, neat_config=config, train_dataset=image_dataset())
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}

@@ -33,7 +33,7 @@ from neat_hf.hub.trainer_integration import NeatHubMixin
 from neat_hf.io import atomic_write_text, read_adapter_config, read_adapter_weights
 from neat_hf.layer import NeatLayer
 
-from .training_args import NeatTrainingArguments
+from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         # adapter weights inside it (reentrant checkpointing). The embeddings are frozen, so make their output require
         # grad, as PEFT does. transformers already does this for `input_ids` models; ViT-style models need it here.
         neat_model = self._neat_model
-        # `activation_checkpointing` is transformers >= 5.2x's name of `gradient_checkpointing`.
-        checkpointing = getattr(self.args, "activation_checkpointing", None) or self.args.gradient_checkpointing
+        checkpointing = getattr(self.args, CHECKPOINTING_FIELD)
         if neat_model is None or not checkpointing:
             return
         base = neat_model.get_base_model()

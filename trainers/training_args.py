@@ -21,6 +21,12 @@ from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_sectio
 logger = logging.getLogger(__name__)
 
 
+#: The TrainingArguments field that turns on activation checkpointing: transformers 5.23 renamed
+#: `gradient_checkpointing` (kept since as a deprecated alias) to `activation_checkpointing`.
+CHECKPOINTING_FIELD = ("activation_checkpointing"
+                       if any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments))
+                       else "gradient_checkpointing")
+
 @dataclass
 class NeatTrainingArguments(TrainingArguments):
     r"""
