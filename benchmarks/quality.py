@@ -699,10 +699,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
         methods = [m for m in report["methods"] if m in t["summary"]]
         means = [t["summary"][m]["final_mean"] for m in methods]
         stds = [t["summary"][m]["final_std"] for m in methods]
-        ax.bar(methods, means, yerr=stds, capsize=4,
-               color=["#2ca02c" if m.startswith("neat") else "#1f77b4" if m == "lora" else "#999999" for m in methods])
+        # Points with error bars, not bars: the axis zooms to the data, so a gap of 0.01 stays visible.
         for i, m in enumerate(methods):
+            color = "#1f77b4" if m == "lora" else "#2ca02c" if m.startswith("neat") else "#999999"
+            ax.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", markersize=9, capsize=6, color=color, zorder=2)
             ax.scatter([i] * len(t["summary"][m]["finals"]), t["summary"][m]["finals"], color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_xlim(-0.5, len(methods) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
         ax.set_title(f"{task}: final {t['metric']} (mean ± std, dots = seeds)")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
