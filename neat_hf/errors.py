@@ -25,3 +25,12 @@ class AdapterLoadError(NeatError):
 
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
+
+
+class UnsupportedQuantizationError(NeatError):
+    """The base model is quantized in a way NEAT cannot adapt (only bitsandbytes 4-bit and 8-bit are supported), or
+    a quantized base is combined with a setting that does not work with it (DeepSpeed ZeRO-3, an in-place merge)."""
+
+
+class MissingDependencyError(NeatError, ImportError):
+    """An optional dependency is needed but not installed; the message names the `neat-hf[...]` extra."""

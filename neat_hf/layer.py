@@ -40,7 +40,15 @@ from .distributed import (
     layer_external_parameters,
     register_external_weight,
 )
-from .errors import UnsupportedModuleError
+from .errors import UnsupportedModuleError, UnsupportedQuantizationError
+from .quantization import (
+    a_times_w0,
+    compute_dtype,
+    dequantize_weight,
+    is_bnb_layer,
+    prepare_quantized_layer,
+    unsupported_weight_message,
+)
 
 
 def _conv1d_type() -> Optional[type]:
@@ -66,12 +74,11 @@ def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
     """
     if isinstance(layer, NeatLayer):
         return layer.in_features, layer.out_features, layer.fan_in_fan_out
-    if type(layer).__module__.startswith("bitsandbytes") or not layer.weight.dtype.is_floating_point:
-        # Quantized layers subclass nn.Linear but hold packed integer weights: W0ᵀAᵀ would be meaningless.
-        raise UnsupportedModuleError(
-            f"NEAT needs the full-precision weight of each adapted layer; {type(layer).__name__} holds "
-            f"{layer.weight.dtype} weights. Load the base model in bf16/fp16/fp32."
-        )
+    if is_bnb_layer(layer):  # bitsandbytes Linear4bit / Linear8bitLt: read through `neat_hf.quantization`
+        return layer.in_features, layer.out_features, False
+    if not layer.weight.dtype.is_floating_point:
+        # Other quantized layers subclass nn.Linear but hold packed integer weights: W0ᵀAᵀ would be meaningless.
+        raise UnsupportedModuleError(unsupported_weight_message(layer))
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features, False
     conv1d = _conv1d_type()
@@ -105,6 +112,8 @@ class NeatLayer(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.fan_in_fan_out = layer_features(base_layer)
         self.base_layer = base_layer
+        if is_bnb_layer(base_layer):
+            prepare_quantized_layer(base_layer)
         self.r: dict[str, int] = {}
         self.depth: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
@@ -178,21 +187,38 @@ class NeatLayer(nn.Module):
     def merged(self) -> bool:
         return bool(self.merged_adapters)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the base layer is a bitsandbytes 4-bit / 8-bit layer (see `neat_hf.quantization`)."""
+        return is_bnb_layer(self.base_layer)
+
     def base_weight(self) -> torch.Tensor:
-        """W0 in out×in layout (a view: `Conv1D` stores it transposed)."""
+        """W0 in out×in layout (a view: `Conv1D` stores it transposed; a dequantized copy for a bitsandbytes layer,
+        for merging and inspection only)."""
+        if self.quantized:
+            return dequantize_weight(self.base_layer)
         weight = self.base_layer.weight
         return weight.t() if self.fan_in_fan_out else weight
 
-    def hidden_t(self, adapter_name: str, base_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def hidden_t(
+        self, adapter_name: str, base_weight: Optional[torch.Tensor] = None, *, input_dtype: Optional[torch.dtype] = None
+    ) -> torch.Tensor:
         """s·Hᵀ (r×in) in the adapter dtype: the weight network applied to W0, scaling folded in.
 
-        W0ᵀAᵀ is computed as A·W0 in W0's dtype, outside autocast, so W0 is never copied to another dtype.
+        W0ᵀAᵀ is computed as A·W0 in W0's dtype, outside autocast, so W0 is never copied to another dtype. For a
+        bitsandbytes W0 it is computed in the layer's compute dtype (`input_dtype`, the activations', for 8-bit) from
+        a dequantized W0 that is recomputed in backward instead of saved (`neat_hf.quantization.a_times_w0`).
         """
-        weight = self.base_weight() if base_weight is None else base_weight
+        quantized = base_weight is None and self.quantized
+        weight = self.base_layer.weight if quantized else self.base_weight() if base_weight is None else base_weight
         a = self.peanut_A[adapter_name].weight
         act = self._activations[adapter_name]
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            h = act((a.to(weight.dtype) @ weight).to(a.dtype))
+            if quantized:
+                dtype = compute_dtype(self.base_layer, input_dtype or a.dtype)
+                h = act(a_times_w0(self.base_layer, a.to(dtype)).to(a.dtype))
+            else:
+                h = act((a.to(weight.dtype) @ weight).to(a.dtype))
             residuals = []
             for encoder in self.peanut_encoders[adapter_name]:
                 residuals.append(h)
@@ -213,7 +239,7 @@ class NeatLayer(nn.Module):
             with torch.autocast(device_type=base.device.type, enabled=False):
                 return self.peanut_B[adapter_name].weight @ self.hidden_t(adapter_name, base)
 
-    def _cached_hidden_t(self, adapter_name: str) -> torch.Tensor:
+    def _cached_hidden_t(self, adapter_name: str, input_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """`hidden_t` for inference (no autograd): reused across calls, e.g. every step of `generate`.
 
         The entry is reused only if the weight network's inputs are unchanged: the small adapter weights (A and the
@@ -224,7 +250,7 @@ class NeatLayer(nn.Module):
         """
         adapter = [p for attr in self.adapter_layer_names if attr != "peanut_B" for p in getattr(self, attr)[adapter_name].parameters()]
         weight = self.base_layer.weight
-        key = (self.scaling[adapter_name], weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        key = (self.scaling[adapter_name], weight.data_ptr(), weight._version, weight.dtype, weight.device, input_dtype)
         cached = self._hidden_cache.get(adapter_name)
         if cached is not None:
             cached_key, h_t, snapshot, _ = cached
@@ -232,7 +258,7 @@ class NeatLayer(nn.Module):
                 p.dtype == c.dtype and p.device == c.device and torch.equal(p, c) for p, c in zip(adapter, snapshot)
             ):
                 return h_t
-        h_t = self.hidden_t(adapter_name)
+        h_t = self.hidden_t(adapter_name, input_dtype=input_dtype)
         self._hidden_cache[adapter_name] = (key, h_t, [p.detach().clone() for p in adapter], weight.detach())
         return h_t
 
@@ -248,7 +274,9 @@ class NeatLayer(nn.Module):
             return result
         compute_dtype = x.dtype
         cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not is_zero3_partitioned(self.base_layer.weight)
-        h_t = (self._cached_hidden_t(name) if cacheable else self.hidden_t(name)).to(compute_dtype)
+        h_t = (
+            self._cached_hidden_t(name, compute_dtype) if cacheable else self.hidden_t(name, input_dtype=compute_dtype)
+        ).to(compute_dtype)
         b = self.peanut_B[name].weight.to(compute_dtype)
         x = self.peanut_dropout[name](x)
         delta = F.linear(F.linear(x, h_t), b).to(result.dtype)
@@ -281,6 +309,12 @@ class NeatLayer(nn.Module):
                 function of W0, so subtracting it back would not be exact). `merge_and_unload` passes False.
         """
         name = self.active_adapter
+        if self.quantized:
+            raise UnsupportedQuantizationError(
+                "An adapter cannot be merged into a bitsandbytes layer in place (the sum would be rounded to the 4/8-bit "
+                "grid and could not be unmerged exactly); use NeatModel.merge_and_unload(), which returns a "
+                "full-precision model, or merge_and_unload(requantize=True)."
+            )
         if self.merged:
             warnings.warn(f"Adapter {self.merged_adapters[0]!r} is already merged; nothing to do.", stacklevel=3)
             return
@@ -303,6 +337,9 @@ class NeatLayer(nn.Module):
         weight = self.base_layer.weight
         with gathered([weight]):
             delta = self.delta_weight(self.active_adapter)
+            if self.quantized:  # in the dtype the weights were quantized from (what merge_and_unload writes)
+                base = self.base_weight()
+                return bool(torch.isfinite(base + delta.to(device=base.device, dtype=base.dtype)).all())
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
             return bool(torch.isfinite(weight.data + delta).all())
 

@@ -25,10 +25,17 @@ from .constants import (
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
 )
-from .errors import AdapterMismatchError, NeatError
+from .errors import AdapterMismatchError, NeatError, UnsupportedQuantizationError
 from .io import atomic_save_safetensors, read_adapter_config, read_adapter_weights, resolve_adapter_file
 from .layer import NeatLayer, layer_features
 from .modules_to_save import ModulesToSaveWrapper
+from .quantization import (
+    check_quantized_model,
+    dequantize_model,
+    dequantize_weight,
+    prepare_quantized_model,
+    requantize_layer,
+)
 from .targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ _PEFT_MIXIN_METHODS = {
 
 def _numel(param: torch.Tensor) -> int:
     # Under ZeRO-3 a parameter is a 0-element placeholder; DeepSpeed records the real size in ds_numel.
+    if type(param).__name__ == "Params4bit":  # bitsandbytes packs several 4-bit values per storage element (PEFT)
+        return param.numel() * 2 * param.element_size()
     return getattr(param, "ds_numel", param.numel())
 
 
@@ -162,6 +171,7 @@ class NeatModel(nn.Module):
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
         config = copy.deepcopy(config)
         config._validate()  # fields may have been changed after construction
+        check_quantized_model(self.base_model)
         plan = plan_injection(self.base_model, config)
         config.target_modules = plan.target_modules
         config.modules_to_save = plan.modules_to_save_names
@@ -169,6 +179,7 @@ class NeatModel(nn.Module):
             config.base_model_name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
         if _freeze_base:
             self.base_model.requires_grad_(False)
+        prepare_quantized_model(self.base_model)
         self._inject(adapter_name, config, plan)
         self.peft_config[adapter_name] = config
         self._sync_active_adapter()
@@ -271,6 +282,12 @@ class NeatModel(nn.Module):
         With `safe_merge=True` every merged weight is checked (in the base dtype) before any is written.
         """
         self._check_mergeable(adapter_names)
+        if any(layer.quantized for _, layer in self.neat_layers()):
+            raise UnsupportedQuantizationError(
+                "merge_adapter() cannot merge into a bitsandbytes-quantized base in place (the sum would be rounded to "
+                "the 4/8-bit grid and could not be unmerged exactly); use merge_and_unload(), which returns a "
+                "full-precision model, or merge_and_unload(requantize=True) to keep the base quantized."
+            )
         layers = [layer for _, layer in self.neat_layers() if not layer.merged]
         if not layers:
             warnings.warn(f"Adapter {self.active_adapter!r} is already merged; nothing to do.", stacklevel=2)
@@ -287,14 +304,51 @@ class NeatModel(nn.Module):
                 layer.unmerge()
 
     def merge_and_unload(
-        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+        self,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+        *,
+        requantize: bool = False,
     ) -> nn.Module:
         """Merge the active adapter into the weights and return the plain base model (NEAT layers removed, trained
         `modules_to_save` copies in place). Not in-place for the wrapper: use the returned model.
 
         With `safe_merge=True` every merged weight is checked for NaN/inf (in the base dtype) before anything is written.
+
+        On a bitsandbytes 4-bit/8-bit base, every quantized layer is dequantized (bitsandbytes' own functions) into an
+        `nn.Linear` in the model's dtype and ΔW is added to it: the returned model is full precision, drops its
+        `quantization_config` and computes what the adapted model computed (up to rounding in that dtype). With
+        `requantize=True` the adapted layers are quantized again instead (PEFT's bitsandbytes LoRA merge), which keeps
+        the memory footprint but rounds W0 + ΔW to the 4/8-bit grid (README, "Quantized base models", measures it).
         """
         self._check_mergeable(adapter_names)
+        if requantize:
+            return self._unload_requantized(progressbar=progressbar, safe_merge=safe_merge)
+        if any(layer.quantized for _, layer in self.neat_layers()):
+            if safe_merge:  # checked on the quantized layers before any of them is replaced
+                self._check_finite_merge([layer for _, layer in self.neat_layers() if not layer.merged])
+            dequantize_model(self.base_model)
+        return self._unload(merge=True, progressbar=progressbar, safe_merge=safe_merge)
+
+    @torch.no_grad()
+    def _unload_requantized(self, *, progressbar: bool, safe_merge: bool) -> nn.Module:
+        """merge_and_unload(requantize=True): W0 + ΔW quantized back into each bitsandbytes layer."""
+        layers = [(path, layer) for path, layer in self.neat_layers() if layer.quantized]
+        if not layers:
+            raise UnsupportedQuantizationError("requantize=True needs a bitsandbytes-quantized base; this one is not.")
+        if safe_merge:
+            self._check_finite_merge([layer for _, layer in self.neat_layers() if not layer.quantized and not layer.merged])
+        merged = {}
+        for path, layer in layers:  # all computed (and checked) before any layer changes
+            weight = dequantize_weight(layer.base_layer, torch.float32) + layer.delta_weight(layer.active_adapter).float()
+            if safe_merge and not torch.isfinite(weight).all():
+                raise ValueError(f"NaN or inf in the merged weight of {path!r}; nothing was merged.")
+            merged[path] = weight
+        for path, layer in layers:
+            requantize_layer(layer.base_layer, merged.pop(path))
+            parent, child = self._parent(path)
+            setattr(parent, child, layer.base_layer)
         return self._unload(merge=True, progressbar=progressbar, safe_merge=safe_merge)
 
     def unload(self) -> nn.Module:
