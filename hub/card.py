@@ -14,7 +14,8 @@ time:
   `max_steps`, `global_step`, `learning_rate`, `learning_rates` (`{group: lr}`), `effective_batch_size`,
   `per_device_train_batch_size`, `gradient_accumulation_steps`, `world_size`, `lr_scheduler_type`, `warmup_ratio`,
   `warmup_steps`, `weight_decay`, `optim`, `max_seq_length`, `precision`, `seed`, `deepspeed_stage`, `hardware`,
-  `train_runtime`, `train_loss`; other scalar keys are shown as they are. Three keys feed the card without a row:
+  `train_runtime`, `train_loss`, `base_model_quantization` (`{setting: value}` of a bitsandbytes 4-/8-bit base,
+  written from the live model); other scalar keys are shown as they are. Three keys feed the card without a row:
   `base_model_parameters` (for the trainable share), `framework_versions` (`{package: version}` of the training run,
   shown instead of the current environment's) and `license`. Keys that look like credentials (`*token*`, `*secret*`,
   `*password*`, `*api_key*`) and values that look like Hub tokens are dropped, never written.
@@ -38,6 +39,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME
 from neat_hf.errors import AdapterLoadError, NeatError
+from neat_hf.quantization import quantization_settings
 
 if TYPE_CHECKING:
     from neat_hf.config import NeatConfig
@@ -686,6 +688,11 @@ def write_model_card(
         num_base = _base_parameter_count(model, num_adapter)
         if num_base is not None:
             info["base_model_parameters"] = num_base
+        # A 4-/8-bit base is part of how the adapter was trained (outputs on another copy of the base differ
+        # slightly); recorded here, not in adapter_config.json, whose unknown keys make stock PEFT warn.
+        quantization = quantization_settings(model)
+        if quantization:
+            info["base_model_quantization"] = quantization
     if training_info or (model is not None and "base_model_parameters" in info):
         save_training_info(directory, info)
 

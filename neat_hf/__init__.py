@@ -4,21 +4,33 @@ Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`]. A
 """
 
 from .config import NeatConfig
-from .errors import AdapterLoadError, AdapterMismatchError, NeatError, NoTargetModulesError, UnsupportedModuleError
+from .errors import (
+    AdapterLoadError,
+    AdapterMismatchError,
+    MissingDependencyError,
+    NeatError,
+    NoTargetModulesError,
+    UnsupportedModuleError,
+    UnsupportedQuantizationError,
+)
 from .layer import NeatLayer
 from .model import NeatModel, get_neat_model
+from .quantization import prepare_model_for_kbit_training
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdapterLoadError",
     "AdapterMismatchError",
+    "MissingDependencyError",
     "NeatConfig",
     "NeatError",
     "NeatLayer",
     "NeatModel",
     "NoTargetModulesError",
     "UnsupportedModuleError",
+    "UnsupportedQuantizationError",
     "__version__",
     "get_neat_model",
+    "prepare_model_for_kbit_training",
 ]

@@ -76,6 +76,10 @@ class NeatModel(nn.Module):
             fp16/bf16, as PEFT does.
     """
 
+    #: transformers' Trainer refuses to train a quantized model unless it carries adapters, which it recognises by this
+    #: flag of its PEFT integration (`trainer_utils.validate_quantization_for_training`); a NeatModel does.
+    _hf_peft_config_loaded = True
+
     def __init__(
         self,
         model: nn.Module,

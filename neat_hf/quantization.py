@@ -22,7 +22,6 @@ bitsandbytes layers, and the error when it is missing names the extra.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
@@ -207,6 +206,31 @@ def check_quantized_model(model: nn.Module) -> None:
         import_bitsandbytes()
 
 
+def check_deepspeed_stage(model: nn.Module, stage: int) -> None:
+    """Refuse DeepSpeed ZeRO on a quantized base, before anything is built.
+
+    ZeRO-3 partitions every parameter into flat fp16/bf16 shards, which a bitsandbytes layer cannot compute with
+    (transformers' `bnb_4bit_quant_storage` route around that is not supported by neat-hf). ZeRO-2 with a quantized
+    base is refused too: it is untested with NEAT, and a frozen quantized base leaves ZeRO-2 little to shard (only the
+    adapters' gradients and optimizer states, which are small).
+
+    Raises:
+        UnsupportedQuantizationError: `stage` is 2 or 3 and `model` holds bitsandbytes layers or is quantized.
+    """
+    if stage < 2 or not is_quantized_model(model):
+        return
+    raise UnsupportedQuantizationError(
+        f"DeepSpeed ZeRO-{stage} is not supported with a quantized (bitsandbytes 4-bit/8-bit) base model"
+        + (
+            ": ZeRO-3 shards every weight into flat 16-bit partitions that bitsandbytes layers cannot compute with."
+            if stage == 3
+            else ": this combination is untested with NEAT."
+        )
+        + " Train the quantized base on one GPU without --deepspeed (QLoRA-style), or "
+        "load the base in bf16 and use --deepspeed zero3 to shard it across GPUs."
+    )
+
+
 def unsupported_weight_message(layer: nn.Module) -> str:
     """The error text for an adapted layer whose weight is neither floating point nor a bitsandbytes layer."""
     return (
@@ -228,7 +252,9 @@ def quantization_settings(model: Any) -> dict[str, Any] | None:
     settings = {}
     for key in _RECORDED_SETTINGS:
         value = data.get(key)
-        if key.startswith("bnb_4bit") and not data.get("load_in_4bit"):
+        if (key.startswith("bnb_4bit") and not data.get("load_in_4bit")) or (
+            key.startswith("llm_int8") and not data.get("load_in_8bit")
+        ):
             continue
         if isinstance(value, torch.dtype):
             value = str(value).removeprefix("torch.")
@@ -305,11 +331,10 @@ def prepare_model_for_kbit_training(
     if is_quantized_model(model) and use_gradient_checkpointing:
         if kwargs.get("use_reentrant", True):
             model.enable_input_require_grads()
-        enable = model.gradient_checkpointing_enable
-        if "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
-            enable(gradient_checkpointing_kwargs=kwargs)
-        else:  # transformers >= 5 spells it activation_checkpointing_enable(activation_checkpointing_kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5's name
             model.activation_checkpointing_enable(kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 

@@ -26,12 +26,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 from transformers.utils.generic import can_return_loss, find_labels
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
+from neat_hf.deepspeed_configs import zero_stage
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
 from neat_hf.distributed import gathered, is_zero3_partitioned, register_zero3_parameters
 from neat_hf.errors import AdapterMismatchError, NeatError
 from neat_hf.hub.trainer_integration import NeatHubMixin
 from neat_hf.io import atomic_write_text, read_adapter_config, read_adapter_weights
 from neat_hf.layer import NeatLayer
+from neat_hf.quantization import check_deepspeed_stage, check_quantized_model
 
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
@@ -65,6 +67,10 @@ class NeatTrainer(NeatHubMixin, Trainer):
           accumulation.
         - DeepSpeed ZeRO-2/3 (`neat_hf.deepspeed_configs`): under ZeRO-3 each NEAT layer gathers its W0 once per
           forward, and saving gathers the adapter weights only, as full fp32 tensors equal to a single-process run's.
+        - Quantized bases (QLoRA-style): a model loaded with `BitsAndBytesConfig(load_in_4bit=True)` or
+          `load_in_8bit=True` trains with its base frozen in 4/8 bit (`neat_hf.quantization`; call
+          `neat_hf.prepare_model_for_kbit_training` first, as with PEFT); the base's quantization settings go into
+          `training_info.json` and the model card.
 
     Args:
         model ([`NeatModel`] or `nn.Module`, *optional*):
@@ -84,6 +90,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
             `neat_learning_rate` / `head_learning_rate`; FSDP is requested (use DeepSpeed ZeRO-3).
         NeatError: `output_dir` holds an adapter for a different base model and `overwrite_output_dir` is not set.
         DeepSpeedConfigError: (from the arguments) the DeepSpeed config is missing or invalid.
+        UnsupportedQuantizationError: the base is quantized by another method than bitsandbytes, or a bitsandbytes
+            base is combined with DeepSpeed ZeRO-2/3.
+        MissingDependencyError: the base holds bitsandbytes layers but bitsandbytes is not installed.
 
     Example:
 
@@ -146,6 +155,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
             raise TypeError(f"neat_config must be a NeatConfig, got {type(neat_config).__name__}.")
         if model is not None:
             _check_model_argument(model, neat_config)
+            _check_quantized_base(model, args)
             _check_output_dir(args, _base_model_name(model, neat_config))
             model = self._create_neat_model(model, neat_config, args)
         self.neat_config = neat_config
@@ -184,6 +194,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         """Call `model_init` and wrap its model with `neat_config` (when given)."""
         model = super().call_model_init(trial)
         _check_model_argument(model, self.neat_config)
+        _check_quantized_base(model, self.args)
         return self._create_neat_model(model, self.neat_config, self.args)
 
     @property
@@ -489,6 +500,14 @@ def _check_model_argument(model: nn.Module, neat_config: Optional[NeatConfig]) -
         raise ValueError(
             "The model already contains NEAT layers but is not a NeatModel; pass the NeatModel that holds it."
         )
+
+
+def _check_quantized_base(model: nn.Module, args: TrainingArguments) -> None:
+    """Refuse a quantized base NEAT cannot train (other quantizers; DeepSpeed ZeRO with bitsandbytes)."""
+    base = model.get_base_model() if isinstance(model, NeatModel) else model
+    check_quantized_model(base)
+    if args.deepspeed:
+        check_deepspeed_stage(base, zero_stage(args.deepspeed))
 
 
 def _base_model_name(model: nn.Module, neat_config: Optional[NeatConfig]) -> Optional[str]:
