@@ -439,3 +439,32 @@ def test_deepspeed_zero_with_a_quantized_base_is_refused_before_anything_is_buil
     zero3, zero2 = lines
     assert zero3.startswith("zero3 REFUSED") and "ZeRO-3" in zero3 and "without --deepspeed" in zero3
     assert zero2.startswith("zero2 REFUSED") and "without --deepspeed" in zero2
+
+
+@pytest.mark.slow
+def test_neat_train_load_in_4bit_learns_on_the_builtin_tiny_llama(tmp_path, capsys):
+    from neat_hf.trainers.train import cli
+
+    out = tmp_path / "out"
+    argv = ["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32", "--bnb_4bit_use_double_quant", "true",
+            "--max_steps", "80", "--max_eval_samples", "32", "--output_dir", str(out)]
+    assert cli(argv) == 0
+    before = json.loads((out / "before_results.json").read_text())
+    after = json.loads((out / "eval_results.json").read_text())
+    assert after["eval_loss"] < 0.7 * before["eval_loss"]
+    info = json.loads((out / "training_info.json").read_text())["base_model_quantization"]
+    assert info["load_in_4bit"] and info["bnb_4bit_quant_type"] == "nf4" and info["bnb_4bit_use_double_quant"]
+    assert info["bnb_4bit_compute_dtype"] == "float32"
+    # The CLI reported where the adapter went.
+    assert "Adapter saved to" in capsys.readouterr().out
+
+
+def test_neat_train_quantization_flags_are_checked():
+    from neat_hf.trainers.train import parse_args
+
+    with pytest.raises(ValueError, match="not both"):
+        parse_args(["--load_in_4bit", "--load_in_8bit"])
+    with pytest.raises(ValueError, match="only apply with --load_in_4bit"):
+        parse_args(["--load_in_8bit", "--bnb_4bit_compute_dtype", "bfloat16"])
+    (model_args, *_), _ = parse_args(["--load_in_4bit", "--bnb_4bit_quant_type", "fp4"])
+    assert model_args.quantization_kwargs()["bnb_4bit_quant_type"] == "fp4"

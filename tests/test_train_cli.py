@@ -17,6 +17,7 @@ EXPECTED_RECIPES = {
     "default",
     "commonsense/llama2-7b",
     "commonsense/llama3-8b",
+    "commonsense/llama3-8b-4bit",
     "math/llama2-7b",
     "math/llama3-8b",
     "glue/roberta-base_neat-s",

@@ -16,6 +16,9 @@ from neat_hf.trainers.default_job import TINY_LLAMA
 #: `--torch_dtype` values and the dtype each names (`auto` lets transformers read it from the checkpoint).
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
+#: `--bnb_4bit_quant_type` values (bitsandbytes' 4-bit data types).
+BNB_4BIT_QUANT_TYPES = ("nf4", "fp4")
+
 #: `task` → PEFT `task_type` written into adapter_config.json.
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS", "image-classification": None}
 
@@ -46,6 +49,17 @@ class ModelArguments:
             Classes of a classification head; read from the dataset's labels when omitted.
         cache_dir (`str`, *optional*):
             Where downloaded models and datasets are stored.
+        load_in_4bit (`bool`, defaults to `False`):
+            Load the frozen base in 4 bit with bitsandbytes (QLoRA-style; needs `pip install "neat-hf[bnb]"`).
+        load_in_8bit (`bool`, defaults to `False`):
+            Load the frozen base in 8 bit (LLM.int8) with bitsandbytes.
+        bnb_4bit_quant_type (`str`, defaults to `"nf4"`):
+            4-bit data type: `nf4` (QLoRA's NormalFloat) or `fp4`.
+        bnb_4bit_compute_dtype (`str`, *optional*):
+            dtype the 4-bit layers compute in (`float32`, `bfloat16`, `float16`); bitsandbytes' default (float32)
+            when omitted.
+        bnb_4bit_use_double_quant (`bool`, defaults to `False`):
+            Quantize the quantization constants too (QLoRA's double quantization, ~0.4 bit per weight less).
     """
 
     model_name_or_path: str = field(
@@ -78,6 +92,21 @@ class ModelArguments:
         default=None, metadata={"help": "Classes of a classification head (default: read from the dataset)."}
     )
     cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for downloads."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "Load the frozen base in 4 bit with bitsandbytes (QLoRA-style; neat-hf[bnb])."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the frozen base in 8 bit (LLM.int8, bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type (with --load_in_4bit).", "choices": list(BNB_4BIT_QUANT_TYPES)}
+    )
+    bnb_4bit_compute_dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": "dtype the 4-bit layers compute in (default: bitsandbytes', float32).",
+                  "choices": [d for d in TORCH_DTYPES if d != "auto"]},
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=False, metadata={"help": "Also quantize the quantization constants (QLoRA's double quantization)."}
+    )
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -86,6 +115,27 @@ class ModelArguments:
             raise ValueError(f"torch_dtype={self.torch_dtype!r} is not supported; use one of {list(TORCH_DTYPES)}.")
         if self.num_labels is not None and self.num_labels < 1:
             raise ValueError(f"num_labels must be ≥ 1, got {self.num_labels}.")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("Pass --load_in_4bit or --load_in_8bit, not both.")
+        if self.bnb_4bit_quant_type not in BNB_4BIT_QUANT_TYPES:
+            raise ValueError(
+                f"bnb_4bit_quant_type={self.bnb_4bit_quant_type!r} is not supported; use one of {list(BNB_4BIT_QUANT_TYPES)}."
+            )
+        if not self.load_in_4bit and (self.bnb_4bit_compute_dtype is not None or self.bnb_4bit_use_double_quant):
+            raise ValueError("--bnb_4bit_compute_dtype / --bnb_4bit_use_double_quant only apply with --load_in_4bit.")
+
+    def quantization_kwargs(self) -> dict[str, object]:
+        """The bitsandbytes flags given (for `neat_hf.quantization.bnb_config_from_kwargs`); empty when unquantized."""
+        if self.load_in_8bit:
+            return {"load_in_8bit": True}
+        if not self.load_in_4bit:
+            return {}
+        return {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": self.bnb_4bit_quant_type,
+            "bnb_4bit_compute_dtype": self.bnb_4bit_compute_dtype,
+            "bnb_4bit_use_double_quant": self.bnb_4bit_use_double_quant,
+        }
 
 
 @dataclass

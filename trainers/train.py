@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from transformers import HfArgumentParser
 from neat_hf.errors import NeatError
 from neat_hf.trainers.arguments import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.recipe_registry import DEFAULT_RECIPE, list_recipes, load_config_file, load_recipe, recipe_summary
-from neat_hf.trainers.training_args import RENAMED_FIELDS, NeatTrainingArguments
+from neat_hf.trainers.training_args import CHECKPOINTING_FIELD, RENAMED_FIELDS, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ def _load_model(model_args: ModelArguments, task: str, labels: Optional[tuple[in
         kwargs["dtype"] = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     if model_args.attn_implementation is not None:
         kwargs["attn_implementation"] = model_args.attn_implementation
+    kwargs.update(_quantization_kwargs(model_args))
     if task == "causal-lm":
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     num_labels, names, regression = labels if labels is not None else (model_args.num_labels or 2, None, False)
@@ -235,6 +237,23 @@ def _load_model(model_args: ModelArguments, task: str, labels: Optional[tuple[in
     return AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path, ignore_mismatched_sizes=True, **kwargs
     )
+
+
+def _quantization_kwargs(model_args: ModelArguments) -> dict[str, Any]:
+    """`quantization_config` and `device_map` for `from_pretrained` with --load_in_4bit / --load_in_8bit, else {}.
+
+    bitsandbytes places the quantized weights while loading, so each process loads onto its own device (TRL's
+    `get_kbit_device_map`): GPU `LOCAL_RANK`, or the CPU.
+    """
+    import torch
+
+    from neat_hf.quantization import bnb_config_from_kwargs
+
+    config = bnb_config_from_kwargs(model_args.quantization_kwargs())
+    if config is None:
+        return {}
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": config, "device_map": {"": device}}
 
 
 def _load_tokenizer_and_model(model_args: ModelArguments, task: str, labels):
@@ -254,7 +273,15 @@ def _load_tokenizer_and_model(model_args: ModelArguments, task: str, labels):
         _use_one_cpu_thread_for_the_tiny_model()
     tokenizer = default_job.build_default_tokenizer()
     dtype = None if model_args.torch_dtype in (None, "auto") else getattr(torch, model_args.torch_dtype)
-    return tokenizer, default_job.build_default_base_model(tokenizer, dtype=dtype)
+    model = default_job.build_default_base_model(tokenizer, dtype=dtype)
+    quantization = _quantization_kwargs(model_args)
+    if quantization:  # bitsandbytes quantizes while loading a checkpoint: round-trip the built model through one
+        from transformers import AutoModelForCausalLM
+
+        with tempfile.TemporaryDirectory(prefix="neat-tiny-llama-") as folder:
+            model.save_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype, **quantization)
+    return tokenizer, model
 
 
 def _build_inputs(raw: Any, tokenizer: Any, dataset_format: str, data_args: DataArguments) -> tuple[Any, ...]:
@@ -319,7 +346,7 @@ def prepare(
     """
     from transformers import set_seed
 
-    from neat_hf import get_neat_model
+    from neat_hf import get_neat_model, prepare_model_for_kbit_training
     from neat_hf.trainers import data as data_lib
     from neat_hf.trainers.trainer import NeatTrainer, _check_output_dir
 
@@ -346,6 +373,11 @@ def prepare(
         model.config.use_cache = False  # no KV cache while training (and none with gradient checkpointing)
     if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if model_args.load_in_4bit or model_args.load_in_8bit:
+        # What PEFT's QLoRA recipe does: frozen base, fp32 outside the quantized layers, input grads for checkpointing.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(getattr(training_args, CHECKPOINTING_FIELD))
+        )
     # Seed right before the adapter is drawn, so that every rank (and every rerun) starts from the same A.
     set_seed(training_args.seed)
     model = get_neat_model(model, neat_config)
