@@ -19,6 +19,7 @@ from lm_eval.models.huggingface import HFLM
 
 from neat_hf import NeatConfig, NeatModel, __version__
 from neat_hf.errors import NeatError
+from neat_hf.quantization import bnb_config_from_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ class NeatLM(HFLM):
         adapter_revision (`str`, *optional*): branch, tag or commit of a Hub adapter (the latest by default).
         merge (`bool`, *optional*, defaults to `True`): merge the adapter into the weights once after loading, so
             evaluation runs at the base model's speed. `False` keeps the adapter as separate layers.
+        load_in_4bit, load_in_8bit, bnb_4bit_quant_type, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant
+            (*optional*): load the base quantized with bitsandbytes, as the adapter was trained (lm-eval's own
+            spelling for `--model hf`). Merging then returns the dequantized base plus ΔW in full precision
+            (`NeatModel.merge_and_unload`); with `merge=False` the adapter runs on the quantized base.
         **kwargs: any `HFLM` argument.
 
     Raises:
@@ -140,6 +145,10 @@ class NeatLM(HFLM):
         self.adapter = str(adapter).strip()
         self.adapter_revision = None if adapter_revision is None else str(adapter_revision)
         self.merge = _as_bool(merge, "merge")
+        try:  # bitsandbytes flags become a BitsAndBytesConfig (transformers 5 has no load_in_4bit= argument)
+            self._bnb_config = bnb_config_from_kwargs(kwargs)
+        except NeatError as err:
+            raise NeatModelArgsError(str(err)) from err
         # Reading the config first fails fast on a wrong path, a missing file or a non-NEAT adapter.
         self.adapter_config = NeatConfig.from_pretrained(self.adapter, revision=self.adapter_revision)
         base = self.adapter_config.base_model_name_or_path
@@ -149,6 +158,10 @@ class NeatLM(HFLM):
 
     def _create_model(self, pretrained: str, **kwargs: Any) -> None:
         """Load the base model as `HFLM` does, then the NEAT adapter on top (merged unless `merge=False`)."""
+        if self._bnb_config is not None:
+            kwargs["quantization_config"] = self._bnb_config
+            if not kwargs.get("parallelize") and kwargs.get("device_map") is None:
+                kwargs["device_map"] = {"": str(self.device)}  # bitsandbytes places weights while loading
         super()._create_model(pretrained, **kwargs)
         base_model = self._model
         vocab_size = base_model.get_input_embeddings().num_embeddings

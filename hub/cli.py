@@ -3,7 +3,7 @@
 ```bash
 neat-hub push ADAPTER_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--create-pr] [--keep-card]
 neat-hub card ADAPTER_DIR [--eval-results FILE_OR_DIR] [--repo-id REPO_ID] [--base-model ID] [--dataset ID]
-neat-hub merge BASE ADAPTER OUT_DIR [--push-to-hub REPO_ID] [--private] [--dtype auto] [--auto-class CLASS]
+neat-hub merge BASE ADAPTER OUT_DIR [--push-to-hub REPO_ID] [--private] [--dtype auto] [--auto-class CLASS] [--load-in-4bit]
 ```
 
 The Hub token comes from `HF_TOKEN` or `hf auth login` (there is no `--token` flag, so it never lands in shell history
@@ -66,6 +66,17 @@ def make_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
     merge.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT_DIR.")
+    quantized = merge.add_argument_group(
+        "quantized base", "Load the base as the adapter was trained on it (bitsandbytes, neat-hf[bnb]); the merged model "
+        "is the dequantized base plus the adapter, in full precision."
+    )
+    quantized.add_argument("--load-in-4bit", action="store_true", help="Load the base in 4 bit.")
+    quantized.add_argument("--load-in-8bit", action="store_true", help="Load the base in 8 bit (LLM.int8).")
+    quantized.add_argument("--bnb-4bit-quant-type", choices=["nf4", "fp4"], help="4-bit data type (default: bitsandbytes').")
+    quantized.add_argument(
+        "--bnb-4bit-compute-dtype", choices=["float32", "bfloat16", "float16"], help="Compute dtype of the 4-bit layers."
+    )
+    quantized.add_argument("--bnb-4bit-use-double-quant", action="store_true", help="Double quantization.")
     return parser
 
 
@@ -124,6 +135,13 @@ def _run(args: argparse.Namespace) -> int:
             auto_class=args.auto_class,
             overwrite=args.overwrite,
             repo_id=args.push_to_hub,
+            quantization={
+                "load_in_4bit": args.load_in_4bit,
+                "load_in_8bit": args.load_in_8bit,
+                "bnb_4bit_quant_type": args.bnb_4bit_quant_type,
+                "bnb_4bit_compute_dtype": args.bnb_4bit_compute_dtype,
+                "bnb_4bit_use_double_quant": args.bnb_4bit_use_double_quant or None,
+            },
         )
         print(out)
         if args.push_to_hub:

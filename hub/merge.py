@@ -20,8 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
 from neat_hf.errors import NeatError
+from neat_hf.quantization import bnb_config_from_kwargs
 
 from .card import build_model_card, count_adapter_parameters, is_hub_id, model_class_for
 
@@ -81,6 +84,7 @@ def merge_adapter(
     safe_merge: bool = True,
     overwrite: bool = False,
     repo_id: str | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> Path:
     """Load `base`, apply the NEAT `adapter`, merge it into the weights and save the plain model to `out_dir`.
 
@@ -106,6 +110,11 @@ def merge_adapter(
             Replace a non-empty `out_dir`.
         repo_id (`str`, *optional*):
             Hub repo the merged model will be pushed to, for the card's snippet.
+        quantization (`dict`, *optional*):
+            Load the base quantized, as the adapter was trained: bitsandbytes flags such as
+            `{"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}` (`neat_hf.quantization.BNB_FLAGS`). The merged model
+            is then the dequantized base plus ΔW, in full precision (`dtype`), i.e. exactly what the adapter computed
+            on the quantized base (`NeatModel.merge_and_unload`).
 
     Returns:
         `pathlib.Path` of `out_dir`.
@@ -133,6 +142,10 @@ def merge_adapter(
     load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
     if load_kwargs:
         load_kwargs["ignore_mismatched_sizes"] = True
+    bnb_config = bnb_config_from_kwargs(dict(quantization or {}))
+    if bnb_config is not None:  # bitsandbytes places the weights while loading: on the GPU if there is one
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        load_kwargs.update(quantization_config=bnb_config, device_map={"": device})
     logger.info("Loading base %s with %s%s", os.fspath(base), cls.__name__, f" {load_kwargs}" if load_kwargs else "")
     base_model = cls.from_pretrained(
         os.fspath(base),

@@ -468,3 +468,65 @@ def test_neat_train_quantization_flags_are_checked():
         parse_args(["--load_in_8bit", "--bnb_4bit_compute_dtype", "bfloat16"])
     (model_args, *_), _ = parse_args(["--load_in_4bit", "--bnb_4bit_quant_type", "fp4"])
     assert model_args.quantization_kwargs()["bnb_4bit_quant_type"] == "fp4"
+
+
+# ---------------------------------------------------------------------------------------------- merge CLI and lm-eval
+@pytest.mark.slow
+def test_neat_hub_merge_and_lm_eval_with_a_4bit_base(tmp_path, monkeypatch):
+    """An adapter trained on a 4-bit base: `neat-hub merge --load-in-4bit` writes the dequantized base plus ΔW, and
+    `--model neat` with `load_in_4bit=True` scores exactly like `--model hf` on that merged checkpoint (and, unmerged,
+    like the adapter running live on the 4-bit base)."""
+    from eval_helpers import build_base_model, write_local_tasks
+    from lm_eval.tasks import TaskManager
+
+    from neat_hf.eval_harness.api import evaluate, task_include_paths
+    from neat_hf.hub.cli import main as hub_main
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    base = build_base_model(tmp_path / "base")
+    quant = BitsAndBytesConfig(**BNB_CONFIGS["nf4"])
+    model = get_neat_model(
+        LlamaForCausalLM.from_pretrained(base, quantization_config=quant, device_map="cpu"),
+        NeatConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], init_weights=False),
+    )
+    model.save_pretrained(tmp_path / "adapter")
+
+    merged_dir = tmp_path / "merged"
+    flags = ["--load-in-4bit", "--bnb-4bit-quant-type", "nf4", "--bnb-4bit-compute-dtype", "float32"]
+    assert hub_main(["merge", str(base), str(tmp_path / "adapter"), str(merged_dir), *flags]) == 0
+    config = json.loads((merged_dir / "config.json").read_text())
+    assert "quantization_config" not in config
+    model.train()
+    merged = LlamaForCausalLM.from_pretrained(merged_dir).train()
+    torch.testing.assert_close(logits(merged, ids()), logits(model, ids()), atol=1e-5, rtol=1e-5)
+
+    task_manager = TaskManager(include_path=task_include_paths(write_local_tasks(tmp_path / "tasks")), include_defaults=False)
+
+    def run(model_name, **model_args):
+        results = evaluate(
+            model=model_name,
+            model_args={"device": "cpu", "dtype": "float32", **model_args},
+            tasks=["neat_commonsense"],
+            task_manager=task_manager,
+            batch_size=4,
+            log_samples=True,
+            bootstrap_iters=0,
+        )
+        return {
+            (task, s["doc_id"]): torch.tensor([float(r[0][0]) for r in s["resps"]])
+            for task, samples in results["samples"].items()
+            for s in samples
+        }
+
+    quantized = dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype="float32")
+    ours = run("neat", pretrained=str(base), adapter=str(tmp_path / "adapter"), **quantized)
+    reference = run("hf", pretrained=str(merged_dir))
+    assert ours.keys() == reference.keys() and len(ours) == 16
+    for key, value in ours.items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-5, msg=str(key))
+    live = run("neat", pretrained=str(base), adapter=str(tmp_path / "adapter"), merge=False, **quantized)
+    for key, value in live.items():
+        torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-3, msg=str(key))
+    plain = run("hf", pretrained=str(base))
+    assert max((plain[k] - v).abs().max().item() for k, v in reference.items()) > 1e-2  # the adapter matters
