@@ -9,6 +9,10 @@ A preset fixes the model shape, the batch and the rank; a method decides what is
 - ``neat``: neat-hf NEAT, depth 0, relu, scaling 1 (factored: ``y = W0 x + (x·relu(W0ᵀAᵀ))·Bᵀ``).
 
 For generation the ``*_merged`` variants merge the adapter into W0 first (``merge_and_unload``).
+
+With a quantized base (``build_quantized_llama``: the same random-init weights saved once and loaded with
+``BitsAndBytesConfig``), ``lora`` is QLoRA and every method first gets PEFT's ``prepare_model_for_kbit_training``
+treatment (neat-hf's function of the same name for ``neat``; no gradient checkpointing, as in the dense runs).
 """
 
 from __future__ import annotations
@@ -92,6 +96,35 @@ def build_llama(preset: Preset, device: str, dtype: Any, seed: int) -> Any:
     return model
 
 
+#: `--quantize` choices of the benchmarks: the `BitsAndBytesConfig` each names (compute dtype = the run's dtype).
+QUANTIZATIONS = {
+    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    "nf4-dq": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
+    "int8": dict(load_in_8bit=True),
+}
+
+
+def save_llama(preset: Preset, folder: str, seed: int) -> str:
+    """Save the random-init LLaMA of `preset` (fp32) to `folder`, once, for quantized loading by every method."""
+    import torch
+
+    build_llama(preset, "cpu", torch.float32, seed).save_pretrained(folder)
+    return folder
+
+
+def build_quantized_llama(folder: str, quantize: str, device: str, dtype: Any) -> Any:
+    """Load the checkpoint in `folder` with bitsandbytes (`QUANTIZATIONS[quantize]`), non-quantized parts in
+    `dtype`, 4-bit layers computing in `dtype`."""
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    settings = dict(QUANTIZATIONS[quantize])
+    if settings.get("load_in_4bit"):
+        settings["bnb_4bit_compute_dtype"] = dtype
+    return LlamaForCausalLM.from_pretrained(
+        folder, dtype=dtype, quantization_config=BitsAndBytesConfig(**settings), device_map={"": device}
+    )
+
+
 def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_weights: bool = True) -> Any:
     """Wrap `model` for `method` (see the module docstring) and return the model to run.
 
@@ -105,6 +138,12 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
     base_method = method.removesuffix("_merged")
     torch.manual_seed(seed + 1)
     targets = list(LLAMA_TARGETS)
+    if getattr(model, "is_quantized", False) and base_method != "base":
+        if base_method == "neat":
+            from neat_hf import prepare_model_for_kbit_training
+        else:
+            from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if base_method in ("floor", "base"):
         for p in model.parameters():
             p.requires_grad_(False)

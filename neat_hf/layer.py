@@ -43,6 +43,8 @@ from .distributed import (
 from .errors import UnsupportedModuleError, UnsupportedQuantizationError
 from .quantization import (
     a_times_w0,
+    base_and_a_times_w0,
+    can_fuse_base_forward,
     compute_dtype,
     dequantize_weight,
     is_bnb_layer,
@@ -201,20 +203,28 @@ class NeatLayer(nn.Module):
         return weight.t() if self.fan_in_fan_out else weight
 
     def hidden_t(
-        self, adapter_name: str, base_weight: Optional[torch.Tensor] = None, *, input_dtype: Optional[torch.dtype] = None
+        self,
+        adapter_name: str,
+        base_weight: Optional[torch.Tensor] = None,
+        *,
+        input_dtype: Optional[torch.dtype] = None,
+        a_w0: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """s·Hᵀ (r×in) in the adapter dtype: the weight network applied to W0, scaling folded in.
 
         W0ᵀAᵀ is computed as A·W0 in W0's dtype, outside autocast, so W0 is never copied to another dtype. For a
         bitsandbytes W0 it is computed in the layer's compute dtype (`input_dtype`, the activations', for 8-bit) from
-        a dequantized W0 that is recomputed in backward instead of saved (`neat_hf.quantization.a_times_w0`).
+        a dequantized W0 that is recomputed in backward instead of saved (`neat_hf.quantization.a_times_w0`), unless
+        the forward already computed A·W0 together with the base output (`a_w0`).
         """
         quantized = base_weight is None and self.quantized
         weight = self.base_layer.weight if quantized else self.base_weight() if base_weight is None else base_weight
         a = self.peanut_A[adapter_name].weight
         act = self._activations[adapter_name]
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            if quantized:
+            if a_w0 is not None:
+                h = act(a_w0.to(a.dtype))
+            elif quantized:
                 dtype = compute_dtype(self.base_layer, input_dtype or a.dtype)
                 h = act(a_times_w0(self.base_layer, a.to(dtype)).to(a.dtype))
             else:
@@ -268,14 +278,22 @@ class NeatLayer(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
-        if self.disable_adapters or self.merged or name not in self.peanut_A:
+        active = not (self.disable_adapters or self.merged or name not in self.peanut_A)
+        a_w0 = None
+        if active and not args and not kwargs and can_fuse_base_forward(self.base_layer):
+            # 4-bit training: W0·x and A·W0 from one dequantization of W0 (neat_hf.quantization).
+            result, a_w0 = base_and_a_times_w0(self.base_layer, x, self.peanut_A[name].weight)
+        else:
+            result = self.base_layer(x, *args, **kwargs)
+        if not active:
             return result
         compute_dtype = x.dtype
         cacheable = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not is_zero3_partitioned(self.base_layer.weight)
         h_t = (
-            self._cached_hidden_t(name, compute_dtype) if cacheable else self.hidden_t(name, input_dtype=compute_dtype)
+            self._cached_hidden_t(name, compute_dtype)
+            if cacheable
+            else self.hidden_t(name, input_dtype=compute_dtype, a_w0=a_w0)
         ).to(compute_dtype)
         b = self.peanut_B[name].weight.to(compute_dtype)
         x = self.peanut_dropout[name](x)

@@ -170,6 +170,59 @@ def a_times_w0(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
     return _DequantizedMatmul.apply(a, layer)
 
 
+class _FusedBaseAndWeightNetwork(torch.autograd.Function):
+    """W0·x (+ bias) and A·W0 of a 4-bit layer from ONE dequantization of W0 in forward and one in backward.
+
+    A 4-bit layer's own training matmul (bitsandbytes' `MatMul4Bit`) dequantizes W0 in forward and again in backward;
+    running [`a_times_w0`] next to it would double that. This function computes both products from the same
+    dequantized W0 (bitsandbytes' forward is `F.linear(x, dequantize_4bit(W0), bias)` in the compute dtype, so the
+    values are the same), and its backward dequantizes once for dL/dx = dL/dy·W0 and dL/dA = dL/d(AW0)·W0ᵀ. Like
+    [`_DequantizedMatmul`], it saves no tensor for backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.layer = layer
+        weight = dequantize_weight(layer, x.dtype)
+        bias = None if layer.bias is None else layer.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, weight, bias), a @ weight
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor, grad_aw: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        need_x, need_a, _ = ctx.needs_input_grad
+        if not (need_x or need_a):
+            return None, None, None
+        weight = dequantize_weight(ctx.layer, grad_out.dtype)
+        grad_x = grad_out @ weight if need_x else None
+        grad_a = grad_aw @ weight.t() if need_a else None
+        return grad_x, grad_a, None
+
+
+def can_fuse_base_forward(layer: nn.Module) -> bool:
+    """Whether [`base_and_a_times_w0`] may stand in for the 4-bit `layer`'s own forward: training (grad enabled) and
+    nothing hooked to the layer (accelerate's offloading hooks, user hooks), since the layer's `__call__` is skipped.
+    """
+    return (
+        torch.is_grad_enabled()
+        and is_4bit_layer(layer)
+        and not layer._forward_hooks
+        and not layer._forward_pre_hooks
+        and not hasattr(layer, "_hf_hook")
+        and not nn.modules.module._global_forward_hooks
+        and not nn.modules.module._global_forward_pre_hooks
+    )
+
+
+def base_and_a_times_w0(layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the 4-bit `layer`'s output for `x`, A·W0) from one dequantization of W0 (see [`_FusedBaseAndWeightNetwork`]).
+
+    The output is in `x`'s dtype, A·W0 in the layer's compute dtype, as `layer(x)` and [`a_times_w0`] give them.
+    """
+    dtype = compute_dtype(layer, x.dtype)
+    out, a_w0 = _FusedBaseAndWeightNetwork.apply(x.to(dtype), a.to(dtype), layer)
+    return out.to(x.dtype), a_w0
+
+
 # ---------------------------------------------------------------------------------------------------- model checks
 def quantization_method(model: nn.Module) -> str | None:
     """The transformers quantization method of `model` ("bitsandbytes", "gptq", "awq", …), or None."""

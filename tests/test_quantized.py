@@ -130,6 +130,35 @@ def test_gradients_equal_dense_formula_gradients(kind, depth):
             torch.testing.assert_close(got[name].double(), param.grad.double(), atol=1e-5, rtol=1e-4)
 
 
+def test_fused_4bit_training_path_equals_bitsandbytes_own_forward(monkeypatch):
+    """In training, a 4-bit NEAT layer computes W0·x and A·W0 from one dequantization; it must give what the layer's
+    own (bitsandbytes) forward plus the separate A·W0 give, and be the path actually taken."""
+    from neat_hf import quantization
+
+    calls = []
+    original = quantization._FusedBaseAndWeightNetwork.apply
+    monkeypatch.setattr(quantization._FusedBaseAndWeightNetwork, "apply", lambda *a: calls.append(1) or original(*a))
+    layer = neat_on("nf4", 1)
+    x = torch.randn(3, 5, IN, requires_grad=True)
+
+    def run():
+        x.grad = None
+        layer.zero_grad()
+        out = layer(x)
+        out.square().sum().backward()
+        return out.detach(), x.grad.clone(), layer.peanut_A["default"].weight.grad.clone()
+
+    fused = run()
+    assert len(calls) == 1
+    handle = layer.base_layer.register_forward_hook(lambda *args: None)  # a hooked layer runs its own forward
+    own = run()
+    handle.remove()
+    assert len(calls) == 1
+    torch.testing.assert_close(fused[0], own[0], atol=1e-6, rtol=1e-6)
+    for got, expected in zip(fused[1:], own[1:]):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_dequantization_is_bitsandbytes_own():
     layer = quantized_linear("nf4")
     expected = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
