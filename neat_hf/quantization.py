@@ -173,10 +173,11 @@ def a_times_w0(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
 class _FusedBaseAndWeightNetwork(torch.autograd.Function):
     """W0·x (+ bias) and A·W0 of a 4-bit layer from ONE dequantization of W0 in forward and one in backward.
 
-    A 4-bit layer's own training matmul (bitsandbytes' `MatMul4Bit`) dequantizes W0 in forward and again in backward;
-    running [`a_times_w0`] next to it would double that. This function computes both products from the same
-    dequantized W0 (bitsandbytes' forward is `F.linear(x, dequantize_4bit(W0), bias)` in the compute dtype, so the
-    values are the same), and its backward dequantizes once for dL/dx = dL/dy·W0 and dL/dA = dL/d(AW0)·W0ᵀ. Like
+    In training, a 4-bit layer's own matmul (bitsandbytes' `MatMul4Bit`) dequantizes W0 in backward for dL/dx, and
+    its forward (`gemm_4bit`) is itself a dequantization plus `F.linear` for training-sized batches (bitsandbytes
+    0.50: always on CPU, and on CUDA beyond a per-GPU row count, e.g. a few rows on H100). Running [`a_times_w0`] next
+    to it would double the dequantizations. This function computes both products from the same dequantized W0, in
+    the compute dtype, and its backward dequantizes once for dL/dx = dL/dy·W0 and dL/dA = dL/d(AW0)·W0ᵀ. Like
     [`_DequantizedMatmul`], it saves no tensor for backward.
     """
 
