@@ -65,6 +65,25 @@ def test_bench_train_tiny(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_train_tiny_on_a_4bit_base(tmp_path):
+    """The quantized variant: NEAT on an NF4 base vs QLoRA vs PEFT PEANuT (which fails on the packed weight)."""
+    pytest.importorskip("bitsandbytes")
+    run_script("bench_train.py", "--preset", "tiny", "--quantize", "nf4", "--methods", "lora,peanut,neat", "--rounds", "1",
+               "--warmup", "1", "--steps", "2", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "train_tiny_cpu_fp32_nf4")
+    assert report["config"]["quantize"] == "nf4"
+    summary = report["summary"]
+    assert "error" in summary["peanut"] and "mat1 and mat2" in summary["peanut"]["error"]
+    for method in ("lora", "neat"):
+        assert summary[method]["step_s_median"] > 0 and summary[method]["peak_memory_bytes"] > 0, method
+    assert abs(summary["neat"]["first_loss"] - summary["lora"]["first_loss"]) < 1e-4  # same 4-bit base, B = 0
+    assert set(report["comparison"]["target_checks"]) == {
+        "neat_time_le_1.05x_lora", "neat_cpu_time_le_1.05x_lora", "neat_memory_le_1.02x_lora"}
+    md = (tmp_path / "train_tiny_cpu_fp32_nf4.md").read_text(encoding="utf-8")
+    assert "base quantized with bitsandbytes nf4" in md and "| peanut | failed: RuntimeError" in md
+
+
+@pytest.mark.slow
 def test_bench_train_bf16_base_fp32_adapters(tmp_path):
     """The CUDA recipe's dtype path (bf16 base, fp32 adapter weights), exercised on CPU with the tiny preset."""
     run_script("bench_train.py", "--preset", "tiny", "--dtype", "bf16", "--methods", "lora,neat", "--rounds", "1",
