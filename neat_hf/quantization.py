@@ -22,6 +22,7 @@ bitsandbytes layers, and the error when it is missing names the extra.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -71,15 +72,23 @@ def import_bitsandbytes() -> Any:
     return bitsandbytes
 
 
+@functools.lru_cache(maxsize=None)
+def _bnb_kind(cls: type) -> str | None:
+    """"Linear4bit", "Linear8bitLt" or None for a module class (cached: NEAT's forward asks for every layer)."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("bitsandbytes") and base.__name__ in _BNB_LAYER_NAMES:
+            return base.__name__
+    return None
+
+
 def is_bnb_layer(module: nn.Module) -> bool:
     """Whether `module` is a bitsandbytes `Linear4bit` / `Linear8bitLt` (checked without importing bitsandbytes)."""
-    return any(
-        cls.__module__.startswith("bitsandbytes") and cls.__name__ in _BNB_LAYER_NAMES for cls in type(module).__mro__
-    )
+    return _bnb_kind(type(module)) is not None
 
 
 def is_4bit_layer(module: nn.Module) -> bool:
-    return is_bnb_layer(module) and any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__)
+    """Whether `module` is a bitsandbytes `Linear4bit`."""
+    return _bnb_kind(type(module)) == "Linear4bit"
 
 
 def prepare_quantized_layer(layer: nn.Module) -> None:
@@ -204,8 +213,8 @@ def can_fuse_base_forward(layer: nn.Module) -> bool:
     nothing hooked to the layer (accelerate's offloading hooks, user hooks), since the layer's `__call__` is skipped.
     """
     return (
-        torch.is_grad_enabled()
-        and is_4bit_layer(layer)
+        is_4bit_layer(layer)
+        and torch.is_grad_enabled()
         and not layer._forward_hooks
         and not layer._forward_pre_hooks
         and not hasattr(layer, "_hf_hook")
