@@ -193,9 +193,11 @@ class _FusedBaseAndWeightNetwork(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.layer = layer
-        weight = dequantize_weight(layer, x.dtype)
-        bias = None if layer.bias is None else layer.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, weight, bias), a @ weight
+        # In the compute dtype even under autocast, as bitsandbytes' own 4-bit matmul (and NEAT's A·W0) compute.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            weight = dequantize_weight(layer, x.dtype)
+            bias = None if layer.bias is None else layer.bias.to(x.dtype)
+            return torch.nn.functional.linear(x, weight, bias), a @ weight
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor, grad_aw: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -49,8 +49,10 @@ LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128)
 IN, OUT = 64, 96
 
 
-def quantized_linear(kind: str, in_features: int = IN, out_features: int = OUT, seed: int = 0) -> nn.Module:
-    """A bitsandbytes layer quantized (on CPU) from a seeded dense `nn.Linear`, computing in fp32."""
+def quantized_linear(
+    kind: str, in_features: int = IN, out_features: int = OUT, seed: int = 0, compute: torch.dtype = torch.float32
+) -> nn.Module:
+    """A bitsandbytes layer quantized (on CPU) from a seeded dense `nn.Linear`, 4-bit ones computing in `compute`."""
     torch.manual_seed(seed)
     dense = nn.Linear(in_features, out_features)
     if kind == "int8":
@@ -59,7 +61,7 @@ def quantized_linear(kind: str, in_features: int = IN, out_features: int = OUT, 
     else:
         quant_type, double = kind.split("-")[0], kind.endswith("double-quant")
         layer = bnb.nn.Linear4bit(
-            in_features, out_features, compute_dtype=torch.float32, quant_type=quant_type, compress_statistics=double
+            in_features, out_features, compute_dtype=compute, quant_type=quant_type, compress_statistics=double
         )
         layer.weight = bnb.nn.Params4bit(
             dense.weight.data.clone(), requires_grad=False, quant_type=quant_type, compress_statistics=double
@@ -157,6 +159,24 @@ def test_fused_4bit_training_path_equals_bitsandbytes_own_forward(monkeypatch):
     torch.testing.assert_close(fused[0], own[0], atol=1e-6, rtol=1e-6)
     for got, expected in zip(fused[1:], own[1:]):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compute", [torch.bfloat16, torch.float16])
+def test_half_precision_compute_dtype(compute):
+    """bnb_4bit_compute_dtype=bf16/fp16: A·W0 and the base product run in it (also under autocast), the output keeps
+    the input's dtype, and it matches the float64 dense formula to that dtype's precision."""
+    layer = NeatLayer(quantized_linear("nf4", compute=compute), "default", NeatConfig(r=4, depth=1, init_weights=False))
+    x = torch.randn(3, 5, IN)
+    expected = dense_reference(layer, x)
+    out = layer(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), expected, atol=0.1, rtol=0.05)
+    assert (out.double() - expected).abs().max() > 1e-5  # really computed in half precision
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.requires_grad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = layer(x)
+    torch.testing.assert_close(under_autocast.float(), out.detach(), atol=0.1, rtol=0.05)
 
 
 def test_dequantization_is_bitsandbytes_own():
