@@ -1,7 +1,7 @@
 """Hugging Face Hub integration for NEAT adapters: push folders, rebuild cards, export merged models.
 
 - [`push_to_hub`] (behind `NeatModel.push_to_hub`; defined in `neat_hf.hub_commit`, the one commit path) and
-  [`push_adapter_folder`] / [`push_folder`] (`neat_hf.hub.push`): one commit with adapter_config.json,
+  [`push_adapter_folder`] (`neat-hub push`, same module) and [`push_folder`] (`neat_hf.hub.push`): one commit with adapter_config.json,
   adapter_model.safetensors and README.md (or a merged model's files).
 - [`build_model_card`], [`write_model_card`] (`neat_hf.card`), [`eval_results_from_lm_eval`]
   (`neat_hf.eval_harness.results`), training info (`neat_hf.training_info`): the card (`library_name: peft`,
@@ -16,11 +16,11 @@ Loading by repo id is `NeatModel.from_pretrained(base, "user/repo", revision=...
 from neat_hf.card import build_model_card, merge_eval_results, write_model_card
 from neat_hf.errors import HubError
 from neat_hf.eval_harness.results import eval_results_from_lm_eval
-from neat_hf.hub_commit import push_to_hub
+from neat_hf.hub_commit import push_adapter_folder, push_to_hub
 from neat_hf.training_info import TRAINING_INFO_NAME, load_training_info, save_training_info
 
 from .merge import export_merged
-from .push import push_adapter_folder, push_folder
+from .push import push_folder
 
 __all__ = [
     "TRAINING_INFO_NAME",

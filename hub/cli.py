@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 from neat_hf.card import write_model_card
 from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.hub_commit import push_adapter_folder
 
 from .merge import export_merged
-from .push import push_adapter_folder, push_folder
+from .push import push_folder
 
 logger = logging.getLogger("neat_hf.hub")
 

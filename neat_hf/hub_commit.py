@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -79,47 +80,21 @@ _FULL_WEIGHTS = re.compile(
 )
 
 
-# ---------------------------------------------------------------------------------------------------- model push
-def push_to_hub(
-    model: NeatModel,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
-    create_pr: bool = False,
-    training_info: Mapping[str, Any] | None = None,
-    eval_results: Sequence[EvalResult] | None = None,
-    **card_kwargs: Any,
-) -> CommitInfo:
-    """Push a [`NeatModel`]'s adapter and its model card to the Hub in one commit.
+# ---------------------------------------------------------------------------------------------------- adapter push
+def push_to_hub(model: NeatModel, repo_id: str, **kwargs: Any) -> CommitInfo:
+    """Push a [`NeatModel`]'s adapter(s) and model card to the Hub in one commit (behind `NeatModel.push_to_hub`).
 
-    The commit holds `adapter_config.json`, `adapter_model.safetensors` (PEFT PEANUT format: stock `peft` loads it),
-    `README.md` (see [`neat_hf.card.build_model_card`]) and, when given, `training_info.json`. Base model weights
-    are never uploaded.
+    The model is saved with `save_pretrained` into a temporary folder, which is then pushed by
+    [`push_adapter_folder`]: `adapter_config.json`, `adapter_model.safetensors` (PEFT PEANUT format: stock `peft`
+    loads it), `README.md` (see [`neat_hf.card.build_model_card`]), `training_info.json`; non-default adapters in
+    sub-folders, as `save_pretrained` writes them. Base model weights are never uploaded.
 
     Args:
-        model ([`NeatModel`]):
-            The model whose adapter(s) to push (all adapters, non-default ones in sub-folders, as `save_pretrained`).
-        repo_id (`str`):
-            `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
-        private (`bool`, *optional*):
-            Visibility of a newly created repo (ignored if it exists).
-        token (`str` or `bool`, *optional*):
-            Hub token; defaults to `HF_TOKEN` or the login cache. Never logged or written anywhere.
-        revision (`str`, *optional*):
-            Branch to push to; created from `main` if it does not exist. Defaults to `main`.
-        commit_message (`str`, *optional*, defaults to `"Upload NEAT adapter"`), commit_description (`str`, *optional*)
-        create_pr (`bool`, *optional*, defaults to `False`):
-            Open a pull request (against `revision`) instead of committing to it.
-        training_info (`dict`, *optional*):
-            Training setup for the card (dataset, epochs, learning rates, ...); also uploaded as training_info.json.
-        eval_results (`list[EvalResult]`, *optional*):
-            Evaluation results for the card's `model-index` (see `neat_hf.eval_harness.results`).
-        card_kwargs:
-            `base_model`, `datasets`, `license`, `language`, `pipeline_tag`, `tags`, `model_name` for the card.
+        model ([`NeatModel`]): the model whose adapter(s) to push.
+        repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
+        kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
+            `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
+            `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
 
     Returns:
         `huggingface_hub.CommitInfo` of the commit (with `pr_url` when `create_pr=True`).
@@ -135,22 +110,93 @@ def push_to_hub(
     ```
     """
     check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="neat-save-") as folder:
+        model.save_pretrained(folder)
+        return push_adapter_folder(folder, repo_id, **kwargs)
+
+
+def push_adapter_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    keep_card: bool = False,
+    training_info: Mapping[str, Any] | None = None,
+    eval_results: Sequence[EvalResult] | None = None,
+    **card_kwargs: Any,
+) -> CommitInfo:
+    """Push an adapter folder written by `save_pretrained` (or a NeatTrainer output / checkpoint folder) in one commit.
+
+    Uploaded: `adapter_config.json`, `adapter_model.safetensors`, `README.md`, `training_info.json`, tokenizer and
+    processor files, and the same files of named adapters in sub-folders. Everything else (optimizer and scheduler
+    states, `training_args.bin`, any full-model weights) stays local. The adapter is validated (config fields,
+    safetensors readable, PEFT key prefix) before anything is sent.
+
+    Args:
+        folder (`str` or `os.PathLike`):
+            The adapter folder.
+        repo_id (`str`):
+            `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
+        private (`bool`, *optional*):
+            Visibility of a newly created repo (ignored if it exists).
+        token (`str` or `bool`, *optional*):
+            Hub token; defaults to `HF_TOKEN` or the login cache. Never logged or written anywhere.
+        revision (`str`, *optional*):
+            Branch to push to; created from `main` if it does not exist. Defaults to `main`.
+        commit_message (`str`, *optional*, defaults to `"Upload NEAT adapter"`), commit_description (`str`, *optional*)
+        create_pr (`bool`, *optional*, defaults to `False`):
+            Open a pull request (against `revision`) instead of committing to it.
+        keep_card (`bool`, *optional*, defaults to `False`):
+            Upload the folder's `README.md` as it is. By default the card is rebuilt from the folder's files (keeping
+            its evaluation results), so it names `repo_id` and matches the weights.
+        training_info (`dict`, *optional*):
+            Training setup for the card (dataset, epochs, learning rates, ...); merged over the folder's
+            training_info.json and uploaded with it.
+        eval_results (`list[EvalResult]`, *optional*):
+            Evaluation results for the card's `model-index` (see `neat_hf.eval_harness.results`); merged with the
+            folder card's.
+        card_kwargs:
+            `base_model`, `datasets`, `license`, `language`, `pipeline_tag`, `tags`, `model_name` for the card.
+
+    Returns:
+        `huggingface_hub.CommitInfo`
+
+    Raises:
+        AdapterLoadError: the folder is not a valid adapter folder (message names the file and problem).
+        HubError: the repo, revision or permissions are wrong.
+        NeatError: invalid card inputs, or the token would end up in an uploaded file or the commit message.
+    """
+    check_repo_id(repo_id)
+    source = Path(folder)
+    adapter_dirs = validate_adapter_folder(source)
     with tempfile.TemporaryDirectory(prefix="neat-push-") as staging:
-        model.save_pretrained(staging)
-        card_args = dict(card_kwargs, training_info=training_info, eval_results=eval_results)
-        write_model_card(staging, model=model, repo_id=repo_id, keep_eval_results=False, **card_args)
+        stage_adapter_folder(source, Path(staging), adapter_dirs)
+        if keep_card:
+            if not (Path(staging) / MODEL_CARD_NAME).is_file():
+                raise AdapterLoadError(f"keep_card=True but {os.fspath(source)!r} has no {MODEL_CARD_NAME}.")
+            rewrite = None
+        else:
+            card_args = dict(card_kwargs, training_info=training_info, eval_results=eval_results)
+            write_model_card(staging, repo_id=repo_id, **card_args)
+
+            def rewrite(full_id: str) -> None:
+                write_model_card(staging, repo_id=full_id, **card_kwargs)
+
         return push_staged(
             staging,
             repo_id,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            rewrite_card=rewrite,
             private=private,
             token=token,
             revision=revision,
-            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
             commit_description=commit_description,
             create_pr=create_pr,
-            rewrite_card=lambda full_id: write_model_card(
-                staging, model=model, repo_id=full_id, keep_eval_results=False, **card_args
-            ),
         )
 
 
@@ -158,20 +204,20 @@ def push_staged(
     staging: str | os.PathLike,
     repo_id: str,
     *,
-    private: bool | None,
-    token: str | bool | None,
-    revision: str | None,
     commit_message: str,
-    commit_description: str | None,
-    create_pr: bool,
-    rewrite_card: Callable[[str], Any] | None,
+    rewrite_card: Callable[[str], Any] | None = None,
     exclude_suffixes: Sequence[str] = (),
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
 ) -> CommitInfo:
     """Create `repo_id` if missing (and the `revision` branch), then commit every file under `staging` in one commit.
 
     `rewrite_card(full_repo_id)` is called when the Hub resolved `repo_id` to another name (a bare name gets the
     token's namespace), so the card's snippets name the real repo. Files ending in `exclude_suffixes` are skipped
-    with a warning. Nothing reaches the Hub when a check fails.
+    with a warning. Nothing reaches the Hub when a check fails. The other arguments are [`push_adapter_folder`]'s.
     """
     root = Path(staging)
     files = sorted(
@@ -197,14 +243,8 @@ def push_staged(
     ensure_branch(api, full_id, revision, token=token)
     operations = commit_operations(root, files, token=token)
     return commit(
-        api,
-        full_id,
-        operations,
-        commit_message=commit_message,
-        commit_description=commit_description,
-        token=token,
-        revision=revision,
-        create_pr=create_pr,
+        api, full_id, operations, commit_message=commit_message, token=token, revision=revision,
+        commit_description=commit_description, create_pr=create_pr,
     )
 
 
@@ -376,3 +416,22 @@ def check_no_token(root: Path, token: str | None, texts: Sequence[str | None], f
                 f"{os.fspath(path.relative_to(root))!r} contains your Hub token; refusing to upload it. "
                 "Remove the token from that file."
             )
+
+
+def stage_adapter_folder(source: Path, staging: Path, adapter_dirs: list[Path]) -> None:
+    """Copy the adapter, card, training-info (and, at the top, tokenizer) files of `adapter_dirs` into `staging`."""
+    skipped = []
+    for directory in adapter_dirs:
+        rel = directory.relative_to(source)
+        target = staging / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for item in sorted(directory.iterdir()):
+            if not item.is_file():
+                continue
+            allowed = ADAPTER_FILES | (TOKENIZER_FILES if directory == source else frozenset())
+            if item.name in allowed:
+                shutil.copy2(item, target / item.name)
+            else:
+                skipped.append(os.fspath(rel / item.name))
+    if skipped:
+        logger.info("Not uploading %d file(s) that are not part of an adapter: %s", len(skipped), skipped)
