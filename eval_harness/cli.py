@@ -6,7 +6,7 @@ command imports our backend first and then runs lm-eval's CLI unchanged. Every l
 is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash).
 
 One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
-(`README.md`, `model-index` entries) through `neat_hf.hub.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
+(`README.md`, `model-index` entries) through `neat_hf.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
 does. It needs `--output_path` (the results file is read back from there); without a value it uses the local
 `adapter=` (or `peft=`) folder of `--model_args`.
 
