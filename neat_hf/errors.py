@@ -27,6 +27,10 @@ class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
 
 
+# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
+# neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
+
+
 class HubError(NeatError):
     """A Hub operation failed; the message names the repo, revision and file involved and what to do."""
 
@@ -37,11 +41,3 @@ class NeatModelArgsError(NeatError):
 
 class DeepSpeedConfigError(NeatError):
     """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
-
-
-class UnknownRecipeError(NeatError):
-    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
-
-
-class MissingColumnsError(NeatError):
-    """The dataset lacks columns that the recipe's `dataset_format` needs."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 import torch
 
-from neat_hf.errors import MissingColumnsError
+from neat_hf.errors import NeatError
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -80,6 +80,10 @@ GLUE_TASK_COLUMNS: dict[str, tuple[str, Optional[str]]] = {
 
 _EXTENSION_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 _EVAL_SPLIT_CANDIDATES = ("validation", "validation_matched", "valid", "dev")
+
+
+class MissingColumnsError(NeatError):
+    """The dataset lacks columns that the recipe's `dataset_format` needs."""
 
 
 def format_instruction_prompt(instruction: str, input: Optional[str] = None, *, template: str = "llm-adapters") -> str:

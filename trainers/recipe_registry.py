@@ -14,10 +14,14 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
-from neat_hf.errors import UnknownRecipeError
+from neat_hf.errors import NeatError
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 DEFAULT_RECIPE = "default"
+
+
+class UnknownRecipeError(NeatError):
+    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
 
 
 def list_recipes() -> list[str]:
