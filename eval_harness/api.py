@@ -91,6 +91,7 @@ def evaluate(
             "Pass either `task_manager` or `include_path`, not both: build the task manager with "
             "TaskManager(include_path=task_include_paths(include_path)) instead."
         )
+    # lazy: lm-eval is optional and slow to import (`pip install "neat-hf[eval]"`)
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -102,7 +103,7 @@ def evaluate(
         if isinstance(model_args, dict):
             metadata = model_args | metadata
         elif isinstance(model_args, str):
-            from lm_eval.utils import simple_parse_args_string
+            from lm_eval.utils import simple_parse_args_string  # lazy: optional lm-eval
 
             metadata = simple_parse_args_string(model_args) | metadata
         task_manager = TaskManager(include_path=task_include_paths(include_path), metadata=metadata)

@@ -54,7 +54,7 @@ def _config_include_path(config_path: str | None) -> str | list[str] | None:
     """`include_path` from a `--config` YAML, which the merged command-line value would otherwise replace."""
     if not config_path:
         return None
-    from lm_eval.config.evaluate_config import EvaluatorConfig
+    from lm_eval.config.evaluate_config import EvaluatorConfig  # lazy: lm-eval is optional and slow to import
 
     return EvaluatorConfig.load_yaml_config(config_path).get("include_path")
 

@@ -40,7 +40,7 @@ def _is_gathered(param: torch.Tensor) -> bool:
 def register_external_weight(module: torch.nn.Module, param: torch.nn.Parameter) -> None:
     """Let DeepSpeed gather `param` for `module`'s forward and backward (no-op unless ZeRO-3 partitions it)."""
     if is_zero3_partitioned(param):
-        import deepspeed
+        import deepspeed  # lazy: optional heavy dependency, only reached for a ZeRO-3-partitioned parameter
 
         deepspeed.zero.register_external_parameter(module, param)
 
@@ -59,7 +59,7 @@ def gathered(params: Iterable[torch.Tensor], modifier_rank: int | None = None) -
     if not params or "deepspeed" not in sys.modules:
         yield
         return
-    import deepspeed
+    import deepspeed  # lazy: optional heavy dependency, only reached for ZeRO-3-partitioned parameters
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
         yield

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .activations import get_activation
 from .config import NeatConfig
@@ -37,18 +38,9 @@ from .distributed import gathered, is_zero3_partitioned, register_external_weigh
 from .errors import NeatError, UnsupportedModuleError
 
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers always ships it
-        return None
-    return Conv1D
-
-
 def supported_layer_types() -> tuple[type, ...]:
     """Layer classes NEAT can wrap: `nn.Linear` and GPT-2's transposed `Conv1D`."""
-    conv1d = _conv1d_type()
-    return (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    return (nn.Linear, Conv1D)
 
 
 def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
@@ -68,8 +60,7 @@ def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
         )
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features, False
-    conv1d = _conv1d_type()
-    if conv1d is not None and isinstance(layer, conv1d):
+    if isinstance(layer, Conv1D):
         return layer.nx, layer.nf, True
     raise UnsupportedModuleError(
         f"NEAT adapts nn.Linear (and GPT-2's Conv1D) layers only, got {type(layer).__name__}."

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from transformers.utils.hub import PushInProgress
 
 from neat_hf.card import framework_versions, write_model_card
@@ -288,12 +288,14 @@ class NeatHubMixin:
 
     def _neat_operations(
         self, folder: Path, *, prefix: str, token: str | None, whole_checkpoint: bool = False
-    ) -> list:
+    ) -> list[CommitOperationAdd]:
         """Commit operations for the pushable files of `folder`, read into memory now (see the module docstring)."""
         files = checkpoint_files(folder) if whole_checkpoint else adapter_root_files(folder)
         return commit_operations(folder, files, token=token, prefix=prefix, in_memory=True)
 
-    def _neat_commit(self, operations: list, message: str, token: str | None, revision: str | None, *, blocking: bool) -> Any:
+    def _neat_commit(
+        self, operations: list[CommitOperationAdd], message: str, token: str | None, revision: str | None, *, blocking: bool
+    ) -> Any:
         return commit(
             self._neat_api(),
             self.hub_model_id,
