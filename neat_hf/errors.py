@@ -1,4 +1,4 @@
-"""Exceptions raised by neat-hf.
+"""Exceptions raised by neat-hf (every `NeatError` subclass of the core and the integrations lives here).
 
 All derive from `NeatError`, itself a `ValueError`, so existing `except ValueError` handlers keep working while callers
 who care can catch the specific case.
@@ -25,3 +25,19 @@ class AdapterLoadError(NeatError):
 
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
+
+
+# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
+# neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
+
+
+class HubError(NeatError):
+    """A Hub operation failed; the message names the repo, revision and file involved and what to do."""
+
+
+class NeatModelArgsError(NeatError):
+    """A `--model_args` value given to the lm-eval `neat` backend is missing or invalid."""
+
+
+class DeepSpeedConfigError(NeatError):
+    """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""

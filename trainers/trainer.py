@@ -26,13 +26,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determ
 from transformers.utils.generic import can_return_loss, find_labels
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
+from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
-from neat_hf.distributed import gathered, is_zero3_partitioned, register_zero3_parameters
+from neat_hf.distributed import gathered, is_zero3_partitioned
 from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.hub.trainer_integration import NeatHubMixin
-from neat_hf.io import atomic_write_text, read_adapter_config, read_adapter_weights
-from neat_hf.layer import NeatLayer
+from neat_hf.io import atomic_write_text, read_adapter_weights
+from neat_hf.layer import NeatLayer, register_zero3_parameters
 
+from .hub_mixin import NeatHubMixin
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
           continues exactly; `load_best_model_at_end` and `save_total_limit` work on adapter checkpoints.
         - [`save_model`] writes an adapter folder that [`NeatModel.from_pretrained`] and stock `peft` load.
         - Hub pushes (`push_to_hub`, `hub_model_id`, `hub_strategy`, `hub_private_repo`, `hub_revision`) upload the
-          adapter with its NEAT model card, never base weights (`neat_hf.hub.trainer_integration.NeatHubMixin`).
+          adapter with its NEAT model card, never base weights (`neat_hf.trainers.hub_mixin.NeatHubMixin`).
         - Gradient checkpointing with frozen embeddings (input gradients are enabled), bf16/fp16, gradient
           accumulation.
         - DeepSpeed ZeRO-2/3 (`neat_hf.deepspeed_configs`): under ZeRO-3 each NEAT layer gathers its W0 once per
