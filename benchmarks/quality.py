@@ -63,7 +63,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import evaluate
 import numpy as np
 import torch
 from datasets import Dataset
@@ -79,7 +78,7 @@ from transformers.utils import logging as hf_logging
 from neat_hf.errors import NeatError
 from neat_hf.trainers import NeatTrainer
 from neat_hf.trainers.data import load_raw_datasets
-from neat_hf.trainers.metrics import compute_metric, load_evaluate_metric, logits_to_predictions
+from neat_hf.trainers.metrics import compute_metric, logits_to_predictions, metric_backend
 from neat_hf.trainers.script_args import DataArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -229,9 +228,9 @@ class MetricFn:
     def __init__(self, name: str, try_evaluate: bool = True) -> None:
         self.name = name
         self.use_evaluate = try_evaluate
-        self.backend = "neat-hf benchmarks (built-in)"
-        if try_evaluate and load_evaluate_metric(name) is not None:
-            self.backend = f"evaluate {evaluate.__version__}"
+        backend = metric_backend(name, use_evaluate=try_evaluate)
+        # The name the existing result files give the numpy path (kept, so that merged reports read the same).
+        self.backend = "neat-hf benchmarks (built-in)" if backend == "numpy" else backend
 
     def __call__(self, eval_pred: Any) -> dict[str, float]:
         preds = logits_to_predictions(eval_pred.predictions).tolist()

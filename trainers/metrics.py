@@ -13,9 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from typing import Any
 
-import evaluate
 import numpy as np
 import torch
 
@@ -70,11 +70,16 @@ METRICS: dict[str, tuple[str, Callable[[Sequence[Any], Sequence[Any]], float]]] 
 
 
 @functools.cache
-def load_evaluate_metric(name: str) -> evaluate.EvaluationModule | None:
-    """`evaluate.load` of metric `name` (a key of `METRICS`), or None when it does not load (offline, no script).
+def load_evaluate_metric(name: str) -> Any | None:
+    """`evaluate.load` of metric `name` (a key of `METRICS`): an `evaluate.EvaluationModule`, or None when it does not
+    load (offline, no script).
 
     Cached: the attempt (which may wait on the network) is made once per process, not at every evaluation.
     """
+    # Imported here, not at the top: `evaluate` imports transformers.pipelines, seconds that `neat-train --help` and
+    # runs without a classification metric should not pay.
+    import evaluate
+
     metric_id = METRICS[name][0]
     try:
         return evaluate.load(metric_id)
@@ -103,7 +108,7 @@ def compute_metric(name: str, labels: Sequence[Any], predictions: Sequence[Any],
 def metric_backend(name: str, *, use_evaluate: bool = True) -> str:
     """What computes metric `name`: `"evaluate <version>"` or `"numpy"` (recorded next to benchmark numbers)."""
     if use_evaluate and load_evaluate_metric(name) is not None:
-        return f"evaluate {evaluate.__version__}"
+        return f"evaluate {metadata.version('evaluate')}"
     return "numpy"
 
 
