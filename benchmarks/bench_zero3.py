@@ -38,6 +38,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neat_hf.layer import register_zero3_parameters
+from neat_hf.io import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import apply_method, build_llama, get_preset, random_batch  # noqa: E402
@@ -45,7 +48,6 @@ from common import (  # noqa: E402
     REPO_ROOT,
     RESULTS_DIR,
     atomic_write_json,
-    atomic_write_text,
     command_line,
     environment,
     format_env,
@@ -170,8 +172,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     if spec["method"] == "neat" and spec["setting"] != "zero0":
         # The model was partitioned by deepspeed.initialize (not built under zero.Init), after the NEAT layers were
         # created: register W0 and the adapter weights with each NEAT layer, as NeatTrainer does after initialize.
-        from neat_hf.layer import register_zero3_parameters
-
         registered = register_zero3_parameters(engine.module)
     counter = GatherCounter(engine.module)
     input_ids = random_batch(preset, "cpu", spec["seed"] + rank)  # each rank its own data, as in data parallel

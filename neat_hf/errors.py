@@ -27,6 +27,29 @@ class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
 
 
+# --- Training integration: `neat-train`, `NeatTrainer`, `NeatTrainingArguments` (neat_hf.trainers) ---------------
+
+
+class TrainingArgumentError(NeatError):
+    """A `neat-train` flag, a recipe/config-file key or value, or a training argument is invalid."""
+
+
+class UnknownRecipeError(TrainingArgumentError):
+    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
+
+
+class DatasetError(NeatError):
+    """The training data cannot be used as given: no data, an unknown split/format/file type, or unusable labels."""
+
+
+class MissingColumnsError(DatasetError):
+    """The dataset lacks columns that the recipe's `dataset_format` needs."""
+
+
+class TrainerSetupError(NeatError):
+    """`NeatTrainer` got arguments that contradict each other, or a setup it does not support (e.g. FSDP)."""
+
+
 # --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
 # neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
 
