@@ -29,7 +29,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, atomic_write_json, atomic_write_text, command_line, environment, format_env  # noqa: E402
+from common import RESULTS_DIR, atomic_write_json, command_line, environment, format_env  # noqa: E402
+
+from neat_hf.io import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("neat_hf.benchmarks.quantized_drift")
 

@@ -4,6 +4,7 @@ Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`]. A
 """
 
 from .config import NeatConfig
+from .constants import LIBRARY_VERSION
 from .errors import (
     AdapterLoadError,
     AdapterMismatchError,
@@ -17,7 +18,7 @@ from .layer import NeatLayer
 from .model import NeatModel, get_neat_model
 from .quantization import prepare_model_for_kbit_training
 
-__version__ = "0.1.0"
+__version__ = LIBRARY_VERSION
 
 __all__ = [
     "AdapterLoadError",

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import BitsAndBytesConfig
 
 from .errors import MissingDependencyError, UnsupportedQuantizationError
 
@@ -336,8 +337,6 @@ def bnb_config_from_kwargs(kwargs: dict[str, Any]) -> Any:
     Raises:
         UnsupportedQuantizationError: both 4-bit and 8-bit, or `bnb_4bit_*` settings without `load_in_4bit`.
     """
-    from transformers import BitsAndBytesConfig
-
     flags = {key: kwargs.pop(key) for key in BNB_FLAGS if key in kwargs}
     for key in ("load_in_4bit", "load_in_8bit", "bnb_4bit_use_double_quant"):
         if isinstance(flags.get(key), str):
