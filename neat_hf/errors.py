@@ -25,3 +25,8 @@ class AdapterLoadError(NeatError):
 
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
+
+
+class FsdpConfigError(NeatError):
+    """An FSDP setup NEAT cannot train correctly with (FSDP1, a wrap policy that splits a NEAT layer from its weights,
+    a quantized base); the message names the supported setting."""
