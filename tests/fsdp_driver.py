@@ -85,6 +85,9 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
 
         def on_save(self, args, state, control, **kwargs):
             if ns.kill_after_save and state.global_step == ns.kill_after_save:
+                if args.process_index == 0:
+                    _write_report(ns.output_dir, "killed_report.json", {"is_fsdp2_sharded": trainer.is_fsdp2_sharded,
+                                                                        "during_training": seen})
                 torch.distributed.barrier()  # every rank has finished writing its part of the checkpoint
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -106,10 +109,16 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         report["gathers"] = counter.summary()
     if ns.merge_check:
         report["merge_check"] = _merged_weights(trainer, os.path.join(ns.output_dir, "merged_weights.safetensors"))
+        # NeatModel.save_pretrained on the sharded model, outside the Trainer (every rank calls it; rank 0 writes).
+        trainer.model.save_pretrained(os.path.join(ns.output_dir, "save_pretrained"), is_main_process=trainer.args.process_index == 0)
     if trainer.args.process_index == 0:
-        with open(os.path.join(ns.output_dir, "driver_report.json"), "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
+        _write_report(ns.output_dir, "driver_report.json", report)
     return report
+
+
+def _write_report(folder: str, name: str, report: dict[str, Any]) -> None:
+    with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
 
 
 def _merged_weights(trainer, path: str) -> dict[str, Any]:
@@ -132,11 +141,13 @@ def _merged_weights(trainer, path: str) -> dict[str, Any]:
 
 
 class GatherCounter:
-    """Counts the all-gathers of the last training step: per FSDP unit and phase (forward / backward), from FSDP2's
-    param-group unshard, next to every all-gather collective the process issues (c10d and functional), so a NEAT
-    layer gathering W0 or an adapter weight on its own would show up as a surplus."""
+    """Counts the all-gathers of the last micro-batch (`training_step`): per FSDP unit and phase (forward / backward),
+    from FSDP2's param-group unshard, next to every all-gather collective the process issues (c10d and functional), so
+    a NEAT layer gathering W0 or an adapter weight on its own would show up as a surplus; and the gradient
+    reduce-scatters of every micro-batch."""
 
     def __init__(self, trainer) -> None:
+        import torch.distributed as dist
         from torch.distributed.fsdp._fully_shard import _fsdp_param_group as param_group
         from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
 
@@ -144,6 +155,7 @@ class GatherCounter:
         self.params: dict[str, dict[str, int]] = {}
         self.collectives = 0
         self.active = False
+        self.reduce_scatters: list[int] = []  # gradient reduce-scatters of every micro-batch of the run
         self._restore: list[tuple[Any, str, Any]] = []
         counter = self
         original_gather = param_group.foreach_all_gather
@@ -169,6 +181,15 @@ class GatherCounter:
         param_group.FSDPParamGroup.unshard = unshard
         param_group.foreach_all_gather = foreach_all_gather
         self._restore += [(param_group.FSDPParamGroup, "unshard", original_unshard), (param_group, "foreach_all_gather", original_gather)]
+        original_reduce_scatter = dist.reduce_scatter_single
+
+        def reduce_scatter_single(*args, **kwargs):
+            if counter.active:
+                counter.reduce_scatters[-1] += 1
+            return original_reduce_scatter(*args, **kwargs)
+
+        dist.reduce_scatter_single = reduce_scatter_single
+        self._restore.append((dist, "reduce_scatter_single", original_reduce_scatter))
         for owner, name in _all_gather_collectives():
             original = getattr(owner, name)
 
@@ -184,6 +205,7 @@ class GatherCounter:
         def counted_training_step(*args, **kwargs):
             # Forward + backward of one micro-batch; keep the last step's counts.
             counter.units, counter.params, counter.collectives, counter.active = {}, {}, 0, True
+            counter.reduce_scatters.append(0)
             try:
                 return training_step(*args, **kwargs)
             finally:
@@ -198,7 +220,7 @@ class GatherCounter:
     def summary(self) -> dict[str, Any]:
         neat = {k: v for k, v in self.params.items() if k.endswith("base_layer.weight") or ".peanut_" in k}
         return {"units": self.units, "neat_params": neat, "all_gather_collectives": self.collectives,
-                "unit_gathers": sum(sum(v.values()) for v in self.units.values())}
+                "unit_gathers": sum(sum(v.values()) for v in self.units.values()), "reduce_scatters": self.reduce_scatters}
 
 
 def _all_gather_collectives() -> list[tuple[Any, str]]:

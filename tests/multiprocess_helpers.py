@@ -34,8 +34,8 @@ def run_launcher(command: list[str], *, timeout: int = 600, expect_failure: bool
     return result
 
 
-def read_report(folder) -> dict:
-    with open(os.path.join(folder, "driver_report.json"), encoding="utf-8") as handle:
+def read_report(folder, name: str = "driver_report.json") -> dict:
+    with open(os.path.join(folder, name), encoding="utf-8") as handle:
         return json.load(handle)
 
 

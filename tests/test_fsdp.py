@@ -30,6 +30,9 @@ from neat_hf.trainers.fsdp import ACCELERATE_FSDP2_CONFIG, fsdp_plan
 
 DRIVER = str(Path(__file__).with_name("fsdp_driver.py"))
 TARGETS = ["q_proj", "v_proj"]
+#: 2 ranks × 2 sequences × 2 accumulated micro-batches: the single-process run's global batch of 8, with FSDP2's
+#: gradient reduce-scatter deferred to the last micro-batch.
+ACCUMULATION = ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
 
 
 # ---------------------------------------------------------------------------------------------- requests and refusals
@@ -147,10 +150,11 @@ def single_process(base_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fsdp_run(base_model, tmp_path_factory):
-    """FSDP2 through the training arguments, 2 gloo ranks, checkpoints every 2 steps, gathers counted, merge checked."""
+    """FSDP2 through the training arguments, 2 gloo ranks, gradient accumulation, checkpoints every 2 steps, gathers
+    counted, merge checked."""
     out = str(tmp_path_factory.mktemp("fsdp2"))
     _torchrun(["--base_model", base_model, "--output_dir", out, "--fsdp", "--save_steps", "2", "--count_gathers",
-               "--merge_check"])
+               "--merge_check", *ACCUMULATION])
     return out
 
 
@@ -168,6 +172,7 @@ def test_fsdp2_run_is_sharded_and_saves_the_single_process_adapter(fsdp_run, sin
     # merge_adapter() on the sharded model: each rank merged its own rows of W0, unmerge restored them exactly.
     assert report["merge_check"] == {"unmerge_restores_exactly": True, "w0_is_dtensor": "DTensor"}
     assert_same_merge(fsdp_run, single_process)
+    assert_same_adapter(os.path.join(fsdp_run, "save_pretrained"), fsdp_run, rtol=0, atol=0)  # model.save_pretrained
     assert report["eval_loss_after"] == pytest.approx(read_report(single_process)["eval_loss_after"], rel=1e-5)
 
 
@@ -186,6 +191,8 @@ def test_fsdp2_gathers_each_weight_once_per_forward_and_backward(fsdp_run):
     assert all(counts == {"forward": 1, "backward": 1} for counts in neat.values()), neat
     # Nothing else all-gathers inside a training step: NEAT never gathers W0 or an adapter weight on its own.
     assert gathers["all_gather_collectives"] == gathers["unit_gathers"] == 5
+    # Gradient accumulation: the decoder layers' gradients are reduce-scattered after the second micro-batch only.
+    assert gathers["reduce_scatters"] == [0, 2] * 4
 
 
 @pytest.mark.slow
@@ -223,13 +230,35 @@ def test_fsdp2_adapter_loads_in_stock_peft_and_neat_hf_with_the_same_logits(fsdp
 def test_fsdp2_killed_and_resumed_equals_uninterrupted(fsdp_run, base_model, tmp_path):
     # Launched by `accelerate launch --config_file fsdp2.yaml`; every rank is SIGKILLed after the step-2 checkpoint.
     killed = str(tmp_path / "killed")
-    _accelerate(["--base_model", base_model, "--output_dir", killed, "--save_steps", "2", "--kill_after_save", "2"],
+    _accelerate(["--base_model", base_model, "--output_dir", killed, "--save_steps", "2", "--kill_after_save", "2", *ACCUMULATION],
                 expect_failure=True)
-    assert os.listdir(killed) == ["checkpoint-2"]
+    assert sorted(os.listdir(killed)) == ["checkpoint-2", "killed_report.json"]
+    seen = read_report(killed, "killed_report.json")  # the accelerate environment alone made NeatTrainer shard
+    assert seen["is_fsdp2_sharded"] is True and seen["during_training"]["dtensor_params"] == seen["during_training"]["params"]
     resumed = str(tmp_path / "resumed")
-    _torchrun(["--base_model", base_model, "--output_dir", resumed, "--fsdp", "--save_steps", "2",
+    _torchrun(["--base_model", base_model, "--output_dir", resumed, "--fsdp", "--save_steps", "2", *ACCUMULATION,
                "--resume_from_checkpoint", os.path.join(killed, "checkpoint-2")])
     report = read_report(resumed)
     assert report["global_step"] == 4 and report["during_training"]["dtensor_params"] > 0
     assert_same_adapter(resumed, fsdp_run, rtol=0, atol=1e-7)
     assert_same_adapter(os.path.join(resumed, "checkpoint-4"), os.path.join(fsdp_run, "checkpoint-4"), rtol=0, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.fsdp
+def test_fsdp2_bf16_computes_in_bf16_and_keeps_fp32_adapter_master_weights(base_model, fsdp_run, tmp_path):
+    # A bf16 base (what LLaMA-scale runs load) with --bf16: FSDP2 casts to bf16 for compute, the sharded fp32 adapter
+    # weights stay the optimizer's master copy, as DeepSpeed's bf16 mode keeps fp32 master weights.
+    out = str(tmp_path / "bf16")
+    _torchrun(["--base_model", base_model, "--output_dir", out, "--fsdp", "--bf16"])
+    report = read_report(out)
+    seen = report["during_training"]
+    assert seen["dtensor_params"] == seen["params"] and seen["w0_dtype"] == "torch.bfloat16"
+    assert seen["adapter_dtype"] == "torch.float32"
+    saved = load_file(os.path.join(out, ADAPTER_WEIGHTS_NAME))
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    b = torch.cat([t.flatten() for k, t in saved.items() if "peanut_B" in k])
+    assert b.abs().max() > 1e-2  # trained
+    # fp32 updates: most trained values are not representable in bf16 (a bf16 master copy would make them all so).
+    assert (b != b.to(torch.bfloat16).float()).float().mean() > 0.9
+    assert report["eval_loss_after"] == pytest.approx(read_report(fsdp_run)["eval_loss_after"], rel=1e-3)
