@@ -20,19 +20,14 @@ weights only, merging changes each rank's own rows of W0).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .errors import FsdpConfigError
 from .layer import NeatLayer
-
-
-def is_fsdp2_sharded(model: nn.Module) -> bool:
-    """Whether `fully_shard` has been applied to `model` (it is an `FSDPModule`)."""
-    return isinstance(model, FSDPModule)
 
 
 def default_layer_classes(model: nn.Module) -> list[str]:
@@ -47,7 +42,7 @@ def default_layer_classes(model: nn.Module) -> list[str]:
 def fully_shard_neat_model(
     model: nn.Module,
     *,
-    layer_classes: Optional[Sequence[Union[str, type]]] = None,
+    layer_classes: Sequence[str | type] | None = None,
     mesh: Any = None,
     mp_policy: Any = None,
     reshard_after_forward: bool = True,

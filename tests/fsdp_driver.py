@@ -26,6 +26,10 @@ import torch
 from ds_driver import _neat_layers, _shutdown_distributed, build_args, fixed_dataset, neat_config
 
 
+#: The prompt `--merge_check` runs `generate` on (token ids of the tiny LLaMA's 128-token vocabulary).
+GENERATE_PROMPT = [1, 17, 42, 99, 5]
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base_model", required=True)
@@ -109,6 +113,10 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
         report["gathers"] = counter.summary()
     if ns.merge_check:
         report["merge_check"] = _merged_weights(trainer, os.path.join(ns.output_dir, "merged_weights.safetensors"))
+        # generate() on the sharded model (every rank, same prompt): greedy tokens, compared with an unsharded load.
+        with torch.no_grad():
+            prompt = torch.tensor([GENERATE_PROMPT], device=trainer.args.device)
+            report["generated"] = trainer.model.generate(prompt, max_new_tokens=4, do_sample=False)[0].tolist()
         # NeatModel.save_pretrained on the sharded model, outside the Trainer (every rank calls it; rank 0 writes).
         trainer.model.save_pretrained(os.path.join(ns.output_dir, "save_pretrained"), is_main_process=trainer.args.process_index == 0)
     if trainer.args.process_index == 0:

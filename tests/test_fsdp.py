@@ -227,6 +227,18 @@ def test_fsdp2_adapter_loads_in_stock_peft_and_neat_hf_with_the_same_logits(fsdp
 
 @pytest.mark.slow
 @pytest.mark.fsdp
+def test_fsdp2_generate_on_the_sharded_model_matches_an_unsharded_load(fsdp_run, base_model):
+    from fsdp_driver import GENERATE_PROMPT
+    from transformers import AutoModelForCausalLM
+
+    model = NeatModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), fsdp_run).eval()
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([GENERATE_PROMPT]), max_new_tokens=4, do_sample=False)[0].tolist()
+    assert read_report(fsdp_run)["generated"] == expected and len(expected) == len(GENERATE_PROMPT) + 4
+
+
+@pytest.mark.slow
+@pytest.mark.fsdp
 def test_fsdp2_killed_and_resumed_equals_uninterrupted(fsdp_run, base_model, tmp_path):
     # Launched by `accelerate launch --config_file fsdp2.yaml`; every rank is SIGKILLed after the step-2 checkpoint.
     killed = str(tmp_path / "killed")

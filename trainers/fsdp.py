@@ -24,12 +24,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, register_fsdp_forward_method
 from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
@@ -49,14 +49,14 @@ class FsdpPlan:
     """How to shard: what was asked for, resolved once from the arguments or the accelerate launcher."""
 
     #: Classes that each become an FSDP unit; None: the base model's `_no_split_modules`.
-    layer_classes: Optional[tuple[str, ...]]
+    layer_classes: tuple[str, ...] | None
     #: FSDP2 `reshard_after_forward` for the decoder-layer units (`full_shard`: True, `shard_grad_op`: False).
     reshard_after_forward: bool
     #: Where the request came from, for messages.
     source: str
 
 
-def fsdp_plan(args: TrainingArguments) -> Optional[FsdpPlan]:
+def fsdp_plan(args: TrainingArguments) -> FsdpPlan | None:
     """The FSDP2 plan requested by `args` or by `accelerate launch`, or None when FSDP is not requested.
 
     Raises:
@@ -140,6 +140,9 @@ def shard(model: nn.Module, plan: FsdpPlan, args: TrainingArguments) -> nn.Modul
         mp_policy=mixed_precision_policy(args),
         reshard_after_forward=plan.reshard_after_forward,
     )
+    # `generate` calls the wrapped model without the root's forward hooks; have FSDP unshard around it too (what the
+    # Trainer does for models it shards itself).
+    register_fsdp_forward_method(model, "generate")
     return model
 
 
