@@ -274,3 +274,23 @@ def test_fsdp2_bf16_computes_in_bf16_and_keeps_fp32_adapter_master_weights(base_
     # fp32 updates: most trained values are not representable in bf16 (a bf16 master copy would make them all so).
     assert (b != b.to(torch.bfloat16).float()).float().mean() > 0.9
     assert report["eval_loss_after"] == pytest.approx(read_report(fsdp_run)["eval_loss_after"], rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_local_merge_delta_of_an_unsharded_layer_is_the_dense_delta(kind):
+    # The formula FSDP2 merging applies to each rank's rows (nn.Linear: rows = outputs, partial A·W0 all-reduced;
+    # GPT-2 Conv1D: rows = inputs, columns of H), checked on the whole weight against the dense ΔW.
+    from transformers.pytorch_utils import Conv1D
+
+    from neat_hf.dtensor import local_merge_delta
+    from neat_hf.layer import NeatLayer
+
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40, bias=False) if kind == "linear" else Conv1D(40, 24)
+    layer = NeatLayer(base, "default", NeatConfig(r=4, depth=1, act_fn="gelu", init_weights=False))
+    local, delta = local_merge_delta(layer, "default")
+    assert local is base.weight
+    dense = layer.delta_weight("default")
+    expected = dense.t() if kind == "conv1d" else dense
+    assert delta.abs().max() > 1e-3
+    torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-6)
