@@ -18,6 +18,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from neat_hf.card import write_model_card
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.hub_commit import push_adapter_folder
+
+from .merge import export_merged
+from .push import push_folder
+
 logger = logging.getLogger("neat_hf.hub")
 
 
@@ -83,8 +90,6 @@ def _card_kwargs(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "push":
-        from .push import push_adapter_folder
-
         info = push_adapter_folder(
             args.adapter_dir,
             args.repo_id,
@@ -98,8 +103,6 @@ def _run(args: argparse.Namespace) -> int:
         print(info.pr_url or info.commit_url)
         return 0
     if args.command == "card":
-        from .card import eval_results_from_lm_eval, write_model_card
-
         results = eval_results_from_lm_eval(args.eval_results) if args.eval_results else None
         path = write_model_card(
             args.adapter_dir,
@@ -111,10 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         print(path)
         return 0
     if args.command == "merge":
-        from .merge import merge_adapter
-        from .push import push_folder
-
-        out = merge_adapter(
+        out = export_merged(
             args.base,
             args.adapter,
             args.out_dir,

@@ -15,6 +15,7 @@ from torch import nn
 
 try:  # torch.distributed may be built without tensor support (some macOS / mobile wheels)
     from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 except ImportError:  # pragma: no cover
     DTensor = None  # type: ignore[assignment,misc]
 
@@ -33,8 +34,6 @@ def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(this rank's block of rows, index of its first row) of a dim-0-sharded `DTensor`; (tensor, 0) otherwise."""
     if not is_dtensor(tensor):
         return tensor, 0
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
     _, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
     return tensor.to_local(), int(offset[0]) if offset else 0
 
