@@ -27,6 +27,7 @@ from .constants import (
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
 )
+from .dtensor import copy_into, full_tensor, is_dtensor
 from .errors import AdapterMismatchError, NeatError
 from .hub_commit import push_to_hub as push_adapter_to_hub
 from .io import atomic_save_safetensors, read_adapter_weights, resolve_adapter_file
@@ -404,6 +405,9 @@ class NeatModel(nn.Module):
         unknown = [kw for kw in kwargs if kw not in ("max_shard_size", "token", "save_embedding_layers")]
         if unknown:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}.")
+        if state_dict is None and any(is_dtensor(p) for p in self.parameters()):
+            # FSDP2: gather the adapter tensors (only those) on every rank, before non-main processes return.
+            state_dict = {key: full_tensor(tensor).detach().cpu() for key, tensor in self._adapter_tensors().items()}
         if not is_main_process:
             return
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -419,6 +423,12 @@ class NeatModel(nn.Module):
             if name == self.active_adapter:
                 # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
                 write_model_card(directory, model=self)
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """{state_dict key: tensor} of every adapter, in the same (sorted) order on every rank."""
+        state = self.state_dict(keep_vars=True)
+        keys = sorted({key for name in self.peft_config for key in self.adapter_key_map(name)})
+        return {key: state[key] for key in keys}
 
     def _config_for_saving(self, adapter_name: str) -> NeatConfig:
         config = copy.deepcopy(self.peft_config[adapter_name])
@@ -441,8 +451,7 @@ class NeatModel(nn.Module):
         check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
         with torch.no_grad():
             for file_key, tensor in tensors.items():
-                target = params[by_file_key[file_key]]
-                target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
+                copy_into(params[by_file_key[file_key]].data, tensor)  # under FSDP2: this rank's rows
 
     @classmethod
     def from_pretrained(

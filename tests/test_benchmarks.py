@@ -128,6 +128,19 @@ def test_bench_zero3_one_w0_gather_per_layer_per_forward(tmp_path):
     assert report["runs"]["neat/strict"][0]["registered_external"] == 10
 
 
+@pytest.mark.slow
+@pytest.mark.fsdp
+def test_bench_fsdp_gathers_each_unit_once_per_forward_and_backward(tmp_path):
+    """FSDP2 (2 gloo ranks): root + 2 decoder-layer units = 1 + 2 × 2 all-gathers per step; each rank holds half."""
+    run_script("bench_fsdp.py", "--preset", "tiny", "--engines", "fsdp2", "--methods", "neat", "--rounds", "1",
+               "--warmup", "1", "--steps", "1", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "fsdp_tiny", png=False)
+    s = report["summary"]["fsdp2/neat"]
+    assert s["all_gathers_per_step"] == 5 and s["gathers_by_phase"]["forward"]["collectives"] == 3
+    run = report["runs"]["fsdp2/neat"][0]
+    assert run["held_param_bytes"] * 2 == pytest.approx(run["model_param_bytes"], rel=0.01)
+
+
 # ---------------------------------------------------------------------------------------------------------- quality
 
 
