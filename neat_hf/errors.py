@@ -25,3 +25,7 @@ class AdapterLoadError(NeatError):
 
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
+
+
+class ServingLimitError(NeatError):
+    """An exported adapter breaks a documented limit of an inference server (the message names server and limit)."""

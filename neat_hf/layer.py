@@ -41,6 +41,7 @@ from .distributed import (
     register_external_weight,
 )
 from .errors import UnsupportedModuleError
+from .mixed_batch import neat_mixed_forward
 
 
 def _conv1d_type() -> Optional[type]:
@@ -241,7 +242,9 @@ class NeatLayer(nn.Module):
         self._hidden_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> torch.Tensor:
+        if adapter_names is not None:  # one adapter per row (NeatModel(..., adapter_names=[...])), see mixed_batch.py
+            return neat_mixed_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if self.disable_adapters or self.merged or name not in self.peanut_A:
