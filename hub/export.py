@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
-from neat_hf.errors import NeatError
+from neat_hf.errors import AdapterMismatchError, NeatError
 from neat_hf.io import read_adapter_config, resolve_adapter_file
 from neat_hf.lora_export import DTYPES
 from neat_hf.model import NeatModel
@@ -67,6 +67,7 @@ def export_lora(
     load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
     if load_kwargs:
         load_kwargs["ignore_mismatched_sizes"] = True
+    _check_model_type(base, adapter, cls, revision=revision, token=token)
     logger.info("Loading base %s with %s in %s", os.fspath(base), cls.__name__, dtype)
     base_model = cls.from_pretrained(
         os.fspath(base), revision=revision, token=token, dtype=dtype, use_safetensors=True, trust_remote_code=False,
@@ -83,3 +84,19 @@ def export_lora(
         exported_from=source + (f" at revision {adapter_revision}" if adapter_revision else ""),
         repo_id=repo_id,
     )
+
+
+def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
+    """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
+    class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
+    from transformers import AutoConfig
+
+    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if not expected:  # an Auto class: it follows the base's own config
+        return
+    model_type = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, **hub).model_type
+    if model_type != expected:
+        raise AdapterMismatchError(
+            f"Adapter {os.fspath(adapter)!r} was saved from {cls.__name__} ({expected} models) but {os.fspath(base)!r} "
+            f"is a {model_type!r} model: the adapter does not fit it. Pass the base it was trained on."
+        )
