@@ -76,10 +76,10 @@ def lora_weights(layer: NeatLayer, adapter_name: str, dtype: torch.dtype | None 
     """
     with gathered(layer_adapter_parameters(layer)), gathered(layer_external_parameters(layer)):
         weight = layer.base_weight()  # out×in view
-        served = weight if dtype is None else weight.to(dtype)
+        served = weight.dtype if dtype is None else dtype
         slabs = [
-            layer.hidden_t(adapter_name, served[:, start : start + _COLUMN_SLAB].float()).float()
-            for start in range(0, served.shape[1], _COLUMN_SLAB)
+            layer.hidden_t(adapter_name, weight[:, start : start + _COLUMN_SLAB].to(served).float()).float()
+            for start in range(0, weight.shape[1], _COLUMN_SLAB)
         ]
         lora_a = torch.cat(slabs, dim=1)
         lora_b = layer.peanut_B[adapter_name].weight.detach().float().clone()

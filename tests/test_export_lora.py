@@ -288,3 +288,21 @@ def test_cli_export_and_push_to_the_hub(hub_server, tmp_path, capsys):
     inputs = model_inputs("llama")
     stock, caught = load_with_warnings(tiny_llama, repo)
     torch.testing.assert_close(model_output(stock, inputs), model_output(model, inputs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_lora_weights_reproduce_the_layer_delta_in_column_slabs(monkeypatch, depth):
+    """W0 is cast to fp32 a slab of columns at a time; the slabs give the same H as the whole weight at once."""
+    from torch import nn
+
+    import neat_hf.lora_export as lora_export
+    from neat_hf.layer import NeatLayer
+
+    torch.manual_seed(0)
+    layer = NeatLayer(nn.Linear(23, 17), "default", NeatConfig(r=4, depth=depth, act_fn="gelu", scaling=0.7, init_weights=False))
+    whole_a, whole_b = lora_export.lora_weights(layer, "default")
+    monkeypatch.setattr(lora_export, "_COLUMN_SLAB", 5)
+    slab_a, slab_b = lora_export.lora_weights(layer, "default")
+    torch.testing.assert_close(slab_a, whole_a, atol=0, rtol=0)
+    assert slab_a.shape == (4, 23) and slab_b.shape == (17, 4)
+    torch.testing.assert_close(slab_b @ slab_a, layer.delta_weight("default"), atol=1e-6, rtol=1e-5)
