@@ -242,7 +242,7 @@ class NeatLayer(nn.Module):
         self._hidden_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> torch.Tensor:
         if adapter_names is not None:  # one adapter per row (NeatModel(..., adapter_names=[...])), see mixed_batch.py
             return neat_mixed_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)

@@ -13,6 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -106,13 +107,13 @@ class NeatModel(nn.Module):
                 ) from None
             return getattr(self.base_model, name)
 
-    def forward(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """Run the wrapped model. `adapter_names` (one adapter name per batch row, `"__base__"` for none) serves several
         adapters in one batch without merging, as in PEFT (inference only)."""
         with adapter_names_hooks(self, adapter_names):
             return self.base_model(*args, **kwargs)
 
-    def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
+    def generate(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """Generate with the wrapped model (adapters active unless merged or disabled); `adapter_names` as in
         [`forward`]."""
         with adapter_names_hooks(self, adapter_names):
@@ -272,7 +273,7 @@ class NeatModel(nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ------------------------------------------------------------------ merge / unload
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, *, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, *, safe_merge: bool = False) -> None:
         """Merge the active adapter into the base weights (reversible with [`unmerge_adapter`]).
 
         With `safe_merge=True` every merged weight is checked (in the base dtype) before any is written.
@@ -294,7 +295,7 @@ class NeatModel(nn.Module):
                 layer.unmerge()
 
     def merge_and_unload(
-        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
     ) -> nn.Module:
         """Merge the active adapter into the weights and return the plain base model (NEAT layers removed, trained
         `modules_to_save` copies in place). Not in-place for the wrapper: use the returned model.
@@ -516,11 +517,11 @@ class NeatModel(nn.Module):
 
     def save_as_lora(
         self,
-        save_directory: Union[str, os.PathLike],
-        adapter_name: Optional[str] = None,
-        dtype: Optional[Union[str, torch.dtype]] = None,
+        save_directory: str | os.PathLike,
+        adapter_name: str | None = None,
+        dtype: str | torch.dtype | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Path:
         """Write the adapter as an exact, standard PEFT LoRA adapter folder, for LoRA-only servers (vLLM, SGLang, TGI).
 
         NEAT's ΔW = s·B·Hᵀ has rank ≤ r for a fixed base, so lora_B = B, lora_A = s·Hᵀ, lora_alpha = r reproduce it
