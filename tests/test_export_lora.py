@@ -306,3 +306,15 @@ def test_lora_weights_reproduce_the_layer_delta_in_column_slabs(monkeypatch, dep
     torch.testing.assert_close(slab_a, whole_a, atol=1e-6, rtol=1e-5)  # fp32 rounding of the blocked matmul only
     assert slab_a.shape == (4, 23) and slab_b.shape == (17, 4)
     torch.testing.assert_close(slab_b @ slab_a, layer.delta_weight("default"), atol=1e-6, rtol=1e-5)
+
+
+def test_cli_server_flag_refuses_what_the_server_would_refuse(tmp_path, capsys):
+    base, adapter, _ = _base_and_adapter(tmp_path, tiny_bert_classifier, target_modules=["query", "value"], task_type="SEQ_CLS")
+    assert main(["export-lora", str(base), str(adapter), str(tmp_path / "out"), "--server", "vllm"]) == 1
+    assert "vllm: vLLM refuses adapters with modules_to_save (['classifier'])" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UserWarning, match="will not load in vllm"):
+        assert main(["export-lora", str(base), str(adapter), str(tmp_path / "out"), "--server", "sglang"]) == 0
+    stock = peft.PeftModel.from_pretrained(tiny_bert_classifier(), tmp_path / "out").eval()
+    live = NeatModel.from_pretrained(tiny_bert_classifier(), adapter)
+    torch.testing.assert_close(model_output(stock, model_inputs("bert")), model_output(live, model_inputs("bert")), atol=1e-5, rtol=1e-5)
