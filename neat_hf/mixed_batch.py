@@ -54,10 +54,11 @@ def check_adapter_names(model: NeatModel, adapter_names: Sequence[str]) -> list[
 
 
 @contextlib.contextmanager
-def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None) -> Iterator[None]:
+def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None, *, expand: bool = False) -> Iterator[None]:
     """Inject `adapter_names` into every NEAT layer and `modules_to_save` wrapper of `model` inside the block.
 
-    A no-op when `adapter_names` is None.
+    A no-op when `adapter_names` is None. With `expand=True` (generate), a batch that is a multiple of the names (beams,
+    `num_return_sequences`) gets each name repeated per row; otherwise the batch must have one row per name.
     """
     if adapter_names is None:
         yield
@@ -67,7 +68,7 @@ def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None) -
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         first = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         batch = first.shape[0]
-        kwargs["adapter_names"] = _expand(names, batch)
+        kwargs["adapter_names"] = _expand(names, batch) if expand else names
         return args, kwargs
 
     modules = [m for _, m in model.neat_layers()] + [m for _, m in model._saved_modules()]

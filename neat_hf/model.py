@@ -116,7 +116,7 @@ class NeatModel(nn.Module):
     def generate(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """Generate with the wrapped model (adapters active unless merged or disabled); `adapter_names` as in
         [`forward`]."""
-        with adapter_names_hooks(self, adapter_names):
+        with adapter_names_hooks(self, adapter_names, expand=True):
             return self.base_model.generate(*args, **kwargs)
 
     def get_base_model(self) -> nn.Module:

@@ -89,7 +89,9 @@ def test_mixed_batch_is_refused_in_training_while_merged_and_for_unknown_names()
     with pytest.raises(NeatError, match="unknown adapters \\['zzz'\\].*__base__"):
         model(input_ids=ids, adapter_names=["a", "zzz"])
     with pytest.raises(NeatError, match="one name per row"):
-        model(input_ids=torch.randint(0, 128, (3, 4)), adapter_names=["a", "b"])
+        model.generate(input_ids=torch.randint(0, 128, (3, 4)), adapter_names=["a", "b"], max_new_tokens=1)
+    with pytest.raises(NeatError, match="2 entries but the batch has 4 rows"):  # forward never repeats names
+        model(input_ids=torch.randint(0, 128, (4, 4)), adapter_names=["a", "b"])
     with pytest.raises(NeatError, match="list of adapter names"):
         model(input_ids=ids, adapter_names="a")
     model.train()
