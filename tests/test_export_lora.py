@@ -318,3 +318,20 @@ def test_cli_server_flag_refuses_what_the_server_would_refuse(tmp_path, capsys):
     stock = peft.PeftModel.from_pretrained(tiny_bert_classifier(), tmp_path / "out").eval()
     live = NeatModel.from_pretrained(tiny_bert_classifier(), adapter)
     torch.testing.assert_close(model_output(stock, model_inputs("bert")), model_output(live, model_inputs("bert")), atol=1e-5, rtol=1e-5)
+
+
+def test_exports_the_named_adapter_of_a_multi_adapter_model(tmp_path):
+    model = neat_model("llama")
+    model.add_adapter("other", NeatConfig(r=8, depth=1, act_fn="gelu"))
+    randomize_adapter(model, seed=11)
+    model.eval().save_as_lora(tmp_path / "other", adapter_name="other")
+    assert model.active_adapter == "default"
+    inputs = model_inputs("llama")
+    default_logits = model_output(model, inputs)
+    model.set_adapter("other")
+    stock = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "other").eval()
+    torch.testing.assert_close(model_output(stock, inputs), model_output(model, inputs), atol=1e-5, rtol=1e-5)
+    assert_logits_differ(model_output(stock, inputs), default_logits)
+    assert json.loads((tmp_path / "other" / "adapter_config.json").read_text())["r"] == 8
+    with pytest.raises(NeatError, match="Unknown adapter 'nope'"):
+        model.save_as_lora(tmp_path / "nope", adapter_name="nope")
