@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neat_hf.io import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import GENERATE_METHODS, MIXED_ADAPTERS, apply_method, build_llama, get_preset, random_batch  # noqa: E402
@@ -35,7 +37,6 @@ from common import (  # noqa: E402
     LLAMA_TARGETS,
     RESULTS_DIR,
     atomic_write_json,
-    atomic_write_text,
     command_line,
     environment,
     fmt_bytes,

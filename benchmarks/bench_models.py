@@ -20,6 +20,8 @@ from typing import Any
 
 from common import LLAMA_TARGETS
 
+from neat_hf import NeatConfig, get_neat_model
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
@@ -130,8 +132,6 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
                            init_weights=init_weights)
         out = get_peft_model(model, cfg)
     elif base_method == "neat":
-        from neat_hf import NeatConfig, get_neat_model
-
         cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
                          init_weights=init_weights)
         out = get_neat_model(model, cfg)

@@ -3,7 +3,7 @@
 
 NEAT reads the frozen base weight W0 twice per layer (in the base matmul W0·x and in H = relu(W0ᵀAᵀ)); under ZeRO-3
 W0 is partitioned across ranks and must be all-gathered before each use. neat-hf registers W0 (and the adapter
-weights) as external parameters of the NEAT layer (`neat_hf.distributed.register_zero3_parameters`, which
+weights) as external parameters of the NEAT layer (`neat_hf.layer.register_zero3_parameters`, which
 `NeatTrainer` calls once DeepSpeed has partitioned the model), so DeepSpeed should gather W0 once per layer per forward,
 as it does for LoRA, whose adapter never touches W0. The loop here is a bare DeepSpeed engine (no Trainer), so the step
 times hold only the model, the gathers and the optimizer. This script measures that:
@@ -38,6 +38,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neat_hf.layer import register_zero3_parameters
+from neat_hf.io import atomic_write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import apply_method, build_llama, get_preset, random_batch  # noqa: E402
@@ -45,7 +48,6 @@ from common import (  # noqa: E402
     REPO_ROOT,
     RESULTS_DIR,
     atomic_write_json,
-    atomic_write_text,
     command_line,
     environment,
     format_env,
@@ -170,8 +172,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     if spec["method"] == "neat" and spec["setting"] != "zero0":
         # The model was partitioned by deepspeed.initialize (not built under zero.Init), after the NEAT layers were
         # created: register W0 and the adapter weights with each NEAT layer, as NeatTrainer does after initialize.
-        from neat_hf.distributed import register_zero3_parameters
-
         registered = register_zero3_parameters(engine.module)
     counter = GatherCounter(engine.module)
     input_ids = random_batch(preset, "cpu", spec["seed"] + rank)  # each rank its own data, as in data parallel

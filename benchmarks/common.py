@@ -11,6 +11,7 @@ renderer, and a child-process runner so each measured method starts in a fresh i
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -21,8 +22,13 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from neat_hf.io import atomic_write_text
 
 
 logger = logging.getLogger("neat_hf.benchmarks")
@@ -62,8 +68,6 @@ def _cpu_model() -> str:
 
 def _version(dist_name: str) -> str | None:
     """Installed version of a distribution, read from its metadata (no import, so no import-time side effects)."""
-    from importlib import metadata
-
     try:
         return metadata.version(dist_name)
     except metadata.PackageNotFoundError:
@@ -82,8 +86,6 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         GPU name, the 1/5/15-minute load average (other processes on a shared machine skew CPU timings) and the
         date and time.
     """
-    import torch
-
     env: dict[str, Any] = {
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "python": platform.python_version(),
@@ -100,8 +102,6 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     # The layer under test changes while the project is young: record exactly which one was measured.
     layer = REPO_ROOT / "neat_hf" / "layer.py"
     if layer.is_file():
-        import hashlib
-
         env["neat_hf_layer_sha256"] = hashlib.sha256(layer.read_bytes()).hexdigest()[:12]
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -114,23 +114,9 @@ def environment(device: str = "cpu") -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented JSON, atomically (`neat_hf.io.atomic_write_text`), creating the folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
@@ -196,7 +182,8 @@ def save_figure(fig: Any, path: str | os.PathLike) -> None:
 
 
 def import_pyplot() -> Any:
-    """Import matplotlib's pyplot with the non-interactive Agg backend."""
+    """Import matplotlib's pyplot with the non-interactive Agg backend (matplotlib is optional, the `bench` extra,
+    so it is imported only when a chart is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,8 +254,6 @@ def peak_rss_bytes() -> int:
 
 def resolve_dtype(name: str) -> Any:
     """Map `"fp32"`/`"bf16"`/`"fp16"` to a torch dtype, naming the accepted values on error."""
-    import torch
-
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}
     if name not in table:

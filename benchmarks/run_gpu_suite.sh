@@ -29,26 +29,15 @@ fi
 
 if has quality; then
   # all-MiniLM-L6-v2, r=8 on query,value (73,728 adapter parameters for NEAT and LoRA), full SST2/CoLA train sets,
-  # batch 32, fp32. lr sweep {1e-3, 3e-3, 1e-2} for NEAT and LoRA, {1e-3, 3e-3} for the extra NEAT rows (depth 1, sin).
-  # Every (task, method, seed, lr) is its own process so that JOBS of them share the GPU; seed-major order, so a
-  # sweep cut short loses whole seeds, which the merge then leaves out for every method alike.
+  # batch 32, fp32; the lr sweep and the run order are in benchmarks/sweeps/gpu.yaml. Every (task, method, seed, lr)
+  # is its own process so that JOBS of them share the GPU.
   shards=${SHARDS_DIR:-$(mktemp -d)}; mkdir -p "$shards"
   model_args=()
   [[ -n "${MODEL:-}" ]] && model_args=(--model "$MODEL")
   [[ -n "${DATA_DIR:-}" ]] && model_args+=(--data-dir "$DATA_DIR")
   jobs_file="$shards/jobs.txt"
-  IFS=, read -r -a seed_list <<< "${SEEDS:-0,1,2}"
-  for seed in "${seed_list[@]}"; do
-    for task in cola sst2; do  # CoLA runs longest (6 epochs): start it first
-      epochs=3; [[ $task == cola ]] && epochs=6
-      for method in neat lora neat_depth1 neat_sin; do
-        lrs="1e-3 3e-3 1e-2"; [[ $method == neat || $method == lora ]] || lrs="1e-3 3e-3"
-        for lr in $lrs; do
-          echo "--tasks $task --methods $method --seeds $seed --lrs $lr --epochs $epochs --tag shard_${task}_${method}_s${seed}_lr${lr}" >> "$jobs_file"
-        done
-      done
-    done
-  done
+  # The runs: benchmarks/sweeps/gpu.yaml (SEEDS replaces its seed list).
+  python benchmarks/quality_sweep.py benchmarks/sweeps/gpu.yaml --seeds "${SEEDS:-0,1,2}" >> "$jobs_file"
   export QUALITY_ARGS="${QUALITY_ARGS:-}"
   # shellcheck disable=SC2086
   xargs -P "${JOBS:-16}" -L 1 -- sh -c 'python benchmarks/quality.py --device '"$DEVICE"' --threads 1 --batch-size 32 ${QUALITY_ARGS:-} \

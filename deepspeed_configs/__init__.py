@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-from neat_hf.errors import NeatError
+from neat_hf.errors import DeepSpeedConfigError
 
 #: Folder holding the bundled JSON files.
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -33,10 +33,6 @@ CONFIG_DIR = Path(__file__).resolve().parent
 BUNDLED_CONFIGS = ("zero2", "zero3", "zero3_offload")
 
 _OFFLOAD_DEVICES = ("none", "cpu", "nvme")
-
-
-class DeepSpeedConfigError(NeatError):
-    """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
 
 
 def get_deepspeed_config_path(name: str) -> str:
@@ -51,7 +47,7 @@ def get_deepspeed_config_path(name: str) -> str:
     return str(CONFIG_DIR / f"{stem}.json")
 
 
-def resolve_deepspeed_config(value: Union[str, os.PathLike, dict]) -> Union[str, dict]:
+def resolve_deepspeed_config(value: str | os.PathLike | dict) -> str | dict:
     """Turn a `deepspeed=` value into what `TrainingArguments` accepts: an existing file path or a dict.
 
     Accepts a dict, an inline JSON object string (`'{"zero_optimization": ...}'`), a path to a JSON file, or the name
@@ -83,7 +79,7 @@ def resolve_deepspeed_config(value: Union[str, os.PathLike, dict]) -> Union[str,
     return path
 
 
-def load_deepspeed_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def load_deepspeed_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a DeepSpeed JSON config file.
 
     Raises:
@@ -149,13 +145,13 @@ def validate_deepspeed_config(config: dict[str, Any], *, source: str = "DeepSpee
             raise DeepSpeedConfigError(f"{source}: {key} must be a number or \"auto\", got {value!r}.")
 
 
-def has_optimizer_section(config: Union[str, os.PathLike, dict]) -> bool:
+def has_optimizer_section(config: str | os.PathLike | dict) -> bool:
     """Whether a (resolved) DeepSpeed config defines its own optimizer, which replaces the Trainer's parameter groups."""
     data = config if isinstance(config, dict) else load_deepspeed_config(config)
     return "optimizer" in data
 
 
-def zero_stage(config: Union[str, os.PathLike, dict]) -> int:
+def zero_stage(config: str | os.PathLike | dict) -> int:
     """The ZeRO stage of a (resolved) DeepSpeed config (0 when it has no `zero_optimization`)."""
     data = config if isinstance(config, dict) else load_deepspeed_config(config)
     return int(data.get("zero_optimization", {}).get("stage", 0))

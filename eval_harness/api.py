@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
+
+from neat_hf.errors import NeatError
 
 from . import TASKS_DIR
 
@@ -12,7 +14,7 @@ if TYPE_CHECKING:
     from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike
 
 
 def task_include_paths(include_path: PathLike | Sequence[PathLike] | None = None) -> list[str]:
@@ -83,16 +85,17 @@ def evaluate(
         >>> results["groups"]["neat_commonsense_gen"]["exact_match,extract"]  # doctest: +SKIP
     """
     if not tasks:
-        raise ValueError("evaluate() needs `tasks`, e.g. tasks=['neat_commonsense_gen'] (bundled: see TASKS_DIR).")
+        raise NeatError("evaluate() needs `tasks`, e.g. tasks=['neat_commonsense_gen'] (bundled: see TASKS_DIR).")
     if task_manager is not None and include_path is not None:
-        raise ValueError(
+        raise NeatError(
             "Pass either `task_manager` or `include_path`, not both: build the task manager with "
             "TaskManager(include_path=task_include_paths(include_path)) instead."
         )
+    # lazy: lm-eval is optional and slow to import (`pip install "neat-hf[eval]"`)
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from . import model as _register_neat  # noqa: F401  (registers `--model neat`)
+    from . import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
 
     if task_manager is None:
         # simple_evaluate hands the model arguments to the tasks as metadata when it builds the manager itself.
@@ -100,7 +103,7 @@ def evaluate(
         if isinstance(model_args, dict):
             metadata = model_args | metadata
         elif isinstance(model_args, str):
-            from lm_eval.utils import simple_parse_args_string
+            from lm_eval.utils import simple_parse_args_string  # lazy: optional lm-eval
 
             metadata = simple_parse_args_string(model_args) | metadata
         task_manager = TaskManager(include_path=task_include_paths(include_path), metadata=metadata)

@@ -6,7 +6,7 @@ command imports our backend first and then runs lm-eval's CLI unchanged. Every l
 is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash).
 
 One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
-(`README.md`, `model-index` entries) through `neat_hf.hub.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
+(`README.md`, `model-index` entries) through `neat_hf.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
 does. It needs `--output_path` (the results file is read back from there); without a value it uses the local
 `adapter=` (or `peft=`) folder of `--model_args`.
 
@@ -28,9 +28,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from neat_hf.card import write_model_card
 from neat_hf.errors import NeatError
 
 from .api import task_include_paths
+from .results import eval_results_from_lm_eval
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def _config_include_path(config_path: str | None) -> str | list[str] | None:
     """`include_path` from a `--config` YAML, which the merged command-line value would otherwise replace."""
     if not config_path:
         return None
-    from lm_eval.config.evaluate_config import EvaluatorConfig
+    from lm_eval.config.evaluate_config import EvaluatorConfig  # lazy: lm-eval is optional and slow to import
 
     return EvaluatorConfig.load_yaml_config(config_path).get("include_path")
 
@@ -102,8 +104,6 @@ def _results_files(output_path: str) -> set[Path]:
 
 
 def _update_card(folder: Path, new_files: set[Path]) -> None:
-    from neat_hf.hub.card import eval_results_from_lm_eval, write_model_card
-
     if not new_files:
         if int(os.environ.get("RANK", "0")) == 0:
             raise NeatError("--update_card: lm-eval wrote no results file, so the model card was left unchanged.")
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"neat-lm-eval needs lm-eval >= 0.4.10 ({err}). Install it with: pip install 'neat-hf[eval]'"
         ) from err
 
-    from . import model as _register_neat  # noqa: F401  (registers `--model neat`)
+    from . import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
 
     update_card, lm_eval_argv = _pop_update_card(sys.argv[1:] if argv is None else argv)
     setup_logging()

@@ -14,11 +14,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import huggingface_hub.constants
+from huggingface_hub import HfApi
 from lm_eval.api.registry import Registry, model_registry
 from lm_eval.models.huggingface import HFLM
 
 from neat_hf import NeatConfig, NeatModel, __version__
-from neat_hf.errors import NeatError
+from neat_hf.errors import NeatModelArgsError
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +33,6 @@ _REJECTED_ARGS = {
     "autogptq": "NEAT needs the base model's full-precision nn.Linear weights; GPTQ models are not supported.",
     "gptqmodel": "NEAT needs the base model's full-precision nn.Linear weights; GPTQ models are not supported.",
 }
-
-
-class NeatModelArgsError(NeatError):
-    """A `--model_args` value given to the `neat` backend is missing or invalid."""
 
 
 def _as_bool(value: Any, name: str) -> bool:
@@ -51,10 +49,7 @@ def _hub_sha(repo_id: str, revision: str | None) -> str:
     """Commit sha of a Hub repo at `revision`; "" for a local folder, offline, or any Hub error (as HFLM does)."""
     if os.path.isdir(repo_id):
         return ""
-    from huggingface_hub import HfApi
-    from huggingface_hub.constants import HF_HUB_OFFLINE
-
-    if HF_HUB_OFFLINE:
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
         return ""
     try:
         return HfApi().model_info(repo_id=repo_id, revision=revision).sha or ""

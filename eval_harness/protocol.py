@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from neat_hf.errors import NeatError
+
 __all__ = [
     "ALPACA_PROMPT",
     "COMMONSENSE_ANSWER_PATTERNS",
@@ -89,7 +91,7 @@ def extract_commonsense_answer(response: str, kind: str) -> str:
     try:
         pattern = COMMONSENSE_ANSWER_PATTERNS[kind]
     except KeyError:
-        raise ValueError(
+        raise NeatError(
             f"Unknown answer kind {kind!r}; expected one of {sorted(COMMONSENSE_ANSWER_PATTERNS)}."
         ) from None
     matches = re.findall(pattern, response.strip())

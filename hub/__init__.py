@@ -1,34 +1,38 @@
-"""Hugging Face Hub integration for NEAT adapters: push with complete model cards, rebuild cards, merge.
+"""Hugging Face Hub integration for NEAT adapters: push folders, rebuild cards, export merged models.
 
-- [`push_to_hub`] (behind `NeatModel.push_to_hub`) and [`push_adapter_folder`]: one commit with adapter_config.json,
-  adapter_model.safetensors and README.md.
-- [`build_model_card`], [`write_model_card`], [`eval_results_from_lm_eval`]: the card (`library_name: peft`,
+- [`push_to_hub`] (behind `NeatModel.push_to_hub`; defined in `neat_hf.hub_commit`, the one commit path) and
+  [`push_adapter_folder`] (`neat-hub push`, same module) and [`push_folder`] (`neat_hf.hub.push`): one commit with adapter_config.json,
+  adapter_model.safetensors and README.md (or a merged model's files).
+- [`build_model_card`], [`write_model_card`] (`neat_hf.card`), [`eval_results_from_lm_eval`]
+  (`neat_hf.eval_harness.results`), training info (`neat_hf.training_info`): the card (`library_name: peft`,
   `base_model`, NEAT tags, hyperparameters, training setup, usage, `model-index`).
-- [`merge_adapter`]: the base model with the adapter merged in, as a plain transformers checkpoint.
-- `neat-hub` (`neat_hf.hub.cli:main`): `push`, `card`, `merge` from the command line.
+- [`export_merged`] (`neat_hf.hub.merge`): the base model with the adapter merged in, as a plain transformers checkpoint,
+  with its card (`neat_hf.hub.card`).
+- [`export_lora`] (`neat_hf.hub.export`): load a base and a NEAT adapter and write the adapter as an exact LoRA
+  (`NeatModel.save_as_lora`) for LoRA-only servers (vLLM, SGLang, TGI).
+- `neat-hub` (`neat_hf.hub.cli:main`): `push`, `card`, `merge`, `export-lora` from the command line.
 
 Loading by repo id is `NeatModel.from_pretrained(base, "user/repo", revision=...)` (core library).
 """
 
-from .card import (
-    TRAINING_INFO_NAME,
-    build_model_card,
-    eval_results_from_lm_eval,
-    load_training_info,
-    merge_eval_results,
-    save_training_info,
-    write_model_card,
-)
-from .merge import merge_adapter
-from .push import HubError, push_adapter_folder, push_folder, push_to_hub
+from neat_hf.card import build_model_card, merge_eval_results, write_model_card
+from neat_hf.errors import HubError
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.hub_commit import push_adapter_folder, push_to_hub
+from neat_hf.training_info import TRAINING_INFO_NAME, load_training_info, save_training_info
+
+from .export import export_lora
+from .merge import export_merged
+from .push import push_folder
 
 __all__ = [
     "TRAINING_INFO_NAME",
     "HubError",
     "build_model_card",
     "eval_results_from_lm_eval",
+    "export_lora",
+    "export_merged",
     "load_training_info",
-    "merge_adapter",
     "merge_eval_results",
     "push_adapter_folder",
     "push_folder",

@@ -1,4 +1,4 @@
-"""`neat-hub`: push NEAT adapters, rebuild their model cards, merge them into their base model.
+"""`neat-hub`: push NEAT adapters, rebuild their model cards, merge them into their base model, export them as LoRA.
 
 ```bash
 neat-hub push ADAPTER_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--create-pr] [--keep-card]
@@ -18,6 +18,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+
+from neat_hf.card import write_model_card
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.hub_commit import push_adapter_folder
+
+from .export import export_lora
+from .merge import export_merged
+from .push import push_folder
 
 logger = logging.getLogger("neat_hf.hub")
 
@@ -103,8 +111,6 @@ def _card_kwargs(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "push":
-        from .push import push_adapter_folder
-
         info = push_adapter_folder(
             args.adapter_dir,
             args.repo_id,
@@ -118,8 +124,6 @@ def _run(args: argparse.Namespace) -> int:
         print(info.pr_url or info.commit_url)
         return 0
     if args.command == "card":
-        from .card import eval_results_from_lm_eval, write_model_card
-
         results = eval_results_from_lm_eval(args.eval_results) if args.eval_results else None
         path = write_model_card(
             args.adapter_dir,
@@ -131,10 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         print(path)
         return 0
     if args.command == "merge":
-        from .merge import merge_adapter
-        from .push import push_folder
-
-        out = merge_adapter(
+        out = export_merged(
             args.base,
             args.adapter,
             args.out_dir,
@@ -156,9 +157,6 @@ def _run(args: argparse.Namespace) -> int:
             print(info.commit_url)
         return 0
     if args.command == "export-lora":
-        from .export import export_lora
-        from .push import push_folder
-
         out = export_lora(
             args.base,
             args.adapter,

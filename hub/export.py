@@ -12,13 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig
+
+from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.io import read_adapter_config, resolve_adapter_file
+from neat_hf.io import is_hub_id, resolve_adapter_file
 from neat_hf.lora_export import DTYPES
 from neat_hf.model import NeatModel
 
-from .card import is_hub_id
 from .merge import _head_kwargs, resolve_model_class
 
 logger = logging.getLogger(__name__)
@@ -89,8 +91,6 @@ def export_lora(
 def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
     """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
     class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
-    from transformers import AutoConfig
-
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
     if not expected:  # an Auto class: it follows the base's own config
         return

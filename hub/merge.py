@@ -9,6 +9,9 @@ with `use_safetensors=True` and `trust_remote_code=False`, and the merged model 
 
 When the adapter trains a classification head (`modules_to_save`), the head's size in the adapter file sets
 `num_labels`, so a base checkpoint saved with another label count still loads.
+
+Named `export_merged` (not `merge_adapter`) because `NeatModel.merge_adapter()` is the in-place, reversible merge;
+this writes a new checkpoint and leaves the adapter files untouched.
 """
 
 from __future__ import annotations
@@ -20,10 +23,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
-from neat_hf.errors import NeatError
+import transformers
+from safetensors import safe_open
+from transformers import AutoTokenizer
 
-from .card import build_model_card, count_adapter_parameters, is_hub_id, model_class_for
+from neat_hf.config import read_adapter_config
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX
+from neat_hf.errors import NeatError
+from neat_hf.io import resolve_adapter_file
+from neat_hf.model import NeatModel
+from neat_hf.task_types import model_class_for
+
+from .card import write_merged_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +48,6 @@ def resolve_model_class(adapter_config: dict[str, Any], auto_class: str | None =
     Raises:
         NeatError: `auto_class` is not a class exported by transformers.
     """
-    import transformers
-
     name = auto_class or model_class_for(adapter_config)
     cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
     if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
@@ -56,8 +65,6 @@ def _head_kwargs(adapter_config: dict[str, Any], weights_path: str, cls_name: st
         adapter_config.get("task_type") in ("SEQ_CLS", "TOKEN_CLS") or cls_name.endswith(_HEAD_CLASS_SUFFIXES)
     ):
         return {}
-    from safetensors import safe_open
-
     with safe_open(weights_path, framework="pt") as handle:
         for key in handle.keys():
             module = key[len(FILE_KEY_PREFIX) :].rsplit(".", 1)[0] if key.startswith(FILE_KEY_PREFIX) else ""
@@ -68,7 +75,7 @@ def _head_kwargs(adapter_config: dict[str, Any], weights_path: str, cls_name: st
     return {}
 
 
-def merge_adapter(
+def export_merged(
     base: str | os.PathLike,
     adapter: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -114,9 +121,6 @@ def merge_adapter(
         NeatError: bad `dtype` / `auto_class`, non-empty `out_dir`.
         AdapterLoadError / AdapterMismatchError: the adapter cannot be read or does not fit the base.
     """
-    from neat_hf import NeatModel
-    from neat_hf.io import read_adapter_config, resolve_adapter_file
-
     if dtype not in _DTYPES:
         raise NeatError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
     out = Path(out_dir)
@@ -151,16 +155,9 @@ def merge_adapter(
     try:
         merged.save_pretrained(tmp)
         _save_tokenizer(base, tmp, base_revision, token)
-        base_id = os.fspath(base) if is_hub_id(os.fspath(base)) else None
-        card = build_model_card(
-            config_dict,
-            base_model=base_id,
-            repo_id=repo_id,
-            model_name=repo_id or f"{out.name}",
-            num_adapter_parameters=count_adapter_parameters(weights_path),
-            merged=True,
+        write_merged_model_card(
+            tmp, config_dict, weights_path, base=base, repo_id=repo_id, model_name=repo_id or out.name
         )
-        (tmp / MODEL_CARD_NAME).write_text(str(card), encoding="utf-8")
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         if pickles:  # transformers writes safetensors only; refuse to ship anything else
             raise NeatError(f"Merged model save produced pickle files {pickles}; refusing to keep them.")
@@ -176,8 +173,6 @@ def merge_adapter(
 def _save_tokenizer(base: str | os.PathLike, out: Path, revision: str | None, token: Any) -> None:
     """Copy the base model's tokenizer next to the merged weights, when it has one (serving needs it)."""
     try:
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(
             os.fspath(base), revision=revision, token=token, trust_remote_code=False
         )

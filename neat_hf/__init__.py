@@ -4,11 +4,12 @@ Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`]. A
 """
 
 from .config import NeatConfig
+from .constants import LIBRARY_VERSION
 from .errors import AdapterLoadError, AdapterMismatchError, NeatError, NoTargetModulesError, UnsupportedModuleError
 from .layer import NeatLayer
 from .model import NeatModel, get_neat_model
 
-__version__ = "0.1.0"
+__version__ = LIBRARY_VERSION
 
 __all__ = [
     "AdapterLoadError",

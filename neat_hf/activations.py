@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from transformers.activations import ACT2FN
 
+from .errors import NeatError
+
 #: Activations that neat-hf provides beyond transformers' ACT2FN.
 EXTRA_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sin": lambda x: torch.sin(2 * math.pi * x),
@@ -39,4 +41,4 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return EXTRA_ACTIVATIONS[name]
     if name in ACT2FN:
         return ACT2FN[name]
-    raise ValueError(f"Unknown NEAT activation {name!r}. Must be one of {available_activations()}.")
+    raise NeatError(f"Unknown NEAT activation {name!r}. Must be one of {available_activations()}.")

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
-from .activations import available_activations
+from .activations import available_activations, is_peft_compatible_activation
 from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES
 from .errors import AdapterLoadError, NeatError
+from .io import atomic_write_text, resolve_adapter_file
+
+logger = logging.getLogger(__name__)
 
 # Keys PEFT writes into adapter_config.json that neat-hf does not use but must tolerate when reading.
 _IGNORED_PEFT_KEYS = frozenset({"peft_version", "auto_mapping_dict"})
@@ -78,11 +82,11 @@ class NeatConfig:
     """
 
     r: int = field(default=32, metadata={"help": "Rank r: hidden width of the weight network (ΔW has rank ≤ r)."})
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Module names (exact or dotted suffix) or a regex; None = preset for the model_type."},
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Module names or a regex never to adapt."}
     )
     depth: int = field(default=0, metadata={"help": "Hidden r×r layers per side (encoders = decoders = depth)."})
@@ -91,27 +95,27 @@ class NeatConfig:
     )
     scaling: float = field(default=1.0, metadata={"help": "Multiplier s of the adapter output."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input (training only)."})
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules (e.g. a classifier head) trained in full and saved."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Only adapt these block indices."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the block ModuleList (with layers_to_transform)."}
     )
     init_weights: bool = field(default=True, metadata={"help": "True: B=0 (no-op start); False: B random (tests)."})
-    task_type: Optional[str] = field(default=None, metadata={"help": "PEFT task type, e.g. CAUSAL_LM or SEQ_CLS."})
-    base_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Base model the adapter is for."})
-    revision: Optional[str] = field(default=None, metadata={"help": "Revision of the base model."})
+    task_type: str | None = field(default=None, metadata={"help": "PEFT task type, e.g. CAUSAL_LM or SEQ_CLS."})
+    base_model_name_or_path: str | None = field(default=None, metadata={"help": "Base model the adapter is for."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of the base model."})
     inference_mode: bool = field(default=False, metadata={"help": "Whether the adapter is frozen (set on save)."})
-    auto_mapping: Optional[dict[str, Any]] = field(
+    auto_mapping: dict[str, Any] | None = field(
         default=None, metadata={"help": "Base model class information, as written by PEFT."}
     )
     peft_type: str = field(default=PEFT_TYPE, metadata={"help": "Always 'PEANUT' (PEFT's name for NEAT)."})
-    activation: InitVar[Optional[str]] = None
+    activation: InitVar[str | None] = None
 
-    def __post_init__(self, activation: Optional[str]) -> None:
+    def __post_init__(self, activation: str | None) -> None:
         if activation is not None:
             if self.act_fn not in ("relu", activation):
                 raise NeatError(
@@ -157,8 +161,6 @@ class NeatConfig:
     @property
     def is_peft_compatible(self) -> bool:
         """Whether stock PEFT can compute this adapter (False for act_fn='sin')."""
-        from .activations import is_peft_compatible_activation
-
         return is_peft_compatible_activation(self.act_fn)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -173,7 +175,7 @@ class NeatConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config dict") -> "NeatConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config dict") -> NeatConfig:
         """Build a config from an adapter_config.json dict, checking every field's type.
 
         Raises:
@@ -190,18 +192,14 @@ class NeatConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         unknown = sorted(set(data) - known - _IGNORED_PEFT_KEYS)
         if unknown:
-            import logging
-
-            logging.getLogger(__name__).warning("Ignoring unknown keys in %s: %s", source, unknown)
+            logger.warning("Ignoring unknown keys in %s: %s", source, unknown)
         try:
             return cls(**kwargs)
         except (NeatError, TypeError, ValueError) as err:
             raise AdapterLoadError(f"Invalid {source}: {err}") from err
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike]) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write adapter_config.json into `save_directory` atomically."""
-        from .io import atomic_write_text
-
         os.makedirs(save_directory, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), text)
@@ -209,16 +207,14 @@ class NeatConfig:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_repo_id: Union[str, os.PathLike],
+        path_or_repo_id: str | os.PathLike,
         *,
-        revision: Optional[str] = None,
-        token: Optional[Union[str, bool]] = None,
-        cache_dir: Optional[str] = None,
-        local_files_only: Optional[bool] = None,
-    ) -> "NeatConfig":
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> NeatConfig:
         """Read adapter_config.json from a local folder or a Hub repo (through huggingface_hub's cache)."""
-        from .io import read_adapter_config, resolve_adapter_file
-
         path = resolve_adapter_file(
             path_or_repo_id,
             ADAPTER_CONFIG_NAME,
@@ -230,6 +226,20 @@ class NeatConfig:
         return read_adapter_config(path)
 
 
+def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
+    """Parse and validate an adapter_config.json file (JSON only).
+
+    Raises:
+        AdapterLoadError: the file is not UTF-8 JSON, or a field is invalid (named).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
+    return NeatConfig.from_dict(data, source=os.fspath(path))
+
+
 def _check_int(value: Any, name: str, *, minimum: int, rule: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise NeatError(f"{name} must be {rule}, got {value!r}.")
@@ -237,7 +247,7 @@ def _check_int(value: Any, name: str, *, minimum: int, rule: str) -> None:
 
 def _names_or_regex(
     value: Any, name: str, *, allow_regex: bool = True
-) -> Optional[Union[list[str], str]]:
+) -> list[str] | str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -251,7 +261,7 @@ def _names_or_regex(
     raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}.")
 
 
-def _layer_indices(value: Any) -> Optional[list[int]]:
+def _layer_indices(value: Any) -> list[int] | None:
     if value is None:
         return None
     values = [value] if isinstance(value, int) and not isinstance(value, bool) else value

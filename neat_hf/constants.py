@@ -6,6 +6,9 @@ breaks interoperability with stock `peft`.
 
 from __future__ import annotations
 
+#: The package version (`neat_hf.__version__`), also sent in the Hub user agent.
+LIBRARY_VERSION = "0.1.0"
+
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"

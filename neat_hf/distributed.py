@@ -5,15 +5,17 @@ owns it runs (DeepSpeed gathers a module's own parameters in a forward pre-hook 
 that assumption twice: the NEAT layer reads the base layer's W0 in its *own* forward and backward (H = σ(W0ᵀAᵀ)), and
 it reads the weights of its `peanut_A`/`peanut_B`/encoder/decoder `nn.Linear`s directly, without calling them.
 
-[`register_zero3_parameters`] registers all of these as *external parameters* of the NEAT layer
-(`deepspeed.zero.register_external_parameter`), so DeepSpeed gathers them, together, once when the NEAT layer's
+`neat_hf.layer.register_zero3_parameters` registers all of these as *external parameters* of the NEAT layer
+(`deepspeed.zero.register_external_parameter`, through [`register_external_weight`]), so DeepSpeed gathers them, together, once when the NEAT layer's
 forward starts (the base layer's forward, which runs inside, then finds W0 present) and once for its backward.
 Measured with DeepSpeed 0.19.8 (tests/ds_driver.py): exactly one gather of each of these weights per forward and one
 per backward. DeepSpeed also discovers such accesses on its own during the engine's forward, but only after the
 first access has already missed (an extra gather of W0 in the first step), and never outside the engine's forward.
 
 Merging and saving gather explicitly with [`gathered`]. Without DeepSpeed, or for parameters DeepSpeed does not
-partition, every helper is a no-op, and deepspeed is never imported.
+partition, every helper is a no-op, and deepspeed is never imported (it is an optional heavy dependency, so it is
+imported inside the helpers that only run when ZeRO-3 partitions a parameter). This module knows nothing of NEAT
+layers: `neat_hf.layer` builds on it, never the other way round.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Optional
-
 import torch
 
 
@@ -32,7 +32,7 @@ def is_zero3_partitioned(param: torch.Tensor) -> bool:
 
 
 def _is_gathered(param: torch.Tensor) -> bool:
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus  # optional heavy dependency
 
     return param.ds_status != ZeroParamStatus.NOT_AVAILABLE
 
@@ -40,46 +40,13 @@ def _is_gathered(param: torch.Tensor) -> bool:
 def register_external_weight(module: torch.nn.Module, param: torch.nn.Parameter) -> None:
     """Let DeepSpeed gather `param` for `module`'s forward and backward (no-op unless ZeRO-3 partitions it)."""
     if is_zero3_partitioned(param):
-        import deepspeed
+        import deepspeed  # lazy: optional heavy dependency, only reached for a ZeRO-3-partitioned parameter
 
         deepspeed.zero.register_external_parameter(module, param)
 
 
-def layer_external_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters a NEAT layer reads in its own forward without calling their module: W0 and every adapter
-    weight (all adapters, so switching the active adapter needs no new registration)."""
-    return [layer.base_layer.weight, *layer_adapter_parameters(layer)]
-
-
-def layer_adapter_parameters(layer: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Every adapter weight of a NEAT layer (A, B, encoders, decoders of all adapters)."""
-    from .layer import NeatLayer
-
-    return [p for attr in NeatLayer.adapter_layer_names for p in getattr(layer, attr).parameters()]
-
-
-def register_zero3_parameters(model: torch.nn.Module) -> int:
-    """Register, for every NEAT layer of `model`, W0 and the adapter weights as external parameters of that layer.
-
-    Call it once DeepSpeed has partitioned the model (after `deepspeed.initialize`, or after `zero.Init` plus
-    adapter injection); [`NeatTrainer`] does. Idempotent. Returns the number of NEAT layers registered (0 when the
-    model is not partitioned by ZeRO-3).
-    """
-    from .layer import NeatLayer
-
-    count = 0
-    for module in model.modules():
-        if not isinstance(module, NeatLayer):
-            continue
-        params = [p for p in layer_external_parameters(module) if is_zero3_partitioned(p)]
-        for param in params:
-            register_external_weight(module, param)
-        count += bool(params)
-    return count
-
-
 @contextlib.contextmanager
-def gathered(params: Iterable[torch.Tensor], modifier_rank: Optional[int] = None) -> Iterator[None]:
+def gathered(params: Iterable[torch.Tensor], modifier_rank: int | None = None) -> Iterator[None]:
     """Gather ZeRO-3-partitioned `params` for the duration of the block (a no-op for ordinary tensors).
 
     Only parameters that are not already gathered are gathered (and released on exit), so the helper can be nested,
@@ -92,7 +59,7 @@ def gathered(params: Iterable[torch.Tensor], modifier_rank: Optional[int] = None
     if not params or "deepspeed" not in sys.modules:
         yield
         return
-    import deepspeed
+    import deepspeed  # lazy: optional heavy dependency, only reached for ZeRO-3-partitioned parameters
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank):
         yield

@@ -1,4 +1,4 @@
-"""Exceptions raised by neat-hf.
+"""Exceptions raised by neat-hf (every `NeatError` subclass of the core and the integrations lives here).
 
 All derive from `NeatError`, itself a `ValueError`, so existing `except ValueError` handlers keep working while callers
 who care can catch the specific case.
@@ -25,6 +25,48 @@ class AdapterLoadError(NeatError):
 
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
+
+
+# --- Training integration: `neat-train`, `NeatTrainer`, `NeatTrainingArguments` (neat_hf.trainers) ---------------
+
+
+class TrainingArgumentError(NeatError):
+    """A `neat-train` flag, a recipe/config-file key or value, or a training argument is invalid."""
+
+
+class UnknownRecipeError(TrainingArgumentError):
+    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
+
+
+class DatasetError(NeatError):
+    """The training data cannot be used as given: no data, an unknown split/format/file type, or unusable labels."""
+
+
+class MissingColumnsError(DatasetError):
+    """The dataset lacks columns that the recipe's `dataset_format` needs."""
+
+
+class TrainerSetupError(NeatError):
+    """`NeatTrainer` got arguments that contradict each other, or a setup it does not support (e.g. FSDP)."""
+
+
+# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
+# neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
+
+
+class HubError(NeatError):
+    """A Hub operation failed; the message names the repo, revision and file involved and what to do."""
+
+
+class NeatModelArgsError(NeatError):
+    """A `--model_args` value given to the lm-eval `neat` backend is missing or invalid."""
+
+
+class DeepSpeedConfigError(NeatError):
+    """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
+
+
+# --- Serving (neat_hf.lora_export, neat_hf.serving) ------------------------------------------------------------------
 
 
 class ServingLimitError(NeatError):

@@ -1,29 +1,30 @@
 """Reading and writing adapter files: safetensors and JSON only, atomic writes, Hub downloads.
 
-Nothing here ever unpickles: weights are read with `safetensors` and configs with `json`, so a downloaded adapter
+Nothing here ever unpickles: weights are read with `safetensors` (configs with `json`, in `neat_hf.config`), so a downloaded adapter
 cannot run code. Writes go to a temporary file in the destination folder and are moved into place with `os.replace`,
 so an interrupted save never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import re
 import tempfile
-from typing import TYPE_CHECKING, Optional, Union
 
 import torch
-from safetensors import SafetensorError
+from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .constants import ADAPTER_WEIGHTS_NAME
 from .errors import AdapterLoadError
+from .hub_errors import hub_errors
 
-if TYPE_CHECKING:
-    from .config import NeatConfig
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -37,7 +38,7 @@ def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
 
 
 def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: Union[str, os.PathLike], metadata: Optional[dict[str, str]] = None
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
     """Save `tensors` as safetensors at `path` atomically (contiguous CPU copies, shared storage broken)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -52,7 +53,7 @@ def atomic_save_safetensors(
         raise
 
 
-def _publish(tmp: str, path: Union[str, os.PathLike]) -> None:
+def _publish(tmp: str, path: str | os.PathLike) -> None:
     """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
     umask = os.umask(0)
     os.umask(umask)
@@ -68,14 +69,14 @@ def _silent_remove(path: str) -> None:
 
 
 def resolve_adapter_file(
-    path_or_repo_id: Union[str, os.PathLike],
+    path_or_repo_id: str | os.PathLike,
     filename: str,
     *,
-    revision: Optional[str] = None,
-    subfolder: Optional[str] = None,
-    token: Optional[Union[str, bool]] = None,
-    cache_dir: Optional[str] = None,
-    local_files_only: Optional[bool] = None,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool | None = None,
 ) -> str:
     """Return a local path to `filename` of an adapter in a local folder or a Hub repo (optionally in `subfolder`).
 
@@ -102,18 +103,16 @@ def resolve_adapter_file(
     return _hub_download(location, filename, revision, subfolder, token, cache_dir, local_files_only)
 
 
-def _hub_download(repo_id, filename, revision, subfolder, token, cache_dir, local_files_only) -> str:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    at = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    try:
+def _hub_download(
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    subfolder: str | None,
+    token: str | bool | None,
+    cache_dir: str | None,
+    local_files_only: bool | None,
+) -> str:
+    with hub_errors(f"load {filename!r} from", repo_id, revision=revision, filename=filename, error=AdapterLoadError):
         return hf_hub_download(
             repo_id,
             filename,
@@ -123,40 +122,34 @@ def _hub_download(repo_id, filename, revision, subfolder, token, cache_dir, loca
             cache_dir=cache_dir,
             local_files_only=bool(local_files_only),
         )
-    except RepositoryNotFoundError as err:
-        raise AdapterLoadError(
-            f"Adapter {repo_id!r} is neither a local folder nor a Hub repo you can access "
-            "(check the name, or log in / pass token= for a private repo)."
-        ) from err
-    except RevisionNotFoundError as err:
-        raise AdapterLoadError(f"Revision {revision!r} does not exist in Hub repo {repo_id!r}.") from err
-    # LocalEntryNotFoundError subclasses EntryNotFoundError: it must come first.
-    except LocalEntryNotFoundError as err:
-        raise AdapterLoadError(
-            f"{filename!r} of {at} is not in the local cache and the Hub cannot be reached (offline mode: "
-            "HF_HUB_OFFLINE / local_files_only). Download it once online, or pass a local folder."
-        ) from err
-    except EntryNotFoundError as err:
-        raise AdapterLoadError(f"Hub repo {at} has no file {filename!r}; is it a NEAT/PEANuT adapter?") from err
-    except HFValidationError as err:
-        raise AdapterLoadError(f"{repo_id!r} is neither a local adapter folder nor a valid Hub repo id: {err}") from err
 
 
-def read_adapter_config(path: Union[str, os.PathLike]) -> "NeatConfig":
-    """Parse and validate an adapter_config.json file (JSON only)."""
-    from .config import NeatConfig
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
-    return NeatConfig.from_dict(data, source=os.fspath(path))
+def is_hub_id(value: object) -> bool:
+    """Whether `value` can be a Hub repo id (`name` or `namespace/name`) and is not a local path."""
+    return isinstance(value, str) and bool(_HUB_ID.match(value)) and ".." not in value and not os.path.exists(value)
 
 
-def read_adapter_weights(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load adapter tensors from a safetensors file (never pickle), with a clear error if it is corrupt."""
     try:
         return load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterLoadError(f"Could not read adapter weights {os.fspath(path)!r}: corrupt or not safetensors ({err}).") from err
+
+
+def read_tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
+    """{key: shape} of a safetensors file, read from its header (no tensor is loaded).
+
+    Raises:
+        AdapterLoadError: the file is not readable safetensors.
+    """
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not a readable safetensors file: {err}") from err
+
+
+def count_adapter_parameters(weights_path: str | os.PathLike) -> int:
+    """Number of parameters in an adapter_model.safetensors, read from its header (no tensor is loaded)."""
+    return sum(math.prod(shape) for shape in read_tensor_shapes(weights_path).values())

@@ -25,37 +25,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .activations import get_activation
 from .config import NeatConfig
-from .distributed import (
-    gathered,
-    is_zero3_partitioned,
-    layer_adapter_parameters,
-    layer_external_parameters,
-    register_external_weight,
-)
-from .errors import UnsupportedModuleError
+from .distributed import gathered, is_zero3_partitioned, register_external_weight
+from .errors import NeatError, UnsupportedModuleError
 from .mixed_batch import neat_mixed_forward
-
-
-def _conv1d_type() -> Optional[type]:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers always ships it
-        return None
-    return Conv1D
 
 
 def supported_layer_types() -> tuple[type, ...]:
     """Layer classes NEAT can wrap: `nn.Linear` and GPT-2's transposed `Conv1D`."""
-    conv1d = _conv1d_type()
-    return (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
+    return (nn.Linear, Conv1D)
 
 
 def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
@@ -75,8 +61,7 @@ def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
         )
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features, False
-    conv1d = _conv1d_type()
-    if conv1d is not None and isinstance(layer, conv1d):
+    if isinstance(layer, Conv1D):
         return layer.nx, layer.nf, True
     raise UnsupportedModuleError(
         f"NEAT adapts nn.Linear (and GPT-2's Conv1D) layers only, got {type(layer).__name__}."
@@ -118,7 +103,7 @@ class NeatLayer(nn.Module):
         self.active_adapter: str = adapter_name
         self.disable_adapters: bool = False
         self.merged_adapters: list[str] = []
-        self._weight_before_merge: Optional[torch.Tensor] = None
+        self._weight_before_merge: torch.Tensor | None = None
         self._activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         # Inference only: s·Hᵀ per adapter, reused while A, the r×r layers and W0 are unchanged (see `_cached_hidden_t`).
         self._hidden_cache: dict[str, tuple[tuple, torch.Tensor, list[torch.Tensor], torch.Tensor]] = {}
@@ -166,7 +151,7 @@ class NeatLayer(nn.Module):
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove `adapter_name` from this layer (it must not be merged)."""
         if adapter_name in self.merged_adapters:
-            raise ValueError(f"Adapter {adapter_name!r} is merged into this layer; unmerge it before deleting it.")
+            raise NeatError(f"Adapter {adapter_name!r} is merged into this layer; unmerge it before deleting it.")
         for attr in self.adapter_layer_names + ("peanut_dropout",):
             container = getattr(self, attr)
             if adapter_name in container:
@@ -184,7 +169,7 @@ class NeatLayer(nn.Module):
         weight = self.base_layer.weight
         return weight.t() if self.fan_in_fan_out else weight
 
-    def hidden_t(self, adapter_name: str, base_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def hidden_t(self, adapter_name: str, base_weight: torch.Tensor | None = None) -> torch.Tensor:
         """s·Hᵀ (r×in) in the adapter dtype: the weight network applied to W0, scaling folded in.
 
         W0ᵀAᵀ is computed as A·W0 in W0's dtype, outside autocast, so W0 is never copied to another dtype.
@@ -294,7 +279,7 @@ class NeatLayer(nn.Module):
             delta = self.delta_weight(name)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
             if safe_merge and not torch.isfinite(weight.data + delta).all():
-                raise ValueError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
+                raise NeatError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
             if keep_original:
                 self._weight_before_merge = weight.data.detach().to("cpu", copy=True)
             weight.data.add_(delta)
@@ -316,7 +301,7 @@ class NeatLayer(nn.Module):
             warnings.warn("Already unmerged; nothing to do.", stacklevel=3)
             return
         if self._weight_before_merge is None:
-            raise ValueError("This layer was merged without keeping the original weight; it cannot be unmerged.")
+            raise NeatError("This layer was merged without keeping the original weight; it cannot be unmerged.")
         weight = self.base_layer.weight
         with gathered([weight], modifier_rank=0):
             weight.data.copy_(self._weight_before_merge.to(device=weight.device, dtype=weight.dtype))
@@ -334,3 +319,34 @@ class NeatLayer(nn.Module):
 
     def __repr__(self) -> str:
         return "neat." + super().__repr__()
+
+
+# ---------------------------------------------------------------------------------------------------- ZeRO-3
+def layer_external_parameters(layer: NeatLayer) -> list[nn.Parameter]:
+    """The parameters a NEAT layer reads in its own forward without calling their module: W0 and every adapter
+    weight (all adapters, so switching the active adapter needs no new registration)."""
+    return [layer.base_layer.weight, *layer_adapter_parameters(layer)]
+
+
+def layer_adapter_parameters(layer: NeatLayer) -> list[nn.Parameter]:
+    """Every adapter weight of a NEAT layer (A, B, encoders, decoders of all adapters)."""
+    return [p for attr in NeatLayer.adapter_layer_names for p in getattr(layer, attr).parameters()]
+
+
+def register_zero3_parameters(model: nn.Module) -> int:
+    """Register, for every NEAT layer of `model`, W0 and the adapter weights as external parameters of that layer
+    (see `neat_hf.distributed` for why).
+
+    Call it once DeepSpeed has partitioned the model (after `deepspeed.initialize`, or after `zero.Init` plus
+    adapter injection); [`NeatTrainer`] does. Idempotent. Returns the number of NEAT layers registered (0 when the
+    model is not partitioned by ZeRO-3).
+    """
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, NeatLayer):
+            continue
+        params = [p for p in layer_external_parameters(module) if is_zero3_partitioned(p)]
+        for param in params:
+            register_external_weight(module, param)
+        count += bool(params)
+    return count

@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
-from .distributed import gathered, layer_adapter_parameters, layer_external_parameters
+from .distributed import gathered
 from .errors import NeatError
 from .io import atomic_save_safetensors, atomic_write_text
-from .layer import NeatLayer
+from .layer import NeatLayer, layer_adapter_parameters, layer_external_parameters
+from .lora_card import write_lora_card
 from .serving import ServingIssue, check_serving_limits, raise_for_server
 
 if TYPE_CHECKING:
@@ -223,9 +224,6 @@ def save_as_lora(
     with _staging_directory(out) as staging:
         atomic_save_safetensors(tensors, staging / ADAPTER_WEIGHTS_NAME)
         atomic_write_text(staging / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
-        # The card is a Hub concern (neat_hf.hub); imported here as save_pretrained imports its card writer.
-        from neat_hf.hub.lora_card import write_lora_card
-
         write_lora_card(staging, config, export_info, issues=issues, repo_id=repo_id)
     logger.info("Exported %r as a rank-%d LoRA to %s", adapter_name, config["r"], out)
     return out

@@ -14,12 +14,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .config import NeatConfig
+from .card import write_model_card
+from .config import NeatConfig, read_adapter_config
 from .constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -27,7 +29,8 @@ from .constants import (
     FILE_KEY_PREFIX,
 )
 from .errors import AdapterMismatchError, NeatError
-from .io import atomic_save_safetensors, read_adapter_config, read_adapter_weights, resolve_adapter_file
+from .hub_commit import push_to_hub as push_adapter_to_hub
+from .io import atomic_save_safetensors, read_adapter_weights, resolve_adapter_file
 from .layer import NeatLayer, layer_features
 from .lora_export import save_as_lora
 from .mixed_batch import adapter_names_hooks
@@ -123,7 +126,7 @@ class NeatModel(nn.Module):
         """The wrapped transformers model (NEAT layers included)."""
         return self.base_model
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Enable activation (gradient) checkpointing on the base model, and input gradients so that checkpointed
         blocks see a grad-requiring input although the embeddings are frozen (what PEFT's `prepare_model_for_*` does).
         """
@@ -135,7 +138,7 @@ class NeatModel(nn.Module):
         if hasattr(base, "enable_input_require_grads") and not getattr(base, "_require_grads_hooks", None):
             base.enable_input_require_grads()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, **kwargs: Any) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """transformers 4.x name of [`activation_checkpointing_enable`]."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
@@ -309,7 +312,7 @@ class NeatModel(nn.Module):
         """Return the base model with NEAT removed and nothing merged (original `modules_to_save` modules back)."""
         return self._unload(merge=False)
 
-    def _check_mergeable(self, adapter_names: Optional[list[str]]) -> None:
+    def _check_mergeable(self, adapter_names: list[str] | None) -> None:
         if adapter_names is not None and list(adapter_names) != [self.active_adapter]:
             raise NeatError(
                 f"neat-hf merges the active adapter ({self.active_adapter!r}) only, got adapter_names={adapter_names}; "
@@ -322,7 +325,7 @@ class NeatModel(nn.Module):
     def _check_finite_merge(layers: list[NeatLayer]) -> None:
         for layer in layers:  # all checked before any weight changes
             if layer.active_adapter in layer.peanut_A and not layer.merged_weight_is_finite():
-                raise ValueError(
+                raise NeatError(
                     f"NaN or inf in the merged weight of a {type(layer.base_layer).__name__} "
                     f"(adapter {layer.active_adapter!r}); nothing was merged."
                 )
@@ -331,8 +334,6 @@ class NeatModel(nn.Module):
         layers = list(self.neat_layers())
         if merge and safe_merge:
             self._check_finite_merge([layer for _, layer in layers if not layer.merged])
-        from tqdm.auto import tqdm
-
         for path, layer in tqdm(layers, disable=not progressbar, desc="Unloading and merging" if merge else "Unloading"):
             if merge and not layer.merged:
                 layer.merge(keep_original=False)
@@ -363,7 +364,7 @@ class NeatModel(nn.Module):
         return mapping
 
     def get_adapter_state_dict(
-        self, state_dict: Optional[dict[str, torch.Tensor]] = None, adapter_name: Optional[str] = None
+        self, state_dict: dict[str, torch.Tensor] | None = None, adapter_name: str | None = None
     ) -> dict[str, torch.Tensor]:
         """The adapter's tensors under PEFT's file keys.
 
@@ -382,18 +383,18 @@ class NeatModel(nn.Module):
 
     def save_pretrained(
         self,
-        save_directory: Union[str, os.PathLike],
+        save_directory: str | os.PathLike,
         *,
-        state_dict: Optional[dict[str, torch.Tensor]] = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
         is_main_process: bool = True,
         safe_serialization: bool = True,
-        selected_adapters: Optional[list[str]] = None,
+        selected_adapters: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Write adapter_config.json and adapter_model.safetensors (PEFT PEANUT format) into `save_directory`.
 
         Adapters other than "default" go to a sub-folder of their name, as in PEFT. Files are written atomically. The
-        active adapter's folder also gets a model card (README.md, see `neat_hf.hub.card`).
+        active adapter's folder also gets a model card (README.md, see `neat_hf.card`).
 
         Args:
             state_dict (`dict`, *optional*): full state dict to take the tensors from (the Trainer passes one under
@@ -425,8 +426,6 @@ class NeatModel(nn.Module):
             self._config_for_saving(name).save_pretrained(directory)
             if name == self.active_adapter:
                 # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
-                from neat_hf.hub.card import write_model_card
-
                 write_model_card(directory, model=self)
 
     def _config_for_saving(self, adapter_name: str) -> NeatConfig:
@@ -437,7 +436,7 @@ class NeatModel(nn.Module):
             config.auto_mapping = {"base_model_class": cls.__name__, "parent_library": cls.__module__}
         return config
 
-    def load_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: Optional[str] = None) -> None:
+    def load_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: str | None = None) -> None:
         """Copy adapter tensors keyed like adapter_model.safetensors into this model, after checking all of them.
 
         Raises:
@@ -457,17 +456,17 @@ class NeatModel(nn.Module):
     def from_pretrained(
         cls,
         model: nn.Module,
-        model_id: Union[str, os.PathLike],
+        model_id: str | os.PathLike,
         adapter_name: str = DEFAULT_ADAPTER_NAME,
         is_trainable: bool = False,
         *,
-        revision: Optional[str] = None,
-        subfolder: Optional[str] = None,
-        token: Optional[Union[str, bool]] = None,
-        cache_dir: Optional[str] = None,
-        local_files_only: Optional[bool] = None,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
         autocast_adapter_dtype: bool = True,
-    ) -> "NeatModel":
+    ) -> NeatModel:
         """Load a NEAT/PEANuT adapter (neat-hf's or stock PEFT's) from a folder or a Hub repo onto `model`.
 
         Config and tensors are read and checked against the base model before the base model is touched, so a
@@ -496,15 +495,15 @@ class NeatModel(nn.Module):
 
     def load_adapter(
         self,
-        model_id: Union[str, os.PathLike],
+        model_id: str | os.PathLike,
         adapter_name: str,
         is_trainable: bool = False,
         *,
-        revision: Optional[str] = None,
-        subfolder: Optional[str] = None,
-        token: Optional[Union[str, bool]] = None,
-        cache_dir: Optional[str] = None,
-        local_files_only: Optional[bool] = None,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
     ) -> None:
         """Load one more saved adapter into this model under `adapter_name` (not made active: see [`set_adapter`]).
 
@@ -538,14 +537,12 @@ class NeatModel(nn.Module):
         return save_as_lora(self, save_directory, adapter_name, dtype, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub.push.push_to_hub`."""
-        from neat_hf.hub.push import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+        """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub_commit.push_to_hub`."""
+        return push_adapter_to_hub(self, repo_id, **kwargs)
 
 
 def _read_and_check_adapter(
-    model: nn.Module, model_id: Union[str, os.PathLike], is_trainable: bool, hub: dict[str, Any]
+    model: nn.Module, model_id: str | os.PathLike, is_trainable: bool, hub: dict[str, Any]
 ) -> tuple[NeatConfig, dict[str, torch.Tensor]]:
     """Read adapter_config.json and the safetensors file, and check both against `model` (which is not changed)."""
     config = read_adapter_config(resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
+
 
 from torch import nn
 
@@ -30,21 +30,21 @@ _INTERNAL_MARKERS = (".base_layer", ".original_module", ".modules_to_save.", "pe
 class InjectionPlan:
     """Result of matching a config against a model: module paths to wrap with NEAT and modules to train in full."""
 
-    target_modules: Union[list[str], str]
+    target_modules: list[str] | str
     targets: list[str]
     modules_to_save: list[str]
     #: `modules_to_save` as stored in the config: the user's entries plus the task heads found in the model.
-    modules_to_save_names: Optional[list[str]] = None
+    modules_to_save_names: list[str] | None = None
 
 
-def name_matches(name: str, patterns: Union[list[str], str]) -> bool:
+def name_matches(name: str, patterns: list[str] | str) -> bool:
     """PEFT's rule: regex full match for a string, exact-or-dotted-suffix for a list."""
     if isinstance(patterns, str):
         return re.fullmatch(patterns, name) is not None
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def layer_index(name: str, layers_pattern: Optional[Union[list[str], str]]) -> Optional[int]:
+def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None:
     """Index of the block that module path `name` sits in (the *first* numbered segment, as in PEFT), or None."""
     if not layers_pattern:
         match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
@@ -57,7 +57,7 @@ def layer_index(name: str, layers_pattern: Optional[Union[list[str], str]]) -> O
     return None
 
 
-def target_matches(name: str, config: NeatConfig, target_modules: Union[list[str], str]) -> bool:
+def target_matches(name: str, config: NeatConfig, target_modules: list[str] | str) -> bool:
     """Whether module path `name` is a NEAT target: PEFT's `check_target_module_exists`, rule for rule.
 
     A regex or an exact path is taken as is; only dotted-suffix matches are filtered by `layers_to_transform`.

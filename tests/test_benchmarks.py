@@ -3,7 +3,7 @@ JSON, a markdown table and (where it draws one) a PNG.
 
 These tests check what the scripts compute and write, never how fast anything is: speed goals are measured by the
 benchmarks themselves (see benchmarks/README.md), not asserted in timed tests. The scripts run as subprocesses, as a
-user runs them; only the CoLA metric is imported directly (from the script's file) to check it against known values.
+user runs them; the report helpers are imported directly (from the script's file) to check them on known values.
 """
 
 from __future__ import annotations
@@ -222,13 +222,14 @@ def _quality_module():
 
 
 def test_quality_metrics_match_known_values():
-    q = _quality_module()
+    from neat_hf.trainers import metrics as q  # quality.py's metrics are the library's (tests/test_metrics.py)
+
     labels = [1, 1, 1, 1, 0, 0, 0, 1, 0, 1]
     preds = [1, 1, 0, 1, 0, 1, 0, 1, 0, 0]
     # tp=4, tn=3, fp=1, fn=2: (4·3 − 1·2) / sqrt(5·5·6·4) = 10 / sqrt(600)
-    assert q.matthews_corrcoef(labels, preds) == pytest.approx(10 / 600**0.5)
-    assert q.matthews_corrcoef([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0  # undefined (constant prediction) → 0
-    assert q.matthews_corrcoef([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
+    assert q.matthews_correlation_score(labels, preds) == pytest.approx(10 / 600**0.5)
+    assert q.matthews_correlation_score([0, 1, 0, 1], [0, 0, 0, 0]) == 0.0  # undefined (constant prediction) → 0
+    assert q.matthews_correlation_score([0, 1, 2, 2], [0, 1, 2, 2]) == pytest.approx(1.0)
     assert q.compute_metric("accuracy", labels, preds) == pytest.approx(0.7)
     assert q.compute_metric("f1", labels, preds) == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
     with pytest.raises(ValueError, match="expected one of"):
@@ -329,3 +330,16 @@ def test_quality_lr_sweep_table_lists_every_rate_each_method_ran():
     assert task["summary"]["neat"]["lr"] == 3e-3  # the lr with the best mean final metric
     one_lr = {"metric": "accuracy", "summary": q.summarize_task(runs[-2:], ["lora"])}
     assert q.lr_sweep_table(one_lr, ["lora"]) == ""  # nothing to compare across rates
+
+
+def test_quality_sweep_files_list_every_run_once():
+    """The sweep files that run_cpu_suite.sh / run_gpu_suite.sh run: one job line per (task, method, seed, lr)."""
+    gpu = run_script("quality_sweep.py", str(BENCH / "sweeps" / "gpu.yaml"), "--seeds", "0").stdout.splitlines()
+    # Per seed: 2 tasks × (neat, lora at 3 lrs + depth1, sin at 2 lrs) = 20 runs, CoLA first, 6 epochs (SST-2 3).
+    assert len(gpu) == len(set(gpu)) == 20
+    assert gpu[0] == "--tasks cola --methods neat --seeds 0 --lrs 1e-3 --epochs 6 --tag shard_cola_neat_s0_lr1e-3"
+    assert gpu[-1] == "--tasks sst2 --methods neat_sin --seeds 0 --lrs 3e-3 --epochs 3 --tag shard_sst2_neat_sin_s0_lr3e-3"
+    cpu = [line for name in ("cpu_seeds", "cpu_sweep")
+           for line in run_script("quality_sweep.py", str(BENCH / "sweeps" / f"{name}.yaml")).stdout.splitlines()]
+    assert len(cpu) == len(set(cpu)) == 20 + 24
+    assert len(run_script("quality_sweep.py", str(BENCH / "sweeps" / "gpu.yaml")).stdout.splitlines()) == 3 * 20

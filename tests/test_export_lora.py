@@ -13,7 +13,7 @@ from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_gpt2
 from hub_fixtures import hub_server  # noqa: F401 (fixture)
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from test_model import assert_logits_differ, randomize_adapter
+from testing_common import assert_logits_differ, randomize_adapter
 
 from neat_hf import AdapterMismatchError, NeatConfig, NeatError, NeatModel, get_neat_model
 from neat_hf.errors import ServingLimitError
@@ -168,12 +168,12 @@ def test_card_and_training_info(tmp_path):
 def test_export_is_atomic_and_never_overwrites_other_files(tmp_path, monkeypatch):
     model = neat_model("llama")
     out = tmp_path / "lora"
-    import neat_hf.hub.lora_card as lora_card
+    import neat_hf.lora_export as lora_export
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(lora_card, "write_lora_card", broken)
+    monkeypatch.setattr(lora_export, "write_lora_card", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save_as_lora(out)
     assert sorted(os.listdir(tmp_path)) == []  # no half folder, no temporary left behind

@@ -16,7 +16,7 @@ from neat_hf.hub import (
     save_training_info,
     write_model_card,
 )
-from neat_hf.hub.card import sanitize_training_info
+from neat_hf.training_info import sanitize_training_info
 
 from neat_hf import AdapterLoadError, NeatConfig, NeatError
 

@@ -12,7 +12,7 @@ import torch
 from conftest import model_inputs, model_output, tiny_llama
 from hub_fixtures import assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
 from huggingface_hub import ModelCard
-from neat_hf.hub.trainer_integration import NeatHubMixin
+from neat_hf.trainers.hub_mixin import NeatHubMixin
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
 from safetensors import safe_open
 from transformers import TrainingArguments

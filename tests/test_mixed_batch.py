@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MODEL_FACTORIES, model_inputs, tiny_llama
 from test_layer import _dense_tensors_created
-from test_model import randomize_adapter
+from testing_common import randomize_adapter
 from torch import nn
 
 from neat_hf import NeatConfig, NeatError, get_neat_model

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import MODEL_FACTORIES, model_inputs, model_output, tiny_bert_classifier, tiny_gpt2, tiny_llama
+from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama
 from safetensors.torch import load_file
 
 from neat_hf import NeatConfig, NeatLayer, NeatModel, get_neat_model
@@ -16,7 +16,6 @@ from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 peft = pytest.importorskip("peft")
 
-TARGETS = {"llama": None, "bert": ["query", "value"], "vit": None}
 
 
 def randomize_adapter(model: NeatModel, seed: int = 3) -> None:
@@ -33,37 +32,7 @@ def assert_logits_differ(a, b):
 
 
 # ---------------------------------------------------------------------------------------------- PEFT interop
-@pytest.mark.parametrize("kind", ["llama", "bert", "vit"])
-@pytest.mark.parametrize("depth", [0, 1, 2])
-@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
-def test_neat_adapter_loads_in_stock_peft_with_same_logits(tmp_path, kind, depth, act_fn):
-    factory = MODEL_FACTORIES[kind]
-    inputs = model_inputs(kind)
-    base_logits = model_output(factory(), inputs)
-    model = get_neat_model(factory(), NeatConfig(r=4, depth=depth, act_fn=act_fn, target_modules=TARGETS[kind]))
-    randomize_adapter(model)
-    model.eval()
-    ours = model_output(model, inputs)
-    assert_logits_differ(ours, base_logits)
-    model.save_pretrained(tmp_path)
-    stock = peft.PeftModel.from_pretrained(factory(), tmp_path).eval()
-    torch.testing.assert_close(model_output(stock, inputs), ours, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["llama", "bert"])
-@pytest.mark.parametrize("depth", [0, 2])
-def test_stock_peft_adapter_loads_in_neat_hf_with_same_logits(tmp_path, kind, depth):
-    factory = MODEL_FACTORIES[kind]
-    inputs = model_inputs(kind)
-    config = peft.PeanutConfig(r=4, depth=depth, act_fn="gelu", target_modules=["query", "value"] if kind == "bert" else ["q_proj", "v_proj", "down_proj"], init_weights=False)
-    stock = peft.get_peft_model(factory(), config).eval()
-    stock.save_pretrained(tmp_path)
-    expected = model_output(stock, inputs)
-    assert_logits_differ(expected, model_output(factory(), inputs))
-    ours = NeatModel.from_pretrained(factory(), tmp_path)
-    torch.testing.assert_close(model_output(ours, inputs), expected, atol=1e-5, rtol=1e-5)
-
-
+# The table-driven interop checks (every model kind × depth × activation, both ways) are in test_common_cases.py.
 def test_stock_peft_seq_cls_adapter_with_head_loads(tmp_path):
     inputs = model_inputs("bert")
     stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=4, task_type="SEQ_CLS", target_modules=["query", "value"], init_weights=False))
@@ -215,33 +184,6 @@ def test_inference_cache_of_h_is_refreshed_when_weights_change():
 
 
 # ---------------------------------------------------------------------------------------------- merge
-@pytest.mark.parametrize("factory_name", ["llama", "gpt2"])
-def test_merge_unmerge_and_merge_and_unload(factory_name):
-    factory = {"llama": tiny_llama, "gpt2": tiny_gpt2}[factory_name]
-    inputs = model_inputs("llama")
-    base_logits = model_output(factory(), inputs)
-    model = get_neat_model(factory(), NeatConfig(r=4, depth=1, act_fn="gelu", init_weights=False)).eval()
-    originals = {n: m.base_layer.weight.detach().clone() for n, m in model.neat_layers()}
-    live = model_output(model, inputs)
-    assert_logits_differ(live, base_logits)
-
-    model.merge_adapter()
-    torch.testing.assert_close(model_output(model, inputs), live, atol=1e-4, rtol=1e-4)
-    with pytest.warns(UserWarning, match="already merged"):
-        model.merge_adapter()  # idempotent
-    torch.testing.assert_close(model_output(model, inputs), live, atol=1e-4, rtol=1e-4)
-
-    model.unmerge_adapter()
-    for name, layer in model.neat_layers():
-        assert torch.equal(layer.base_layer.weight, originals[name]), name
-    assert torch.equal(model_output(model, inputs), live)
-
-    merged = model.merge_and_unload()
-    assert type(merged) is type(factory())
-    assert not any(isinstance(m, NeatLayer) for m in merged.modules())
-    torch.testing.assert_close(model_output(merged, inputs), live, atol=1e-4, rtol=1e-4)
-
-
 def test_unload_restores_the_base_model_exactly():
     inputs = model_inputs("bert")
     base_logits = model_output(tiny_bert_classifier(), inputs)

@@ -36,6 +36,7 @@ def test_wheel_has_one_namespace_and_its_data(wheel):
     for expected in (
         "neat_hf/__init__.py",
         "neat_hf/layer.py",
+        "neat_hf/templates/adapter_card.md",  # the card template (package data of the core, which writes cards)
         "neat_hf/hub/__init__.py",
         "neat_hf/trainers/__init__.py",
         "neat_hf/eval_harness/__init__.py",

@@ -215,3 +215,13 @@ def test_image_tasks_keep_the_raw_image_column(tmp_path):
 
     with pytest.raises(ValueError, match="--remove_unused_columns false"):  # refused before the model is looked up
         prepare(*args, recipe=recipe)
+
+
+def test_task_types_are_the_cores():
+    """`--task` maps onto PEFT task types, which are defined once, in `neat_hf.constants.TASK_TYPES`."""
+    from neat_hf.constants import TASK_TYPES
+    from neat_hf.trainers.script_args import TASK_TYPE_OF_TASK, TASKS
+
+    assert set(TASKS) == set(TASK_TYPE_OF_TASK)
+    assert {t for t in TASK_TYPE_OF_TASK.values() if t is not None} <= TASK_TYPES
+

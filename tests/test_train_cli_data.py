@@ -15,7 +15,8 @@ from train_cli_helpers import (
 
 from neat_hf.trainers import data as data_lib
 from neat_hf.trainers import default_job
-from neat_hf.trainers.arguments import DataArguments
+from neat_hf.trainers import metrics as metrics_lib
+from neat_hf.trainers.script_args import DataArguments
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,7 @@ def test_causal_lm_metrics():
     predictions = np.array([[0, 5, 6, 0], [7, 9, 0, 0]])
     pred = Pred()
     pred.predictions, pred.label_ids = predictions, labels
-    metrics = data_lib.causal_lm_metrics(pred)
+    metrics = metrics_lib.causal_lm_metrics(pred)
     assert metrics == {"token_accuracy": pytest.approx(3 / 4), "exact_match": pytest.approx(1 / 2)}
 
 
@@ -241,8 +242,8 @@ def test_classification_metrics_match_sklearn():
     logits[np.arange(50), labels] += 0.8
     pred = Pred()
     pred.predictions, pred.label_ids = logits, labels
-    metrics = data_lib.classification_metrics(pred)
+    metrics = metrics_lib.classification_metrics(pred)
     assert metrics["accuracy"] == pytest.approx((logits.argmax(-1) == labels).mean())
     assert metrics["matthews_correlation"] == pytest.approx(matthews_corrcoef(labels, logits.argmax(-1)))
     pred.predictions, pred.label_ids = labels[:, None] + rng.normal(scale=0.1, size=(50, 1)), labels.astype(float)
-    assert data_lib.classification_metrics(pred)["pearson"] > 0.95
+    assert metrics_lib.classification_metrics(pred)["pearson"] > 0.95

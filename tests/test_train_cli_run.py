@@ -218,7 +218,7 @@ def test_builtin_model_refuses_other_tasks(tmp_path):
 
 def _reloaded_metrics(folder, eval_dataset, collator) -> dict[str, float]:
     """Metrics of the saved adapter loaded onto a freshly built base, computed without the Trainer."""
-    from neat_hf.trainers.data import causal_lm_metrics
+    from neat_hf.trainers.metrics import causal_lm_metrics
     from neat_hf.trainers.default_job import build_default_base_model
 
     model = NeatModel.from_pretrained(build_default_base_model(), str(folder)).eval()

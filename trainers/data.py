@@ -1,4 +1,4 @@
-"""Datasets for `neat-train`: loading, the column check, formatting, tokenization, collators and metrics.
+"""Datasets for `neat-train`: loading, the column check, tokenization and collators (metrics: `metrics.py`).
 
 Four formats cover the paper's setups (`DataArguments.dataset_format`):
 
@@ -18,47 +18,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable
 
-import numpy as np
 import torch
+from datasets import Dataset, DatasetDict, load_dataset
 
-from neat_hf.errors import NeatError
+from neat_hf.errors import DatasetError, MissingColumnsError, TrainingArgumentError
+from neat_hf.trainers import default_job
+from neat_hf.trainers.prompts import PROMPT_TEMPLATES, format_instruction_prompt
+from neat_hf.trainers.script_args import DATASET_FORMATS, TASKS, DataArguments
 
-if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
-
-    from neat_hf.trainers.arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
-#: LLM-Adapters' prompt (the Alpaca template, without the stray indentation of LLM-Adapters' source), with an input.
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-#: LLM-Adapters' prompt for rows whose `input` is empty (all of Commonsense170K and MetaMathQA).
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-#: Prompt templates by name (`--prompt_template`): `(with input, without input)`. `llm-adapters-short` keeps the
-#: sections but drops the preamble sentence, which only costs tokens for a model that was never instruction-tuned
-#: (the embedded default's tiny random LLaMA learns its task several times faster with it).
-PROMPT_TEMPLATES: dict[str, tuple[str, str]] = {
-    "llm-adapters": (PROMPT_WITH_INPUT, PROMPT_NO_INPUT),
-    "llm-adapters-short": (
-        PROMPT_WITH_INPUT.split("\n\n", 1)[1],
-        PROMPT_NO_INPUT.split("\n\n", 1)[1],
-    ),
-}
-
-TASKS = ("causal-lm", "sequence-classification", "image-classification")
-DATASET_FORMATS = ("instruction", "metamathqa", "text-classification", "image-classification")
 _TASK_FORMATS = {
     "causal-lm": ("instruction", "metamathqa"),
     "sequence-classification": ("text-classification",),
@@ -66,7 +40,7 @@ _TASK_FORMATS = {
 }
 
 #: Text columns of the GLUE tasks (`nyu-mll/glue` configs), used when `--text_column` is not given.
-GLUE_TASK_COLUMNS: dict[str, tuple[str, Optional[str]]] = {
+GLUE_TASK_COLUMNS: dict[str, tuple[str, str | None]] = {
     "cola": ("sentence", None),
     "sst2": ("sentence", None),
     "mrpc": ("sentence1", "sentence2"),
@@ -82,46 +56,22 @@ _EXTENSION_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv":
 _EVAL_SPLIT_CANDIDATES = ("validation", "validation_matched", "valid", "dev")
 
 
-class MissingColumnsError(NeatError):
-    """The dataset lacks columns that the recipe's `dataset_format` needs."""
-
-
-def format_instruction_prompt(instruction: str, input: Optional[str] = None, *, template: str = "llm-adapters") -> str:
-    """Renders the LLM-Adapters prompt, ending with `"### Response:\\n"`; the response follows it directly.
-
-    Args:
-        instruction (`str`): The task.
-        input (`str`, *optional*): Extra context; the template without an input section is used when empty.
-        template (`str`, *optional*, defaults to `"llm-adapters"`): A key of `PROMPT_TEMPLATES`.
-
-    Example:
-        >>> format_instruction_prompt("What is 2 + 2?").endswith("### Response:\\n")
-        True
-    """
-    if template not in PROMPT_TEMPLATES:
-        raise ValueError(f"Unknown prompt_template {template!r}. Use one of {sorted(PROMPT_TEMPLATES)}.")
-    with_input, without_input = PROMPT_TEMPLATES[template]
-    if input:
-        return with_input.format(instruction=instruction, input=input)
-    return without_input.format(instruction=instruction)
-
-
-def resolve_dataset_format(task: str, dataset_format: Optional[str]) -> str:
+def resolve_dataset_format(task: str, dataset_format: str | None) -> str:
     """Returns the dataset format, checking it suits the task; `None` picks the task's first format."""
     if task not in _TASK_FORMATS:
-        raise ValueError(f"Unknown task {task!r}. Use one of {list(TASKS)}.")
+        raise TrainingArgumentError(f"Unknown task {task!r}. Use one of {list(TASKS)}.")
     if dataset_format is None:
         return _TASK_FORMATS[task][0]
     if dataset_format not in DATASET_FORMATS:
-        raise ValueError(f"Unknown dataset_format {dataset_format!r}. Use one of {list(DATASET_FORMATS)}.")
+        raise TrainingArgumentError(f"Unknown dataset_format {dataset_format!r}. Use one of {list(DATASET_FORMATS)}.")
     if dataset_format not in _TASK_FORMATS[task]:
-        raise ValueError(
+        raise TrainingArgumentError(
             f"dataset_format={dataset_format!r} does not fit task={task!r}; that task takes {list(_TASK_FORMATS[task])}."
         )
     return dataset_format
 
 
-def text_columns(data_args: DataArguments) -> tuple[str, Optional[str]]:
+def text_columns(data_args: DataArguments) -> tuple[str, str | None]:
     """The text (and optional pair) columns for text classification: flags first, then the GLUE table, then `sentence`."""
     glue = GLUE_TASK_COLUMNS.get((data_args.dataset_config_name or "").lower())
     text = data_args.text_column or (glue[0] if glue else "sentence")
@@ -142,7 +92,7 @@ def required_columns(dataset_format: str, data_args: DataArguments) -> list[str]
 
 
 def check_columns(
-    datasets: DatasetDict, dataset_format: str, data_args: DataArguments, *, recipe: Optional[str] = None
+    datasets: DatasetDict, dataset_format: str, data_args: DataArguments, *, recipe: str | None = None
 ) -> None:
     """Raises [`MissingColumnsError`] naming every column a split lacks, before any preprocessing.
 
@@ -174,7 +124,7 @@ def check_columns(
 def _data_file_builder(path: str) -> tuple[str, dict[str, Any]]:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in _EXTENSION_BUILDERS:
-        raise ValueError(
+        raise DatasetError(
             f"Cannot tell the format of data file {path!r}: use one of {sorted(_EXTENSION_BUILDERS)} "
             "(JSON lines or a JSON list, CSV with a header, TSV with a header or --column_names, Parquet)."
         )
@@ -182,9 +132,7 @@ def _data_file_builder(path: str) -> tuple[str, dict[str, Any]]:
     return _EXTENSION_BUILDERS[suffix], kwargs
 
 
-def _load_files(data_args: DataArguments, cache_dir: Optional[str]) -> DatasetDict:
-    from datasets import load_dataset
-
+def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
     files = {"train": data_args.train_file}
     if data_args.validation_file:
         files["validation"] = data_args.validation_file
@@ -197,22 +145,18 @@ def _load_files(data_args: DataArguments, cache_dir: Optional[str]) -> DatasetDi
         builders.add(builder)
         kwargs.update(extra)
     if len(builders) > 1:
-        raise ValueError(f"train_file and validation_file must have the same format; got {sorted(builders)}.")
+        raise DatasetError(f"train_file and validation_file must have the same format; got {sorted(builders)}.")
     builder = builders.pop()
     if data_args.column_names:
         if builder != "csv":
-            raise ValueError("--column_names only applies to headerless .csv/.tsv files.")
+            raise TrainingArgumentError("--column_names only applies to headerless .csv/.tsv files.")
         kwargs["column_names"] = [c.strip() for c in data_args.column_names.split(",")]
     return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
 
 
 def _load_builtin(data_args: DataArguments, seed: int) -> DatasetDict:
-    from datasets import Dataset, DatasetDict
-
-    from neat_hf.trainers import default_job
-
     if data_args.dataset_name != default_job.NUMBER_WORDS:
-        raise ValueError(
+        raise DatasetError(
             f"Unknown built-in dataset {data_args.dataset_name!r}. Built-in datasets: {list(default_job.BUILTIN_DATASETS)}."
         )
     train, evaluation = default_job.generate_number_words(
@@ -221,7 +165,7 @@ def _load_builtin(data_args: DataArguments, seed: int) -> DatasetDict:
     return DatasetDict({"train": Dataset.from_list(train), "validation": Dataset.from_list(evaluation)})
 
 
-def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: Optional[str] = None) -> DatasetDict:
+def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: str | None = None) -> DatasetDict:
     """Loads the train (and eval) splits named by `data_args`: local files (`train_file`, which wins over
     `dataset_name`), a built-in task, or a Hub id / local folder / data file.
 
@@ -231,13 +175,9 @@ def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: Op
     Returns:
         `DatasetDict` with a `train` split and, when there is one, a `validation` split.
     """
-    from datasets import DatasetDict, load_dataset
-
-    from neat_hf.trainers.default_job import is_builtin
-
     if data_args.train_file:
         loaded = _load_files(data_args, cache_dir)
-    elif is_builtin(data_args.dataset_name):
+    elif default_job.is_builtin(data_args.dataset_name):
         loaded = _load_builtin(data_args, seed)
     elif data_args.dataset_name:
         if os.path.isfile(data_args.dataset_name):
@@ -251,17 +191,17 @@ def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: Op
                 cache_dir=cache_dir,
             )
     else:
-        raise ValueError(
+        raise TrainingArgumentError(
             "No training data: pass --dataset_name (a Hub dataset id, a local folder or file, or builtin:number-words) "
             "or --train_file (a .json/.jsonl/.csv/.tsv/.parquet file)."
         )
 
     if data_args.train_split not in loaded:
-        raise ValueError(f"The dataset has no {data_args.train_split!r} split; it has {list(loaded)}. Set --train_split.")
+        raise DatasetError(f"The dataset has no {data_args.train_split!r} split; it has {list(loaded)}. Set --train_split.")
     splits = {"train": loaded[data_args.train_split]}
     eval_name = data_args.eval_split or next((s for s in _EVAL_SPLIT_CANDIDATES if s in loaded), None)
     if data_args.eval_split and data_args.eval_split not in loaded:
-        raise ValueError(f"The dataset has no {data_args.eval_split!r} split; it has {list(loaded)}. Set --eval_split.")
+        raise DatasetError(f"The dataset has no {data_args.eval_split!r} split; it has {list(loaded)}. Set --eval_split.")
     if eval_name is not None:
         splits["validation"] = loaded[eval_name]
     elif data_args.eval_split_size:
@@ -331,11 +271,11 @@ def preprocess_causal_lm(
     cutoff_len: int,
     train_on_inputs: bool = False,
     prompt_template: str = "llm-adapters",
-    num_proc: Optional[int] = None,
+    num_proc: int | None = None,
 ) -> DatasetDict:
     """Applies the template and [`tokenize_prompt_response`] to every split; drops rows left with no response token."""
     if prompt_template not in PROMPT_TEMPLATES:
-        raise ValueError(f"Unknown prompt_template {prompt_template!r}. Use one of {sorted(PROMPT_TEMPLATES)}.")
+        raise TrainingArgumentError(f"Unknown prompt_template {prompt_template!r}. Use one of {sorted(PROMPT_TEMPLATES)}.")
 
     def tokenize_batch(batch: dict[str, list[Any]]) -> dict[str, list[list[int]]]:
         out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -366,7 +306,7 @@ def preprocess_causal_lm(
                 cutoff_len,
             )
         if len(tokenized) == 0:
-            raise ValueError(f"No {split} row keeps a response token within cutoff_len={cutoff_len}; raise --cutoff_len.")
+            raise DatasetError(f"No {split} row keeps a response token within cutoff_len={cutoff_len}; raise --cutoff_len.")
         processed[split] = tokenized
     return type(datasets)(processed)
 
@@ -375,7 +315,7 @@ def preprocess_causal_lm(
 # Classification
 
 
-def label_info(dataset: Dataset, label_column: str) -> tuple[int, Optional[list[str]], bool]:
+def label_info(dataset: Dataset, label_column: str) -> tuple[int, list[str] | None, bool]:
     """Returns `(num_labels, label_names, is_regression)` read from a ClassLabel feature or the label values."""
     feature = dataset.features[label_column]
     names = getattr(feature, "names", None)
@@ -386,14 +326,14 @@ def label_info(dataset: Dataset, label_column: str) -> tuple[int, Optional[list[
         return 1, None, True
     values = sorted({v for v in dataset[label_column] if v is not None and v >= 0})
     if values and values != list(range(len(values))):
-        raise ValueError(
+        raise DatasetError(
             f"Labels in column {label_column!r} must be 0..N-1 integers or a ClassLabel; found {values[:10]}."
         )
     return max(len(values), 2), None, False
 
 
 def preprocess_text_classification(
-    datasets: DatasetDict, tokenizer: Any, data_args: DataArguments, *, num_proc: Optional[int] = None
+    datasets: DatasetDict, tokenizer: Any, data_args: DataArguments, *, num_proc: int | None = None
 ) -> DatasetDict:
     """Tokenizes sentence or sentence-pair rows (truncated at `cutoff_len`) and renames the label column `labels`."""
     text, pair = text_columns(data_args)
@@ -434,59 +374,3 @@ def collate_images(examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Ten
         "pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]),
         "labels": torch.as_tensor([int(e["labels"]) for e in examples]),
     }
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics (numpy only: `evaluate.load` would download metric scripts)
-
-
-def argmax_logits(logits: Any, labels: Any) -> torch.Tensor:
-    """`preprocess_logits_for_metrics` for causal LMs: keeps the argmax token ids instead of the full logits."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    return logits.argmax(dim=-1)
-
-
-def causal_lm_metrics(eval_pred: Any) -> dict[str, float]:
-    """Response-token accuracy and exact match under teacher forcing.
-
-    `exact_match` is the share of rows whose every response token is the argmax given the true prefix, which is the
-    same as greedy decoding reproducing the whole response.
-    """
-    predictions, labels = eval_pred.predictions, eval_pred.label_ids
-    predictions, labels = np.asarray(predictions)[:, :-1], np.asarray(labels)[:, 1:]
-    mask = labels != IGNORE_INDEX
-    correct = (predictions == labels) & mask
-    rows = mask.any(axis=1)
-    exact = (correct.sum(axis=1) == mask.sum(axis=1)) & rows
-    return {
-        "token_accuracy": float(correct.sum() / max(mask.sum(), 1)),
-        "exact_match": float(exact.sum() / max(rows.sum(), 1)),
-    }
-
-
-def _matthews(labels: np.ndarray, predictions: np.ndarray) -> float:
-    classes = np.union1d(labels, predictions)
-    confusion = np.zeros((len(classes), len(classes)))
-    index = {c: i for i, c in enumerate(classes)}
-    for t, p in zip(labels, predictions):
-        confusion[index[t], index[p]] += 1
-    t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
-    n, c = confusion.sum(), np.trace(confusion)
-    denominator = np.sqrt((n**2 - (p_sum**2).sum()) * (n**2 - (t_sum**2).sum()))
-    return float((c * n - (p_sum * t_sum).sum()) / denominator) if denominator else 0.0
-
-
-def classification_metrics(eval_pred: Any) -> dict[str, float]:
-    """Accuracy and Matthews correlation (CoLA's metric) for classification; Pearson r for one-output regression."""
-    logits, labels = eval_pred.predictions, np.asarray(eval_pred.label_ids)
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    logits = np.asarray(logits)
-    if logits.ndim == 1 or logits.shape[-1] == 1:
-        predictions = logits.reshape(-1)
-        if np.std(predictions) == 0 or np.std(labels) == 0:
-            return {"pearson": 0.0}
-        return {"pearson": float(np.corrcoef(predictions, labels.astype(float))[0, 1])}
-    predictions = logits.argmax(axis=-1)
-    return {"accuracy": float((predictions == labels).mean()), "matthews_correlation": _matthews(labels, predictions)}

@@ -20,9 +20,15 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from neat_hf.errors import TrainingArgumentError
+from neat_hf.trainers.prompts import PROMPT_TEMPLATES, format_instruction_prompt
 
 BUILTIN_PREFIX = "builtin:"
 TINY_LLAMA = "builtin:tiny-llama"
@@ -47,7 +53,7 @@ _SKILLS = (
 )
 
 
-def is_builtin(name: Optional[str]) -> bool:
+def is_builtin(name: str | None) -> bool:
     """Whether `name` names a source this module builds (`builtin:…`) rather than a Hub id or a path."""
     return isinstance(name, str) and name.startswith(BUILTIN_PREFIX)
 
@@ -103,16 +109,13 @@ def generate_number_words(
     rows = _all_examples()
     random.Random(seed).shuffle(rows)
     if num_train + num_eval > len(rows):
-        raise ValueError(
+        raise TrainingArgumentError(
             f"builtin:number-words has {len(rows)} distinct examples; asked for {num_train} train + {num_eval} eval."
         )
     return rows[num_eval : num_eval + num_train], rows[:num_eval]
 
 
 def _task_vocabulary() -> list[str]:
-    # Imported here: data.py imports this module for the builtin dataset.
-    from neat_hf.trainers.data import PROMPT_TEMPLATES, format_instruction_prompt
-
     words: set[str] = set()
     for row in _all_examples():
         for template in PROMPT_TEMPLATES:
@@ -122,12 +125,10 @@ def _task_vocabulary() -> list[str]:
 
 
 def _pre_tokenize(text: str) -> list[str]:
-    from tokenizers.pre_tokenizers import Whitespace
-
     return [piece for piece, _ in Whitespace().pre_tokenize_str(text)]
 
 
-def build_default_tokenizer():
+def build_default_tokenizer() -> PreTrainedTokenizerFast:
     """Builds the word-level tokenizer of the embedded default with the `tokenizers` library (no download).
 
     The vocabulary is every word of the LLM-Adapters template and of `builtin:number-words`; `<s>` is prepended as
@@ -136,9 +137,6 @@ def build_default_tokenizer():
     Returns:
         [`~transformers.PreTrainedTokenizerFast`]
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     specials = [_SPECIAL_TOKENS[k] for k in ("pad", "unk", "bos", "eos")]
     vocab = {token: i for i, token in enumerate(specials + _task_vocabulary())}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk"]))
@@ -158,22 +156,22 @@ def build_default_tokenizer():
     )
 
 
-def load_tiny_llama_config(vocab_size: Optional[int] = None):
+def load_tiny_llama_config(vocab_size: int | None = None) -> LlamaConfig:
     """Reads the packaged `recipes/tiny_llama_config.json` into a [`~transformers.LlamaConfig`].
 
     Args:
         vocab_size (`int`, *optional*):
             Overrides the vocabulary size (the default tokenizer's length).
     """
-    from transformers import LlamaConfig
-
     values: dict[str, Any] = json.loads(TINY_LLAMA_CONFIG_PATH.read_text("utf-8"))
     if vocab_size is not None:
         values["vocab_size"] = vocab_size
     return LlamaConfig(**values)
 
 
-def build_default_base_model(tokenizer=None, *, dtype: Optional[torch.dtype] = None):
+def build_default_base_model(
+    tokenizer: PreTrainedTokenizerFast | None = None, *, dtype: torch.dtype | None = None
+) -> LlamaForCausalLM:
     """Builds the frozen base of the embedded default: the tiny LLaMA with weights drawn under `BASE_MODEL_SEED`.
 
     The global RNG is left untouched, so `--seed` keeps governing the adapter's initialisation and the data order.
@@ -189,8 +187,6 @@ def build_default_base_model(tokenizer=None, *, dtype: Optional[torch.dtype] = N
         >>> base = build_default_base_model()
         >>> model = NeatModel.from_pretrained(base, "neat-output")  # the adapter `neat-train` saved
     """
-    from transformers import LlamaForCausalLM
-
     tokenizer = tokenizer if tokenizer is not None else build_default_tokenizer()
     config = load_tiny_llama_config(vocab_size=len(tokenizer))
     config.pad_token_id = tokenizer.pad_token_id

@@ -10,18 +10,17 @@ recipe is named by its path under `recipes/` without `.yaml`, e.g. `commonsense/
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-from neat_hf.errors import NeatError
+import yaml
+
+from neat_hf.errors import TrainingArgumentError, UnknownRecipeError
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
 DEFAULT_RECIPE = "default"
-
-
-class UnknownRecipeError(NeatError):
-    """`--recipe` names no shipped recipe and no existing YAML/JSON file."""
 
 
 def list_recipes() -> list[str]:
@@ -30,7 +29,7 @@ def list_recipes() -> list[str]:
     return sorted(names, key=lambda name: (name != DEFAULT_RECIPE, name))
 
 
-def resolve_recipe(name: Union[str, os.PathLike]) -> Path:
+def resolve_recipe(name: str | os.PathLike) -> Path:
     """Returns the file of recipe `name`: a shipped recipe name, or a path to a YAML/JSON file.
 
     Raises:
@@ -51,22 +50,18 @@ def resolve_recipe(name: Union[str, os.PathLike]) -> Path:
     )
 
 
-def load_recipe(name: Union[str, os.PathLike]) -> dict[str, Any]:
+def load_recipe(name: str | os.PathLike) -> dict[str, Any]:
     """Reads recipe `name` (see [`resolve_recipe`]) into a flat `{flag: value}` dict."""
     return load_config_file(resolve_recipe(name))
 
 
-def load_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a flat YAML or JSON mapping of `neat-train` flags.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a mapping of flag names to values.
+        TrainingArgumentError: the file is not a mapping of flag names to values.
     """
-    import json
-
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
@@ -74,11 +69,13 @@ def load_config_file(path: Union[str, os.PathLike]) -> dict[str, Any]:
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}") from error
+        raise TrainingArgumentError(
+            f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}"
+        ) from error
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
-        raise ValueError(
+        raise TrainingArgumentError(
             f"Config file {str(path)!r} must be a flat mapping of neat-train flags to values "
             f"(e.g. `learning_rate: 3.0e-4`), got {type(values).__name__}."
         )

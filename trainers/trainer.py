@@ -8,31 +8,33 @@ handles each of those spots itself (see the comments at each override), and adds
 
 from __future__ import annotations
 
-import glob
 import inspect
-import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from accelerate.utils import DeepSpeedSchedulerWrapper
 from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_pt_utils import reissue_pt_warnings
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism
+from transformers.trainer_utils import enable_full_determinism
 from transformers.utils.generic import can_return_loss, find_labels
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
+from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
-from neat_hf.distributed import gathered, is_zero3_partitioned, register_zero3_parameters
-from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.hub.trainer_integration import NeatHubMixin
-from neat_hf.io import atomic_write_text, read_adapter_config, read_adapter_weights
-from neat_hf.layer import NeatLayer
+from neat_hf.distributed import gathered, is_zero3_partitioned
+from neat_hf.errors import AdapterLoadError, AdapterMismatchError, TrainerSetupError
+from neat_hf.io import atomic_write_text, read_adapter_weights
+from neat_hf.layer import NeatLayer, register_zero3_parameters
 
+from .hub_mixin import NeatHubMixin
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
           continues exactly; `load_best_model_at_end` and `save_total_limit` work on adapter checkpoints.
         - [`save_model`] writes an adapter folder that [`NeatModel.from_pretrained`] and stock `peft` load.
         - Hub pushes (`push_to_hub`, `hub_model_id`, `hub_strategy`, `hub_private_repo`, `hub_revision`) upload the
-          adapter with its NEAT model card, never base weights (`neat_hf.hub.trainer_integration.NeatHubMixin`).
+          adapter with its NEAT model card, never base weights (`neat_hf.trainers.hub_mixin.NeatHubMixin`).
         - Gradient checkpointing with frozen embeddings (input gradients are enabled), bf16/fp16, gradient
           accumulation.
         - DeepSpeed ZeRO-2/3 (`neat_hf.deepspeed_configs`): under ZeRO-3 each NEAT layer gathers its W0 once per
@@ -74,13 +76,15 @@ class NeatTrainer(NeatHubMixin, Trainer):
             `NeatTrainingArguments(output_dir="neat-output")`.
         neat_config ([`NeatConfig`], *optional*):
             Adapter to create on a plain `model`.
+        dataset_name (`str`, *optional*):
+            The training dataset's Hub id, named in the model card (`neat_dataset_name`).
         data_collator, train_dataset, eval_dataset, processing_class, model_init, compute_loss_func,
         compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics:
             As in [`~transformers.Trainer`]. With `model_init`, `neat_config` is applied to each model it returns.
 
     Raises:
         TypeError: `model` is neither a [`NeatModel`] nor a model given with `neat_config`.
-        ValueError: `neat_config` is given together with a [`NeatModel`]; `optimizers` is given together with
+        TrainerSetupError: `neat_config` is given together with a [`NeatModel`]; `optimizers` is given together with
             `neat_learning_rate` / `head_learning_rate`; FSDP is requested (use DeepSpeed ZeRO-3).
         NeatError: `output_dir` holds an adapter for a different base model and `overwrite_output_dir` is not set.
         DeepSpeedConfigError: (from the arguments) the DeepSpeed config is missing or invalid.
@@ -111,21 +115,22 @@ class NeatTrainer(NeatHubMixin, Trainer):
 
     def __init__(
         self,
-        model: Optional[nn.Module] = None,
-        args: Optional[TrainingArguments] = None,
-        data_collator: Optional[Callable] = None,
-        train_dataset: Optional[Any] = None,
-        eval_dataset: Optional[Any] = None,
-        processing_class: Optional[Any] = None,
-        model_init: Optional[Callable[..., nn.Module]] = None,
-        compute_loss_func: Optional[Callable] = None,
-        compute_metrics: Optional[Callable] = None,
-        callbacks: Optional[list] = None,
-        optimizers: tuple[Optional[torch.optim.Optimizer], Optional[torch.optim.lr_scheduler.LambdaLR]] = (None, None),
-        optimizer_cls_and_kwargs: Optional[tuple[type, dict[str, Any]]] = None,
-        preprocess_logits_for_metrics: Optional[Callable] = None,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any | None = None,
+        eval_dataset: Any | None = None,
+        processing_class: Any | None = None,
+        model_init: Callable[..., nn.Module] | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
         *,
-        neat_config: Optional[NeatConfig] = None,
+        neat_config: NeatConfig | None = None,
+        dataset_name: str | None = None,
     ) -> None:
         # Everything is checked before the adapter is created, so a refused call leaves the user's model untouched.
         if args is None:
@@ -133,12 +138,12 @@ class NeatTrainer(NeatHubMixin, Trainer):
         elif not isinstance(args, NeatTrainingArguments):
             args = NeatTrainingArguments.from_training_arguments(args)
         if args.fsdp:
-            raise ValueError(
+            raise TrainerSetupError(
                 "NeatTrainer does not support FSDP (its adapter gathering and checkpoint format are untested there); "
                 "use DeepSpeed ZeRO-3 instead: deepspeed='zero3'."
             )
         if optimizers[0] is not None and (args.neat_learning_rate is not None or args.head_learning_rate is not None):
-            raise ValueError(
+            raise TrainerSetupError(
                 "Both an optimizer (optimizers=) and neat_learning_rate/head_learning_rate were given; the optimizer "
                 "you pass is used as is. Set the learning rates in one place: drop optimizers= or the per-group rates."
             )
@@ -146,9 +151,11 @@ class NeatTrainer(NeatHubMixin, Trainer):
             raise TypeError(f"neat_config must be a NeatConfig, got {type(neat_config).__name__}.")
         if model is not None:
             _check_model_argument(model, neat_config)
-            _check_output_dir(args, _base_model_name(model, neat_config))
+            args.check_output_dir(_base_model_name(model, neat_config))
             model = self._create_neat_model(model, neat_config, args)
         self.neat_config = neat_config
+        # Named in the model card that saves and Hub pushes write (Hub datasets only: local paths stay private).
+        self.neat_dataset_name = dataset_name
         self._zero3_registered = False
 
         super().__init__(
@@ -167,13 +174,13 @@ class NeatTrainer(NeatHubMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         if model is None:  # built by model_init (and wrapped by `call_model_init`)
-            _check_output_dir(self.args, _base_model_name(self.model, None))
+            self.args.check_output_dir(_base_model_name(self.model, None))
         self._inspect_base_model()
         self._enable_input_require_grads()
 
     # ------------------------------------------------------------------ model
     @staticmethod
-    def _create_neat_model(model: nn.Module, neat_config: Optional[NeatConfig], args: TrainingArguments) -> NeatModel:
+    def _create_neat_model(model: nn.Module, neat_config: NeatConfig | None, args: TrainingArguments) -> NeatModel:
         if isinstance(model, NeatModel):
             return model
         # Seed first, so that ranks (and reruns) draw the same A; Trainer.__init__ seeds only after the model exists.
@@ -187,7 +194,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         return self._create_neat_model(model, self.neat_config, self.args)
 
     @property
-    def _neat_model(self) -> Optional[NeatModel]:
+    def _neat_model(self) -> NeatModel | None:
         """The trained [`NeatModel`] (None while `Trainer.__init__` runs with `model_init`)."""
         model = getattr(self, "model", None)
         return model if isinstance(model, NeatModel) else None
@@ -230,8 +237,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
         model: nn.Module,
         inputs: dict[str, Any],
         return_outputs: bool = False,
-        num_items_in_batch: Optional[Union[torch.Tensor, int]] = None,
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, Any]]:
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         neat_model = self._neat_model
         if neat_model is None or self.label_smoother is None or self.compute_loss_func is not None or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -249,7 +256,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ optimizer
-    def neat_parameter_groups(self, model: Optional[nn.Module] = None) -> list[dict[str, Any]]:
+    def neat_parameter_groups(self, model: nn.Module | None = None) -> list[dict[str, Any]]:
         """The optimizer parameter groups: NEAT weights, `modules_to_save` and any other trainable parameter, each split
         into weight-decay / no-decay by [`~transformers.Trainer.get_decay_parameter_names`]. Empty groups are left out.
 
@@ -278,7 +285,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
                     )
         return groups
 
-    def create_optimizer(self, model: Optional[nn.Module] = None) -> torch.optim.Optimizer:
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Build the optimizer over [`neat_parameter_groups`] (only when none was given), with the class and
         arguments `optim=` selects through [`~transformers.Trainer.get_optimizer_cls_and_kwargs`]."""
         opt_model = self.model if model is None else model
@@ -290,12 +297,10 @@ class NeatTrainer(NeatHubMixin, Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         optimizer_kwargs = dict(optimizer_kwargs)
         special = [k for k in ("params", "model", "optimizer_dict") if k in optimizer_kwargs]
-        from transformers.trainer_optimizer import is_optimizer_factory
-
         if special or is_optimizer_factory(optimizer_cls):
             # GaLore, LOMO, layer-wise and factory optimizers build their own parameter groups.
             if self.args.neat_learning_rate is not None or self.args.head_learning_rate is not None:
-                raise ValueError(
+                raise TrainerSetupError(
                     f"optim={self.args.optim!r} builds its own parameter groups, so neat_learning_rate / "
                     "head_learning_rate cannot apply. Drop them, or choose an optimizer such as adamw_torch."
                 )
@@ -317,15 +322,13 @@ class NeatTrainer(NeatHubMixin, Trainer):
             register_zero3_parameters(neat_model)
             self._zero3_registered = True
 
-    def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: Optional[str]) -> Any:
+    def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: str | None) -> Any:
         if not (self.is_deepspeed_enabled and resume_from_checkpoint is not None and self._neat_model is not None):
             result = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
             self._register_zero3()
             return result
         # Trainer loads a DeepSpeed checkpoint with `load_module_strict=not _is_peft_model(model)`: strict for a
         # NeatModel, which fails because our checkpoints leave out the frozen base weights. Load it non-strictly.
-        from transformers.integrations.deepspeed import deepspeed_load_checkpoint
-
         result = super()._prepare_for_training(max_steps, train_dataloader, None)
         self._register_zero3()
         deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
@@ -338,7 +341,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     # ------------------------------------------------------------------ saving
-    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the adapter (and the processing class) to `output_dir` (defaults to `args.output_dir`).
 
         Must be called on every process under DeepSpeed: the adapter weights are gathered collectively. Only the
@@ -377,7 +380,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
             param = params[key]
             full = None
             if self.is_deepspeed_enabled and param.requires_grad:
-                from deepspeed.utils import safe_get_full_fp32_param
+                from deepspeed.utils import safe_get_full_fp32_param  # optional heavy package, only under DeepSpeed
 
                 full = safe_get_full_fp32_param(param)
             if full is None:
@@ -386,7 +389,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
             state_dict[key] = full.detach().cpu()
         return state_dict
 
-    def _save(self, output_dir: Optional[str] = None, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         # Trainer._save dumps the *whole* state dict of a model class it does not know (base weights included) to
         # model.safetensors, and pickles the arguments to training_args.bin. Write the PEFT adapter files and JSON.
         neat_model = self._neat_model
@@ -414,15 +417,13 @@ class NeatTrainer(NeatHubMixin, Trainer):
         # Trainer passes exclude_frozen_parameters=True only for a PeftModel; without it DeepSpeed writes the frozen
         # base weights into every checkpoint (in the module states, and as "frozen fragments" under ZeRO-2/3).
         self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
-        from accelerate.utils import DeepSpeedSchedulerWrapper
-
         if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
             with warnings.catch_warnings(record=True) as caught_warnings:
                 torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
             reissue_pt_warnings(caught_warnings)
 
     # ------------------------------------------------------------------ loading
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Optional[nn.Module] = None) -> None:
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Trainer loads adapters only for a PeftModel (through peft's load_adapter); else it expects full weights.
         if self._neat_model is None:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -434,8 +435,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
         best = self.state.best_model_checkpoint
         logger.info(f"Loading best adapter from {best} (score: {self.state.best_metric}).")
         if self.is_deepspeed_enabled:
-            from transformers.integrations.deepspeed import deepspeed_load_checkpoint
-
             # Non-strict for the same reason as in _prepare_for_training (no frozen weights in the checkpoint).
             deepspeed_load_checkpoint(self.model_wrapped, best, load_module_strict=False)
         else:
@@ -449,7 +448,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
             directory = folder if name == DEFAULT_ADAPTER_NAME else os.path.join(folder, name)
             weights = os.path.join(directory, ADAPTER_WEIGHTS_NAME)
             if not os.path.isfile(weights):
-                raise ValueError(
+                raise AdapterLoadError(
                     f"Can't find a NEAT adapter checkpoint at {directory!r}: it has no {ADAPTER_WEIGHTS_NAME} "
                     f"(folders written by NeatTrainer hold {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})."
                 )
@@ -467,10 +466,10 @@ def _parameter_kind(name: str) -> str:
     return "other"
 
 
-def _check_model_argument(model: nn.Module, neat_config: Optional[NeatConfig]) -> None:
+def _check_model_argument(model: nn.Module, neat_config: NeatConfig | None) -> None:
     if isinstance(model, NeatModel):
         if neat_config is not None:
-            raise ValueError(
+            raise TrainerSetupError(
                 "The model is already a NeatModel and neat_config was given too; set the adapter in one place: "
                 "pass the plain model with neat_config, or the NeatModel alone."
             )
@@ -486,47 +485,18 @@ def _check_model_argument(model: nn.Module, neat_config: Optional[NeatConfig]) -
             f"{type(model).__name__} together with neat_config=NeatConfig(...)."
         )
     if any(isinstance(m, NeatLayer) for m in model.modules()):
-        raise ValueError(
+        raise TrainerSetupError(
             "The model already contains NEAT layers but is not a NeatModel; pass the NeatModel that holds it."
         )
 
 
-def _base_model_name(model: nn.Module, neat_config: Optional[NeatConfig]) -> Optional[str]:
+def _base_model_name(model: nn.Module, neat_config: NeatConfig | None) -> str | None:
     """The base model name an adapter trained on `model` will record (None when unknown)."""
     if isinstance(model, NeatModel):
         return model.peft_config[model.active_adapter].base_model_name_or_path
     if neat_config is not None and neat_config.base_model_name_or_path:
         return neat_config.base_model_name_or_path
     return getattr(getattr(model, "config", None), "name_or_path", None) or None
-
-
-def _adapter_folders(output_dir: str) -> Iterator[str]:
-    yield output_dir
-    yield from sorted(glob.glob(os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-*")))
-
-
-def _check_output_dir(args: NeatTrainingArguments, base_model: Optional[str]) -> None:
-    """Refuse an output_dir holding an adapter for another base model (unless `overwrite_output_dir`)."""
-    if args.overwrite_output_dir or not base_model or not args.output_dir or not os.path.isdir(args.output_dir):
-        return
-    for folder in _adapter_folders(args.output_dir):
-        path = os.path.join(folder, ADAPTER_CONFIG_NAME)
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                saved = json.load(handle).get("base_model_name_or_path")
-        except (OSError, ValueError, AttributeError) as err:
-            raise NeatError(
-                f"output_dir {args.output_dir!r} holds an unreadable {path!r} ({err}); choose another output_dir or "
-                "set overwrite_output_dir=True (--overwrite_output_dir) to replace it."
-            ) from err
-        if saved and saved != base_model:
-            raise NeatError(
-                f"output_dir {args.output_dir!r} already holds an adapter for base model {saved!r} ({path}), but this "
-                f"run trains one for {base_model!r}. Choose another output_dir, or set overwrite_output_dir=True "
-                "(--overwrite_output_dir) to replace it."
-            )
 
 
 def _check_checkpoint_config(path: str, current: NeatConfig) -> None:

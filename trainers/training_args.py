@@ -7,16 +7,23 @@ The paper tunes separate learning rates for the NEAT weights and the task head (
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from neat_hf.constants import ADAPTER_CONFIG_NAME
 from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_section, resolve_deepspeed_config
+from neat_hf.errors import NeatError, TrainingArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +92,18 @@ class NeatTrainingArguments(TrainingArguments):
     )
 
     # --- NEAT optimizer groups ---
-    neat_learning_rate: Optional[float] = field(
+    neat_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of the NEAT weights (peanut_A/B, encoders, decoders). Defaults to learning_rate."},
     )
-    neat_weight_decay: Optional[float] = field(
+    neat_weight_decay: float | None = field(
         default=None, metadata={"help": "Weight decay of the NEAT weights. Defaults to weight_decay."}
     )
-    head_learning_rate: Optional[float] = field(
+    head_learning_rate: float | None = field(
         default=None,
         metadata={"help": "Learning rate of modules_to_save (e.g. the classifier head). Defaults to learning_rate."},
     )
-    head_weight_decay: Optional[float] = field(
+    head_weight_decay: float | None = field(
         default=None, metadata={"help": "Weight decay of modules_to_save. Defaults to weight_decay."}
     )
 
@@ -114,16 +121,37 @@ class NeatTrainingArguments(TrainingArguments):
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number or None (= use the global value), got {value!r}.")
+                raise TrainingArgumentError(f"{name} must be a non-negative number or None (= use the global value), got {value!r}.")
             setattr(self, name, float(value))
+        if self.deepspeed:
+            self.deepspeed = resolve_deepspeed_config(self.deepspeed)
+        self._resolve_use_cpu()
         if self.deepspeed:
             self._prepare_deepspeed()
         super().__post_init__()
 
+    def _resolve_use_cpu(self) -> None:
+        """Turn on `use_cpu` where a run on a machine without a GPU needs it: the one place this is decided.
+
+        Measured with transformers 5.24 / DeepSpeed 0.19: under DeepSpeed, or a distributed launch (torchrun,
+        `WORLD_SIZE` > 1), the Trainer joins the process group (gloo) only with `use_cpu=True`; otherwise DeepSpeed and
+        the Trainer disagree on the world size, and under torchrun every rank trains alone on the whole dataset.
+        """
+        if self.use_cpu:
+            return
+        has_gpu = torch.cuda.is_available()
+        has_accelerator = has_gpu or (hasattr(torch, "xpu") and torch.xpu.is_available())
+        if self.deepspeed and not has_gpu:
+            logger.info("No GPU found: running DeepSpeed on CPU (use_cpu=True, gloo backend).")
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and not has_accelerator:
+            logger.info("Distributed launch without a GPU: setting use_cpu=True (gloo backend).")
+        else:
+            return
+        self.use_cpu = True
+
     def _prepare_deepspeed(self) -> None:
-        """Resolve and check the DeepSpeed config, and set up what DeepSpeed needs before `TrainingArguments` reads
+        """Check the (resolved) DeepSpeed config, and set up what DeepSpeed needs before `TrainingArguments` reads
         the world size (which happens in `super().__post_init__`)."""
-        self.deepspeed = resolve_deepspeed_config(self.deepspeed)
         if has_optimizer_section(self.deepspeed) and any(
             getattr(self, name) is not None for name in ("neat_learning_rate", "head_learning_rate")
         ):
@@ -139,17 +167,12 @@ class NeatTrainingArguments(TrainingArguments):
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             logger.info("No launcher environment found: running DeepSpeed as a single process.")
-        if not torch.cuda.is_available():
-            # Measured with DeepSpeed 0.19 / transformers 5.24: on a CPU-only machine the Trainer and DeepSpeed agree
-            # on the world size only with `use_cpu=True` and a gloo process group created before the arguments are.
-            if not self.use_cpu:
-                logger.info("No GPU found: running DeepSpeed on CPU (use_cpu=True, gloo backend).")
-                self.use_cpu = True
-            import deepspeed
-            import torch.distributed as dist
+        if not torch.cuda.is_available() and not dist.is_initialized():
+            # On a CPU-only machine the Trainer and DeepSpeed agree on the world size only with `use_cpu=True` (see
+            # `_resolve_use_cpu`) and a gloo process group created before the arguments are.
+            import deepspeed  # optional heavy package (the `deepspeed` extra): imported only when asked for
 
-            if not dist.is_initialized():
-                deepspeed.init_distributed(dist_backend="gloo")
+            deepspeed.init_distributed(dist_backend="gloo")
 
     # Resolved values, so that callers never repeat the "None means the global value" rule.
     @property
@@ -173,7 +196,7 @@ class NeatTrainingArguments(TrainingArguments):
         return self.weight_decay if self.head_weight_decay is None else self.head_weight_decay
 
     @classmethod
-    def from_training_arguments(cls, args: TrainingArguments, **overrides: Any) -> "NeatTrainingArguments":
+    def from_training_arguments(cls, args: TrainingArguments, **overrides: Any) -> NeatTrainingArguments:
         """Upgrade a plain [`~transformers.TrainingArguments`] (as TRL's `SFTTrainer` does with its config).
 
         Every init field is copied with its real value (the token fields included, which `to_dict()` masks), so the
@@ -193,6 +216,47 @@ class NeatTrainingArguments(TrainingArguments):
         values = {k: v for k, v in values.items() if k in known}
         values.update(overrides)
         return cls(**values)
+
+
+    def check_output_dir(self, base_model_name_or_path: str | None) -> None:
+        """Refuse an `output_dir` that holds an adapter (at its top or in a `checkpoint-*` folder) for another base
+        model, unless `overwrite_output_dir`; nothing is written. [`NeatTrainer`] calls it before it creates the
+        adapter, so that a refused run leaves both the model and the folder as they were.
+
+        Args:
+            base_model_name_or_path (`str`, *optional*): The base model the run trains an adapter for; no check
+                when unknown.
+
+        Raises:
+            NeatError: the folder holds an adapter for another base model, or an unreadable adapter config; the
+                message names both models and the fix (`--overwrite_output_dir`).
+        """
+        output_dir = self.output_dir
+        if self.overwrite_output_dir or not base_model_name_or_path or not output_dir or not os.path.isdir(output_dir):
+            return
+        for folder in _adapter_folders(output_dir):
+            path = os.path.join(folder, ADAPTER_CONFIG_NAME)
+            if not os.path.isfile(path):
+                continue
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    saved = json.load(handle).get("base_model_name_or_path")
+            except (OSError, ValueError, AttributeError) as err:
+                raise NeatError(
+                    f"output_dir {output_dir!r} holds an unreadable {path!r} ({err}); choose another output_dir or "
+                    "set overwrite_output_dir=True (--overwrite_output_dir) to replace it."
+                ) from err
+            if saved and saved != base_model_name_or_path:
+                raise NeatError(
+                    f"output_dir {output_dir!r} already holds an adapter for base model {saved!r} ({path}), but this "
+                    f"run trains one for {base_model_name_or_path!r}. Choose another output_dir, or set "
+                    "overwrite_output_dir=True (--overwrite_output_dir) to replace it."
+                )
+
+
+def _adapter_folders(output_dir: str) -> Iterator[str]:
+    yield output_dir
+    yield from sorted(glob.glob(os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-*")))
 
 
 def _free_port() -> int:

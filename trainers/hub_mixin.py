@@ -22,6 +22,10 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
 Use it as the first base class: `class NeatTrainer(NeatHubMixin, Trainer)`. Files are read into memory when a push is
 queued, so the next save cannot change a file while it is being uploaded. As in the Trainer, checkpoint pushes are
 asynchronous (`trainer.push_in_progress`); `train()` waits for them before returning.
+
+Which files go up, the checks made before a push, branch creation and the commit itself are the core's single Hub path
+(`neat_hf.hub_commit`), shared with `NeatModel.push_to_hub` and `neat-hub push`; this mixin only decides *when* to push
+and *what* to stage. It sits next to the trainer, as TRL keeps its trainers' Hub and card logic in its trainer package.
 """
 
 from __future__ import annotations
@@ -30,29 +34,30 @@ import inspect
 import logging
 import os
 import platform
-import re
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import CommitOperationAdd, HfApi
+from transformers.utils.hub import PushInProgress
 
-from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME
-
-from .card import TRAINING_INFO_NAME, framework_versions, is_hub_id, write_model_card
-from .push import TOKENIZER_FILES, _check_adapter_keys, _check_no_token, _resolved_token, hub_errors
+from neat_hf.card import framework_versions, write_model_card
+from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME
+from neat_hf.hub_commit import (
+    ADAPTER_FILES,
+    TOKENIZER_FILES,
+    adapter_root_files,
+    checkpoint_files,
+    commit,
+    commit_operations,
+    ensure_branch,
+    hub_api,
+)
+from neat_hf.io import is_hub_id
 
 logger = logging.getLogger(__name__)
-
-_ROOT_FILES = (
-    frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME}) | TOKENIZER_FILES
-)
-_FULL_WEIGHTS = re.compile(
-    r"^(model|pytorch_model|tf_model|flax_model)([-.].*)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?$"
-)
-_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _hub_strategy(args: Any) -> str:
@@ -62,8 +67,6 @@ def _hub_strategy(args: Any) -> str:
 
 def _default_hardware(world_size: int) -> str:
     try:
-        import torch
-
         if torch.cuda.is_available():
             return f"{world_size}x {torch.cuda.get_device_name(0)}"
     except Exception:  # torch without CUDA support, or no driver
@@ -155,11 +158,9 @@ class NeatHubMixin:
                 super().init_hf_repo(token=token)  # type: ignore[misc]
             finally:
                 self.args.hub_private_repo = saved
-        revision = self.args.hub_revision
-        if self.is_world_process_zero() and revision and revision != "main" and not _COMMIT_SHA.match(revision):
+        if self.is_world_process_zero():
             token = token if token is not None else self.args.hub_token
-            with hub_errors("create branch in", self.hub_model_id, revision=revision):
-                self._neat_api().create_branch(self.hub_model_id, branch=revision, token=token, exist_ok=True)
+            ensure_branch(self._neat_api(), self.hub_model_id, self.args.hub_revision, token=token)
 
     def create_model_card(
         self,
@@ -259,7 +260,7 @@ class NeatHubMixin:
         checkpoint = Path(checkpoint_folder)
         staging = Path(tempfile.mkdtemp(prefix="neat-hub-push-"))
         try:
-            for name in _ROOT_FILES - {MODEL_CARD_NAME}:
+            for name in (ADAPTER_FILES | TOKENIZER_FILES) - {MODEL_CARD_NAME}:
                 if (checkpoint / name).is_file():
                     shutil.copy2(checkpoint / name, staging / name)
             if not (staging / ADAPTER_CONFIG_NAME).is_file():
@@ -273,8 +274,6 @@ class NeatHubMixin:
             path_in_repo = "last-checkpoint" if strategy == "checkpoint" else checkpoint.name
             operations += self._neat_operations(checkpoint, prefix=path_in_repo, token=token, whole_checkpoint=True)
         job = self._neat_commit(operations, commit_message, token, self.args.hub_revision, blocking=False)
-        from transformers.utils.hub import PushInProgress
-
         if self.push_in_progress is None or self.push_in_progress.is_done():
             self.push_in_progress = PushInProgress([job])
         else:
@@ -284,55 +283,25 @@ class NeatHubMixin:
     def _neat_api(self) -> HfApi:
         api = getattr(self, "_neat_hub_api", None)
         if api is None:
-            from neat_hf import __version__
-
-            api = HfApi(library_name="neat-hf", library_version=__version__)
-            self._neat_hub_api = api
+            api = self._neat_hub_api = hub_api()
         return api
 
     def _neat_operations(
         self, folder: Path, *, prefix: str, token: str | None, whole_checkpoint: bool = False
     ) -> list[CommitOperationAdd]:
         """Commit operations for the pushable files of `folder`, read into memory now (see the module docstring)."""
-        if whole_checkpoint:
-            files = [
-                p
-                for p in sorted(folder.rglob("*"))
-                if p.is_file()
-                and not _FULL_WEIGHTS.match(p.name)
-                and not any(part.startswith(("global_step", ".", "_")) for part in p.relative_to(folder).parts)
-            ]
-        else:
-            files = [folder / name for name in sorted(_ROOT_FILES) if (folder / name).is_file()]
-        for path in files:
-            if path.name == ADAPTER_WEIGHTS_NAME:
-                _check_adapter_keys(path)  # adapter tensors only: no base weights under an adapter's name
-        _check_no_token(os.fspath(folder), _resolved_token(token), [], files)
-        return [
-            CommitOperationAdd(
-                path_in_repo="/".join(p for p in (prefix, path.relative_to(folder).as_posix()) if p),
-                path_or_fileobj=path.read_bytes(),
-            )
-            for path in files
-        ]
+        files = checkpoint_files(folder) if whole_checkpoint else adapter_root_files(folder)
+        return commit_operations(folder, files, token=token, prefix=prefix, in_memory=True)
 
     def _neat_commit(
-        self,
-        operations: Iterable[CommitOperationAdd],
-        message: str,
-        token: str | None,
-        revision: str | None,
-        *,
-        blocking: bool,
+        self, operations: list[CommitOperationAdd], message: str, token: str | None, revision: str | None, *, blocking: bool
     ) -> Any:
-        operations = list(operations)
-        logger.info("Pushing %d file(s) to %s (%s)", len(operations), self.hub_model_id, message)
-        with hub_errors("push to", self.hub_model_id, revision=revision):
-            return self._neat_api().create_commit(
-                self.hub_model_id,
-                operations,
-                commit_message=message,
-                token=token,
-                revision=revision,
-                run_as_future=not blocking,
-            )
+        return commit(
+            self._neat_api(),
+            self.hub_model_id,
+            operations,
+            commit_message=message,
+            token=token,
+            revision=revision,
+            blocking=blocking,
+        )

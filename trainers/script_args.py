@@ -1,4 +1,5 @@
-"""Dataclasses of `neat-train`: model, data and NEAT arguments (training arguments are [`NeatTrainingArguments`]).
+"""The script arguments of `neat-train`: model, data and NEAT dataclasses (the training arguments are
+[`NeatTrainingArguments`], in `training_args.py`), as TRL's scripts keep `ScriptArguments` apart from the trainer config.
 
 Each field carries `metadata["help"]`, which `HfArgumentParser` turns into `--help`. NEAT fields are prefixed `neat_`
 (as TRL's `ModelConfig` prefixes `lora_`) so that they never collide with a `TrainingArguments` flag.
@@ -8,16 +9,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
-from neat_hf.trainers.data import DATASET_FORMATS, PROMPT_TEMPLATES, TASKS
+from neat_hf import NeatConfig
+from neat_hf.errors import TrainingArgumentError
 from neat_hf.trainers.default_job import TINY_LLAMA
+from neat_hf.trainers.prompts import PROMPT_TEMPLATES
 
 #: `--torch_dtype` values and the dtype each names (`auto` lets transformers read it from the checkpoint).
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-#: `task` → PEFT `task_type` written into adapter_config.json.
-TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS", "image-classification": None}
+#: `--task` values (the `AutoModelFor…` class each loads) → the PEFT task type (one of `neat_hf.constants.TASK_TYPES`)
+#: written into adapter_config.json; image classification has none in PEFT.
+TASK_TYPE_OF_TASK: dict[str, str | None] = {
+    "causal-lm": "CAUSAL_LM",
+    "sequence-classification": "SEQ_CLS",
+    "image-classification": None,
+}
+TASKS = tuple(TASK_TYPE_OF_TASK)
+#: `--dataset_format` values: how rows become examples (see `data.py`).
+DATASET_FORMATS = ("instruction", "metamathqa", "text-classification", "image-classification")
 
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
 
@@ -55,15 +65,15 @@ class ModelArguments:
             "the embedded default job from the packaged config."
         },
     )
-    model_revision: Optional[str] = field(default=None, metadata={"help": "Branch, tag or commit of the model."})
-    tokenizer_name_or_path: Optional[str] = field(
+    model_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the model."})
+    tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer / image processor to load instead of the model's own."}
     )
     task: str = field(
         default="causal-lm",
         metadata={"help": "Model head to load.", "choices": list(TASKS)},
     )
-    torch_dtype: Optional[str] = field(
+    torch_dtype: str | None = field(
         default=None,
         metadata={"help": "dtype of the base weights (default: float32 for a local config, `auto` is the checkpoint's).",
                   "choices": list(TORCH_DTYPES)},
@@ -71,21 +81,21 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run modelling code shipped in the model repository (off by default)."}
     )
-    attn_implementation: Optional[str] = field(
+    attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel: `sdpa`, `eager`, `flash_attention_2`, …"}
     )
-    num_labels: Optional[int] = field(
+    num_labels: int | None = field(
         default=None, metadata={"help": "Classes of a classification head (default: read from the dataset)."}
     )
-    cache_dir: Optional[str] = field(default=None, metadata={"help": "Cache folder for downloads."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Cache folder for downloads."})
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task={self.task!r} is not supported; use one of {list(TASKS)}.")
+            raise TrainingArgumentError(f"task={self.task!r} is not supported; use one of {list(TASKS)}.")
         if self.torch_dtype is not None and self.torch_dtype not in TORCH_DTYPES:
-            raise ValueError(f"torch_dtype={self.torch_dtype!r} is not supported; use one of {list(TORCH_DTYPES)}.")
+            raise TrainingArgumentError(f"torch_dtype={self.torch_dtype!r} is not supported; use one of {list(TORCH_DTYPES)}.")
         if self.num_labels is not None and self.num_labels < 1:
-            raise ValueError(f"num_labels must be ≥ 1, got {self.num_labels}.")
+            raise TrainingArgumentError(f"num_labels must be ≥ 1, got {self.num_labels}.")
 
 
 @dataclass
@@ -139,38 +149,38 @@ class DataArguments:
             Evaluate before training too, so the run reports a before/after comparison.
     """
 
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={
             "help": "Hub dataset id, local folder or data file, or `builtin:number-words` (generated locally)."
         },
     )
-    dataset_config_name: Optional[str] = field(
+    dataset_config_name: str | None = field(
         default=None, metadata={"help": "Dataset configuration, e.g. `sst2` for nyu-mll/glue."}
     )
-    dataset_revision: Optional[str] = field(default=None, metadata={"help": "Branch, tag or commit of the dataset."})
-    train_file: Optional[str] = field(
+    dataset_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the dataset."})
+    train_file: str | None = field(
         default=None, metadata={"help": "Local training file: .json/.jsonl/.csv/.tsv/.parquet."}
     )
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Local evaluation file."})
-    column_names: Optional[str] = field(
+    validation_file: str | None = field(default=None, metadata={"help": "Local evaluation file."})
+    column_names: str | None = field(
         default=None, metadata={"help": "Comma-separated column names of a headerless .csv/.tsv, e.g. `label,sentence`."}
     )
-    dataset_format: Optional[str] = field(
+    dataset_format: str | None = field(
         default=None,
         metadata={"help": "How rows become examples (default: the task's natural format).",
                   "choices": list(DATASET_FORMATS)},
     )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: Optional[str] = field(
+    eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (default: validation / validation_matched / valid / dev)."}
     )
     eval_split_size: float = field(
         default=0.0,
         metadata={"help": "Without an eval split, hold out this many training rows (fraction when < 1)."},
     )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N training rows."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N eval rows."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N eval rows."})
     prompt_template: str = field(
         default="llm-adapters",
         metadata={"help": "Prompt of instruction data (`llm-adapters-short` drops the preamble sentence).",
@@ -180,32 +190,32 @@ class DataArguments:
     train_on_inputs: bool = field(
         default=False, metadata={"help": "Also train on prompt tokens (default: loss on the response only)."}
     )
-    text_column: Optional[str] = field(default=None, metadata={"help": "Text column for text classification."})
-    text_pair_column: Optional[str] = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column for text classification."})
+    text_pair_column: str | None = field(default=None, metadata={"help": "Second text column (sentence pairs)."})
     label_column: str = field(default="label", metadata={"help": "Label column for classification."})
     image_column: str = field(default="image", metadata={"help": "Image column for image classification."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenization."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
     eval_before_training: bool = field(
         default=True, metadata={"help": "Also evaluate before training, to print a before/after comparison."}
     )
 
     def __post_init__(self) -> None:
         if self.dataset_format is not None and self.dataset_format not in DATASET_FORMATS:
-            raise ValueError(
+            raise TrainingArgumentError(
                 f"dataset_format={self.dataset_format!r} is not supported; use one of {list(DATASET_FORMATS)}."
             )
         if self.prompt_template not in PROMPT_TEMPLATES:
-            raise ValueError(
+            raise TrainingArgumentError(
                 f"prompt_template={self.prompt_template!r} is not supported; use one of {list(PROMPT_TEMPLATES)}."
             )
         if self.cutoff_len < 2:
-            raise ValueError(f"cutoff_len must be ≥ 2 tokens, got {self.cutoff_len}.")
+            raise TrainingArgumentError(f"cutoff_len must be ≥ 2 tokens, got {self.cutoff_len}.")
         if self.eval_split_size < 0:
-            raise ValueError(f"eval_split_size must be ≥ 0, got {self.eval_split_size}.")
+            raise TrainingArgumentError(f"eval_split_size must be ≥ 0, got {self.eval_split_size}.")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {value}.")
+                raise TrainingArgumentError(f"{name} must be ≥ 1, got {value}.")
 
 
 @dataclass
@@ -239,22 +249,22 @@ class NeatArguments:
     """
 
     neat_r: int = field(default=32, metadata={"help": "Rank r of the NEAT weight network."})
-    neat_target_modules: Optional[list[str]] = field(
+    neat_target_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Modules to adapt (names, suffix match; or one regex). Default: the model type's preset."},
     )
-    neat_exclude_modules: Optional[list[str]] = field(default=None, metadata={"help": "Modules never to adapt."})
+    neat_exclude_modules: list[str] | None = field(default=None, metadata={"help": "Modules never to adapt."})
     neat_depth: int = field(default=0, metadata={"help": "Hidden r×r layers per side (paper depth = 2 + 2·depth)."})
     neat_act_fn: str = field(default="relu", metadata={"help": "Nonlinearity: an ACT2FN name or `sin`."})
     neat_scaling: float = field(default=1.0, metadata={"help": "Multiplier s of the adapter output (α/r)."})
     neat_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input during training."})
-    neat_modules_to_save: Optional[list[str]] = field(
+    neat_modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained in full and saved with the adapter (e.g. `classifier`)."}
     )
-    neat_layers_to_transform: Optional[list[int]] = field(
+    neat_layers_to_transform: list[int] | None = field(
         default=None, metadata={"help": "Only adapt these layer indices."}
     )
-    neat_layers_pattern: Optional[str] = field(
+    neat_layers_pattern: str | None = field(
         default=None, metadata={"help": "Layer list indexed by --neat_layers_to_transform (`layers`, `layer`, `h`)."}
     )
     neat_init_weights: bool = field(
@@ -262,12 +272,10 @@ class NeatArguments:
     )
 
     def to_neat_config(
-        self, *, task: str = "causal-lm", base_model_name_or_path: Optional[str] = None, revision: Optional[str] = None
-    ):
+        self, *, task: str = "causal-lm", base_model_name_or_path: str | None = None, revision: str | None = None
+    ) -> NeatConfig:
         """Builds the [`~neat_hf.NeatConfig`] these arguments describe (its own checks run here, before any model is
         touched)."""
-        from neat_hf import NeatConfig
-
         return NeatConfig(
             r=self.neat_r,
             target_modules=_modules_value(self.neat_target_modules),
@@ -280,13 +288,13 @@ class NeatArguments:
             layers_to_transform=list(self.neat_layers_to_transform) if self.neat_layers_to_transform else None,
             layers_pattern=self.neat_layers_pattern,
             init_weights=self.neat_init_weights,
-            task_type=TASK_TYPES.get(task),
+            task_type=TASK_TYPE_OF_TASK.get(task),
             base_model_name_or_path=base_model_name_or_path,
             revision=revision,
         )
 
 
-def _modules_value(value: Optional[Union[list[str], str]]) -> Optional[Union[list[str], str]]:
+def _modules_value(value: list[str] | str | None) -> list[str] | str | None:
     """A single entry that looks like a regex (or a YAML string) is passed on as a regex, as PEFT does for a `str`."""
     if value is None or isinstance(value, str):
         return value

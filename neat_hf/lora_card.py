@@ -15,11 +15,12 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from neat_hf.constants import MODEL_CARD_NAME
-from neat_hf.io import atomic_write_text
-from neat_hf.serving import ServingIssue, vllm_max_lora_rank
-
-from .card import framework_versions, is_hub_id, model_class_for, pipeline_tag_for, save_training_info
+from .card import framework_versions
+from .constants import MODEL_CARD_NAME
+from .io import atomic_write_text, is_hub_id
+from .serving import ServingIssue, vllm_max_lora_rank
+from .task_types import model_class_for, pipeline_tag_for
+from .training_info import save_training_info
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "lora_export_card.md"
 LORA_EXPORT_TAGS = ("lora", "neat", "peft")
@@ -54,7 +55,7 @@ def build_lora_card(
     targets = lora_config.get("target_modules")
     return ModelCard.from_template(
         card_data,
-        template_path=TEMPLATE_PATH,
+        template_path=os.fspath(TEMPLATE_PATH),
         title=repo_id or "LoRA export of a NEAT adapter",
         exported_from=export_info.get("exported_from") or "a NEAT adapter",
         base_model_text=f"[{base_id}](https://huggingface.co/{base_id})" if base_id else f"`{base}` (local folder)" if base else "unknown",

@@ -1,0 +1,437 @@
+"""The one path by which neat-hf writes to the Hub: staged files checked, then a single `create_commit`.
+
+`NeatModel.push_to_hub` ([`push_to_hub`] here), `neat-hub push` / `neat-hub merge --push-to-hub` (`neat_hf.hub.push`)
+and the Trainer's Hub mixin (`neat_hf.trainers.hub_mixin`) all stage their files in a folder, then go through this
+module: which files may be uploaded ([`ADAPTER_FILES`], [`TOKENIZER_FILES`], [`checkpoint_files`]), the checks made
+before anything is sent ([`check_repo_id`], [`validate_adapter_folder`], [`check_adapter_keys`], no token in any staged
+file or in the commit text), the branch creation ([`ensure_branch`]) and the commit itself ([`commit`]), with Hub
+errors translated by `neat_hf.hub_errors`. It lives in the core because `NeatModel.push_to_hub` needs it and the core
+imports nothing from the integrations.
+
+Everything goes into one `create_commit`, so a failure never leaves a half-pushed adapter. `create_commit` is used
+rather than `upload_folder` because, with `hf_xet` installed, huggingface_hub 2.x turns `upload_folder` into a pipeline
+that may split large uploads into several commits and does not accept `create_pr` together with `revision`.
+
+We do not inherit transformers' `PushToHubMixin.push_to_hub`: in transformers 5.x it writes its own card
+(`library_name: transformers`, no tags, no base model) over the adapter's after saving, which is why stock
+`PeftModel.push_to_hub` uploads a blank card.
+
+Tokens come only from huggingface_hub's usual sources (the `token` argument, `HF_TOKEN`, the login cache) and are never
+logged; before uploading, the staged files and the commit message are checked not to contain the token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, get_token
+
+from .card import write_model_card
+from .config import read_adapter_config
+from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, LIBRARY_VERSION, MODEL_CARD_NAME
+from .errors import AdapterLoadError, NeatError
+from .hub_errors import hub_errors
+from .io import read_tensor_shapes
+from .training_info import TRAINING_INFO_NAME
+
+if TYPE_CHECKING:
+    from .model import NeatModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_MESSAGE = "Upload NEAT adapter"
+
+#: Files a pushed adapter folder may contain besides the adapter itself: the card, the training setup and the
+#: tokenizer / processor files the Trainer saves next to the adapter. Anything else (optimizer states, pickled
+#: `training_args.bin`, full `model.safetensors` weights) is left out.
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+    }
+)
+ADAPTER_FILES = frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME})
+#: Never uploaded from a merged-model folder either: pickle-based formats.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+_FULL_WEIGHTS = re.compile(
+    r"^(model|pytorch_model|tf_model|flax_model)([-.].*)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?$"
+)
+
+
+# ---------------------------------------------------------------------------------------------------- adapter push
+def push_to_hub(model: NeatModel, repo_id: str, **kwargs: Any) -> CommitInfo:
+    """Push a [`NeatModel`]'s adapter(s) and model card to the Hub in one commit (behind `NeatModel.push_to_hub`).
+
+    The model is saved with `save_pretrained` into a temporary folder, which is then pushed by
+    [`push_adapter_folder`]: `adapter_config.json`, `adapter_model.safetensors` (PEFT PEANUT format: stock `peft`
+    loads it), `README.md` (see [`neat_hf.card.build_model_card`]), `training_info.json`; non-default adapters in
+    sub-folders, as `save_pretrained` writes them. Base model weights are never uploaded.
+
+    Args:
+        model ([`NeatModel`]): the model whose adapter(s) to push.
+        repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
+        kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
+            `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
+            `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
+
+    Returns:
+        `huggingface_hub.CommitInfo` of the commit (with `pr_url` when `create_pr=True`).
+
+    Raises:
+        HubError: the repo, revision or permissions are wrong (message names which).
+        NeatError: invalid card inputs, or the token would end up in an uploaded file or the commit message.
+
+    Example:
+
+    ```python
+    >>> model.push_to_hub("my-user/llama-neat-r8", training_info={"dataset": "yahma/alpaca-cleaned"})
+    ```
+    """
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="neat-save-") as folder:
+        model.save_pretrained(folder)
+        return push_adapter_folder(folder, repo_id, **kwargs)
+
+
+def push_adapter_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    keep_card: bool = False,
+    training_info: Mapping[str, Any] | None = None,
+    eval_results: Sequence[EvalResult] | None = None,
+    **card_kwargs: Any,
+) -> CommitInfo:
+    """Push an adapter folder written by `save_pretrained` (or a NeatTrainer output / checkpoint folder) in one commit.
+
+    Uploaded: `adapter_config.json`, `adapter_model.safetensors`, `README.md`, `training_info.json`, tokenizer and
+    processor files, and the same files of named adapters in sub-folders. Everything else (optimizer and scheduler
+    states, `training_args.bin`, any full-model weights) stays local. The adapter is validated (config fields,
+    safetensors readable, PEFT key prefix) before anything is sent.
+
+    Args:
+        folder (`str` or `os.PathLike`):
+            The adapter folder.
+        repo_id (`str`):
+            `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
+        private (`bool`, *optional*):
+            Visibility of a newly created repo (ignored if it exists).
+        token (`str` or `bool`, *optional*):
+            Hub token; defaults to `HF_TOKEN` or the login cache. Never logged or written anywhere.
+        revision (`str`, *optional*):
+            Branch to push to; created from `main` if it does not exist. Defaults to `main`.
+        commit_message (`str`, *optional*, defaults to `"Upload NEAT adapter"`), commit_description (`str`, *optional*)
+        create_pr (`bool`, *optional*, defaults to `False`):
+            Open a pull request (against `revision`) instead of committing to it.
+        keep_card (`bool`, *optional*, defaults to `False`):
+            Upload the folder's `README.md` as it is. By default the card is rebuilt from the folder's files (keeping
+            its evaluation results), so it names `repo_id` and matches the weights.
+        training_info (`dict`, *optional*):
+            Training setup for the card (dataset, epochs, learning rates, ...); merged over the folder's
+            training_info.json and uploaded with it.
+        eval_results (`list[EvalResult]`, *optional*):
+            Evaluation results for the card's `model-index` (see `neat_hf.eval_harness.results`); merged with the
+            folder card's.
+        card_kwargs:
+            `base_model`, `datasets`, `license`, `language`, `pipeline_tag`, `tags`, `model_name` for the card.
+
+    Returns:
+        `huggingface_hub.CommitInfo`
+
+    Raises:
+        AdapterLoadError: the folder is not a valid adapter folder (message names the file and problem).
+        HubError: the repo, revision or permissions are wrong.
+        NeatError: invalid card inputs, or the token would end up in an uploaded file or the commit message.
+    """
+    check_repo_id(repo_id)
+    source = Path(folder)
+    adapter_dirs = validate_adapter_folder(source)
+    with tempfile.TemporaryDirectory(prefix="neat-push-") as staging:
+        stage_adapter_folder(source, Path(staging), adapter_dirs)
+        if keep_card:
+            if not (Path(staging) / MODEL_CARD_NAME).is_file():
+                raise AdapterLoadError(f"keep_card=True but {os.fspath(source)!r} has no {MODEL_CARD_NAME}.")
+            rewrite = None
+        else:
+            card_args = dict(card_kwargs, training_info=training_info, eval_results=eval_results)
+            write_model_card(staging, repo_id=repo_id, **card_args)
+
+            def rewrite(full_id: str) -> None:
+                write_model_card(staging, repo_id=full_id, **card_kwargs)
+
+        return push_staged(
+            staging,
+            repo_id,
+            commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
+            rewrite_card=rewrite,
+            private=private,
+            token=token,
+            revision=revision,
+            commit_description=commit_description,
+            create_pr=create_pr,
+        )
+
+
+def push_staged(
+    staging: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str,
+    rewrite_card: Callable[[str], Any] | None = None,
+    exclude_suffixes: Sequence[str] = (),
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+) -> CommitInfo:
+    """Create `repo_id` if missing (and the `revision` branch), then commit every file under `staging` in one commit.
+
+    `rewrite_card(full_repo_id)` is called when the Hub resolved `repo_id` to another name (a bare name gets the
+    token's namespace), so the card's snippets name the real repo. Files ending in `exclude_suffixes` are skipped
+    with a warning. Nothing reaches the Hub when a check fails. The other arguments are [`push_adapter_folder`]'s.
+    """
+    root = Path(staging)
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    skipped = [p for p in files if p.name.endswith(tuple(exclude_suffixes))]
+    files = [p for p in files if p not in skipped]
+    if skipped:
+        logger.warning("Not uploading pickle-based files: %s", [os.fspath(p.relative_to(root)) for p in skipped])
+    if not files:
+        raise NeatError(f"Nothing to upload from {os.fspath(staging)!r}.")
+    secret = resolved_token(token)
+    check_no_token(root, secret, [commit_message, commit_description], files)  # before touching the Hub
+
+    api = hub_api()
+    with hub_errors("create repo", repo_id):
+        full_id = api.create_repo(repo_id, token=token, private=private, exist_ok=True).repo_id
+    if rewrite_card is not None and full_id != repo_id:
+        rewrite_card(full_id)  # the card's snippets name the repo with its namespace
+        check_no_token(root, secret, [], [root / MODEL_CARD_NAME])
+    ensure_branch(api, full_id, revision, token=token)
+    operations = commit_operations(root, files, token=token)
+    return commit(
+        api, full_id, operations, commit_message=commit_message, token=token, revision=revision,
+        commit_description=commit_description, create_pr=create_pr,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the commit
+def hub_api() -> HfApi:
+    """The `HfApi` neat-hf commits through (its user agent names neat-hf and its version)."""
+    return HfApi(library_name="neat-hf", library_version=LIBRARY_VERSION)
+
+
+def ensure_branch(api: HfApi, repo_id: str, revision: str | None, *, token: str | bool | None) -> None:
+    """Create the `revision` branch of `repo_id` from `main` when it names a missing branch (not `main`, a commit
+    sha or a `refs/...` ref), so the first push to a new branch works."""
+    if revision is None or revision == "main" or _COMMIT_SHA.match(revision) or revision.startswith("refs/"):
+        return
+    with hub_errors("create branch in", repo_id, revision=revision):
+        api.create_branch(repo_id, branch=revision, token=token, exist_ok=True)
+
+
+def commit_operations(
+    folder: str | os.PathLike,
+    files: Iterable[Path],
+    *,
+    token: str | bool | None,
+    prefix: str = "",
+    in_memory: bool = False,
+) -> list[CommitOperationAdd]:
+    """`CommitOperationAdd`s for `files` (under `folder`), at `prefix/<path relative to folder>` in the repo.
+
+    Every `adapter_model.safetensors` is checked to hold adapter tensors only and no file may contain the token.
+    With `in_memory=True` the files are read now, so a later save cannot change a file while it is being uploaded
+    (asynchronous checkpoint pushes).
+    """
+    root, files = Path(folder), list(files)
+    for path in files:
+        if path.name == ADAPTER_WEIGHTS_NAME:
+            check_adapter_keys(path)  # adapter tensors only: no base weights under an adapter's name
+    check_no_token(root, resolved_token(token), [], files)
+    return [
+        CommitOperationAdd(
+            path_in_repo="/".join(p for p in (prefix, path.relative_to(root).as_posix()) if p),
+            path_or_fileobj=path.read_bytes() if in_memory else os.fspath(path),
+        )
+        for path in files
+    ]
+
+
+def commit(
+    api: HfApi,
+    repo_id: str,
+    operations: Sequence[CommitOperationAdd],
+    *,
+    commit_message: str,
+    token: str | bool | None,
+    revision: str | None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    blocking: bool = True,
+) -> CommitInfo | Future:
+    """One `create_commit` of `operations` to `repo_id` (a `Future` of it with `blocking=False`), Hub errors
+    translated by [`hub_errors`]."""
+    operations = list(operations)
+    logger.info("Pushing %d file(s) to %s (%s)", len(operations), repo_id, commit_message)
+    with hub_errors("push to", repo_id, revision=revision):
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            run_as_future=not blocking,
+        )
+    if blocking:
+        logger.info("Pushed %d file(s) to %s: %s", len(operations), repo_id, info.pr_url or info.commit_url)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------- what may go up
+def adapter_root_files(folder: str | os.PathLike) -> list[Path]:
+    """The adapter, card, training-info and tokenizer files present at the top of `folder` (sorted)."""
+    root = Path(folder)
+    return [root / name for name in sorted(ADAPTER_FILES | TOKENIZER_FILES) if (root / name).is_file()]
+
+
+def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
+    """Every file of a Trainer checkpoint folder needed to resume, without full-model weight files
+    (`model*.safetensors`, `pytorch_model*.bin`, ...), DeepSpeed's `global_step*/` folders or hidden/private files."""
+    root = Path(folder)
+    return [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and not _FULL_WEIGHTS.match(p.name)
+        and not any(part.startswith(("global_step", ".", "_")) for part in p.relative_to(root).parts)
+    ]
+
+
+def check_repo_id(repo_id: Any) -> None:
+    """Raise `NeatError` unless `repo_id` looks like `namespace/name` or `name`."""
+    if not isinstance(repo_id, str) or not re.fullmatch(r"([\w.\-]+/)?[\w.\-]+", repo_id) or ".." in repo_id:
+        raise NeatError(f"repo_id must look like 'namespace/name' (or 'name'), got {repo_id!r}.")
+
+
+def validate_adapter_folder(folder: Path) -> list[Path]:
+    """Check every adapter in `folder` (the default one at the top, named ones in sub-folders) before any upload;
+    return their folders."""
+    if not folder.is_dir():
+        raise AdapterLoadError(f"Adapter folder {os.fspath(folder)!r} does not exist.")
+    dirs = [folder] if (folder / ADAPTER_CONFIG_NAME).is_file() else []
+    dirs += sorted(
+        p.parent for p in folder.glob(f"*/{ADAPTER_CONFIG_NAME}") if not p.parent.name.startswith("checkpoint-")
+    )
+    if not dirs:
+        raise AdapterLoadError(
+            f"No {ADAPTER_CONFIG_NAME} in {os.fspath(folder)!r} "
+            f"(it holds: {sorted(p.name for p in folder.iterdir())}); "
+            "pass the folder NeatModel.save_pretrained wrote."
+        )
+    for directory in dirs:
+        read_adapter_config(directory / ADAPTER_CONFIG_NAME)
+        weights = directory / ADAPTER_WEIGHTS_NAME
+        if not weights.is_file():
+            raise AdapterLoadError(f"{os.fspath(directory)!r} has {ADAPTER_CONFIG_NAME} but no {ADAPTER_WEIGHTS_NAME}.")
+        check_adapter_keys(weights)
+    return dirs
+
+
+def check_adapter_keys(weights: Path) -> None:
+    """Raise `AdapterLoadError` unless `weights` is a readable safetensors file of PEFT adapter keys only."""
+    keys = list(read_tensor_shapes(weights))
+    if not keys:
+        raise AdapterLoadError(f"{os.fspath(weights)!r} holds no tensors.")
+    bad = [k for k in keys if not k.startswith(FILE_KEY_PREFIX)]
+    if bad:
+        raise AdapterLoadError(
+            f"{os.fspath(weights)!r} is not a PEFT adapter file: keys must start with {FILE_KEY_PREFIX!r}, "
+            f"got e.g. {bad[:3]}. Full-model weights are never pushed as an adapter."
+        )
+
+
+def resolved_token(token: str | bool | None) -> str | None:
+    """The token huggingface_hub will send (the argument, else `HF_TOKEN` / the login cache), to search staged files."""
+    if isinstance(token, str):
+        return token
+    if token is False:
+        return None
+    return get_token()
+
+
+def check_no_token(root: Path, token: str | None, texts: Sequence[str | None], files: Iterable[Path]) -> None:
+    """Refuse to upload when the token appears in the commit text or in a staged file (text, or safetensors header)."""
+    if not token:
+        return
+    if any(token in (t or "") for t in texts):
+        raise NeatError("The commit message or description contains your Hub token; refusing to push it.")
+    needle = token.encode()
+    for path in files:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                header_len = int.from_bytes(handle.read(8), "little")
+                blob = handle.read(min(header_len, 100_000_000))
+        elif path.stat().st_size <= 50_000_000:
+            blob = path.read_bytes()
+        else:
+            continue
+        if needle in blob:
+            raise NeatError(
+                f"{os.fspath(path.relative_to(root))!r} contains your Hub token; refusing to upload it. "
+                "Remove the token from that file."
+            )
+
+
+def stage_adapter_folder(source: Path, staging: Path, adapter_dirs: list[Path]) -> None:
+    """Copy the adapter, card, training-info (and, at the top, tokenizer) files of `adapter_dirs` into `staging`."""
+    skipped = []
+    for directory in adapter_dirs:
+        rel = directory.relative_to(source)
+        target = staging / rel
+        target.mkdir(parents=True, exist_ok=True)
+        for item in sorted(directory.iterdir()):
+            if not item.is_file():
+                continue
+            allowed = ADAPTER_FILES | (TOKENIZER_FILES if directory == source else frozenset())
+            if item.name in allowed:
+                shutil.copy2(item, target / item.name)
+            else:
+                skipped.append(os.fspath(rel / item.name))
+    if skipped:
+        logger.info("Not uploading %d file(s) that are not part of an adapter: %s", len(skipped), skipped)

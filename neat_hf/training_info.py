@@ -1,0 +1,112 @@
+"""`training_info.json`: the training setup recorded next to an adapter, scrubbed of credentials.
+
+NeatTrainer (or [`save_training_info`]) writes a flat JSON object with the setup of the run; the model card shows it
+(see `neat_hf.card`). Known keys (all optional): `dataset`, `num_train_epochs`, `max_steps`, `global_step`,
+`learning_rate`, `learning_rates` (`{group: lr}`), `effective_batch_size`, `per_device_train_batch_size`,
+`gradient_accumulation_steps`, `world_size`, `lr_scheduler_type`, `warmup_ratio`, `warmup_steps`, `weight_decay`,
+`optim`, `max_seq_length`, `precision`, `seed`, `deepspeed_stage`, `hardware`, `train_runtime`, `train_loss`; other
+scalar keys are shown as they are. Three keys feed the card without a row: `base_model_parameters` (for the trainable
+share), `framework_versions` (`{package: version}` of the training run) and `license`.
+
+Keys that look like credentials (`*token*`, `*secret*`, `*password*`, `*api_key*`) and values that look like Hub tokens
+are dropped, never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import AdapterLoadError, NeatError
+from .io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+TRAINING_INFO_NAME = "training_info.json"
+
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)($|_)", re.IGNORECASE)
+_TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
+
+
+def sanitize_training_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Check that `info` is a flat JSON object and drop anything that looks like a credential.
+
+    Values may be JSON scalars, lists of scalars, or objects of scalars (e.g. `learning_rates`).
+
+    Raises:
+        NeatError: `info` is not a mapping, a key is not a string, or a value is of another type (named).
+    """
+    if not isinstance(info, Mapping):
+        raise NeatError(f"training_info must be a mapping of setting -> value, got {type(info).__name__}.")
+    clean: dict[str, Any] = {}
+    for key, value in info.items():
+        if not isinstance(key, str):
+            raise NeatError(f"training_info keys must be strings, got {key!r}.")
+        if _SECRET_KEY.search(key):
+            logger.warning("Dropped training_info key %r: it looks like a credential and is never written.", key)
+            continue
+        value = _check_info_value(key, value)
+        if _contains_token(value):
+            logger.warning("Dropped training_info key %r: its value looks like a Hub token.", key)
+            continue
+        clean[key] = value
+    return clean
+
+
+def _check_info_value(key: str, value: Any) -> Any:
+    def scalar(v: Any) -> bool:
+        return v is None or isinstance(v, (bool, int, float, str))
+
+    if scalar(value):
+        return value
+    if isinstance(value, (list, tuple)) and all(scalar(v) for v in value):
+        return list(value)
+    if isinstance(value, Mapping) and all(isinstance(k, str) and scalar(v) for k, v in value.items()):
+        return dict(value)
+    raise NeatError(
+        f"training_info[{key!r}] must be a JSON scalar, a list of scalars or an object of scalars, "
+        f"got {type(value).__name__} {value!r:.80}."
+    )
+
+
+def _contains_token(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(_TOKEN_VALUE.search(value))
+    if isinstance(value, list):
+        return any(_contains_token(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_token(v) for v in value.values())
+    return False
+
+
+def load_training_info(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """Read `training_info.json` from an adapter folder; None if there is none.
+
+    Raises:
+        AdapterLoadError: the file exists but is not a valid JSON object.
+    """
+    path = Path(directory) / TRAINING_INFO_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid JSON: {err}") from err
+    try:
+        return sanitize_training_info(data)
+    except NeatError as err:
+        raise AdapterLoadError(f"Invalid {os.fspath(path)!r}: {err}") from err
+
+
+def save_training_info(directory: str | os.PathLike, info: Mapping[str, Any]) -> Path:
+    """Write `info` (scrubbed by [`sanitize_training_info`]) to `directory/training_info.json` atomically."""
+    clean = sanitize_training_info(info)
+    os.makedirs(directory, exist_ok=True)
+    path = Path(directory) / TRAINING_INFO_NAME
+    atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,254 @@
+"""The `neat-train` job: [`prepare`] checks the inputs, loads data and model, adds the NEAT adapter and builds the
+[`NeatTrainer`]; [`run`] evaluates, trains, saves the adapter and evaluates again. `train.py` is the command line
+around them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    set_seed,
+)
+
+from neat_hf import get_neat_model
+from neat_hf.errors import TrainingArgumentError
+from neat_hf.trainers import data as data_lib
+from neat_hf.trainers import default_job, metrics
+from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
+from neat_hf.trainers.trainer import NeatTrainer
+from neat_hf.trainers.training_args import NeatTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedJob:
+    """Everything [`prepare`] built: the trainer, ready to train, and what the summary reports."""
+
+    trainer: Any
+    model_args: ModelArguments
+    data_args: DataArguments
+    training_args: NeatTrainingArguments
+    recipe: str | None
+    num_train: int
+    num_eval: int
+
+
+def _load_tokenizer(model_args: ModelArguments, task: str) -> Any:
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    common = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code,
+              "cache_dir": model_args.cache_dir}
+    if task == "image-classification":
+        return AutoImageProcessor.from_pretrained(name, **common)
+    tokenizer = AutoTokenizer.from_pretrained(name, **common)
+    if tokenizer.pad_token is None:
+        # LLaMA-2 pads with <unk> in LLM-Adapters; LLaMA-3 has no <unk>, so <eos> (padded labels are -100 anyway).
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _load_model(model_args: ModelArguments, task: str, labels: tuple[int, list[str] | None, bool] | None) -> Any:
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        "cache_dir": model_args.cache_dir,
+    }
+    if model_args.torch_dtype is not None:
+        kwargs["dtype"] = model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if task == "causal-lm":
+        return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    num_labels, names, regression = labels if labels is not None else (model_args.num_labels or 2, None, False)
+    num_labels = model_args.num_labels or num_labels
+    kwargs["num_labels"] = num_labels
+    if names:
+        kwargs["id2label"] = dict(enumerate(names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(names)}
+    if task == "sequence-classification":
+        if regression:
+            kwargs["problem_type"] = "regression"
+        return AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, **kwargs)
+    # A checkpoint fine-tuned on other classes (or none, like the -in21k ViTs) gets a fresh head.
+    return AutoModelForImageClassification.from_pretrained(
+        model_args.model_name_or_path, ignore_mismatched_sizes=True, **kwargs
+    )
+
+
+def _load_tokenizer_and_model(
+    model_args: ModelArguments, task: str, labels: tuple[int, list[str] | None, bool] | None
+) -> tuple[Any, Any]:
+    if not default_job.is_builtin(model_args.model_name_or_path):
+        return _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
+    if model_args.model_name_or_path not in default_job.BUILTIN_MODELS:
+        raise TrainingArgumentError(
+            f"Unknown built-in model {model_args.model_name_or_path!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}."
+        )
+    if task != "causal-lm":
+        raise TrainingArgumentError(f"{model_args.model_name_or_path} is a causal LM; it cannot be used with --task {task}.")
+    if not torch.cuda.is_available():
+        _use_one_cpu_thread_for_the_tiny_model()
+    tokenizer = default_job.build_default_tokenizer()
+    dtype = None if model_args.torch_dtype in (None, "auto") else getattr(torch, model_args.torch_dtype)
+    return tokenizer, default_job.build_default_base_model(tokenizer, dtype=dtype)
+
+
+def _build_inputs(raw: Any, tokenizer: Any, dataset_format: str, data_args: DataArguments) -> tuple[Any, ...]:
+    """Turn raw splits into model inputs: `(datasets, data_collator, compute_metrics, preprocess_logits_for_metrics)`."""
+    workers = data_args.preprocessing_num_workers
+    if dataset_format in ("instruction", "metamathqa"):
+        datasets = data_lib.preprocess_causal_lm(
+            raw, tokenizer, dataset_format=dataset_format, cutoff_len=data_args.cutoff_len,
+            train_on_inputs=data_args.train_on_inputs, prompt_template=data_args.prompt_template, num_proc=workers,
+        )
+        collator = DataCollatorForSeq2Seq(
+            tokenizer, padding=True, label_pad_token_id=data_lib.IGNORE_INDEX,
+            pad_to_multiple_of=8 if torch.cuda.is_available() else None,
+        )
+        return datasets, collator, metrics.causal_lm_metrics, metrics.argmax_logits
+    if dataset_format == "text-classification":
+        datasets = data_lib.preprocess_text_classification(raw, tokenizer, data_args, num_proc=workers)
+        return datasets, DataCollatorWithPadding(tokenizer), metrics.classification_metrics, None
+    for split, dataset in raw.items():
+        dataset.set_transform(
+            data_lib.image_transform(tokenizer, data_args.image_column, data_args.label_column, train=split == "train")
+        )
+    return raw, data_lib.collate_images, metrics.classification_metrics, None
+
+
+def _use_one_cpu_thread_for_the_tiny_model() -> None:
+    """Measured on 2 busy CPU cores: the tiny model's matmuls are too small to gain from intra-op threads, and
+    spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; without flushing
+    denormals the step rate halved after ~1000 steps (33 steps/s steady with flushing)."""
+    torch.set_flush_denormal(True)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+        logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
+
+
+def prepare(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    neat_args: NeatArguments,
+    training_args: NeatTrainingArguments,
+    *,
+    recipe: str | None = None,
+) -> PreparedJob:
+    """Check every input, load data and model, add the NEAT adapter and build the [`NeatTrainer`] — no training yet.
+
+    The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, the
+    dataset's columns, then target-module matching on the loaded model, and the output folder when the trainer is
+    built (an adapter for another base model is refused unless `--overwrite_output_dir`; nothing is written).
+
+    Raises:
+        MissingColumnsError: the dataset lacks the columns the recipe's `dataset_format` needs (they are named).
+        NoTargetModulesError: `neat_target_modules` matched no layer of the model.
+        NeatError: `output_dir` holds an adapter for a different base model.
+        TrainingArgumentError, DatasetError: any other invalid argument or unusable data.
+    """
+    task = model_args.task
+    dataset_format = data_lib.resolve_dataset_format(task, data_args.dataset_format)
+    neat_config = neat_args.to_neat_config(
+        task=task, base_model_name_or_path=model_args.model_name_or_path, revision=model_args.model_revision
+    )
+    if dataset_format == "image-classification" and training_args.remove_unused_columns:
+        raise TrainingArgumentError(
+            "Image classification needs remove_unused_columns=False: the image transform reads the raw "
+            f"{data_args.image_column!r} column, which the Trainer would drop as unused. Pass "
+            "--remove_unused_columns false (neat-train does so by default for --task image-classification)."
+        )
+
+    with training_args.main_process_first(desc="loading the dataset"):
+        raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
+    data_lib.check_columns(raw, dataset_format, data_args, recipe=recipe)
+    labels = data_lib.label_info(raw["train"], data_args.label_column) if task != "causal-lm" else None
+
+    tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
+    if task == "causal-lm" and getattr(model.config, "use_cache", None):
+        model.config.use_cache = False  # no KV cache while training (and none with gradient checkpointing)
+    if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    # Seed right before the adapter is drawn, so that every rank (and every rerun) starts from the same A.
+    set_seed(training_args.seed)
+    model = get_neat_model(model, neat_config)
+
+    with training_args.main_process_first(desc="preprocessing the dataset"):
+        datasets, collator, metrics, preprocess_logits = _build_inputs(raw, tokenizer, dataset_format, data_args)
+
+    trainer = NeatTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("validation"),
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
+        dataset_name=data_args.dataset_name,
+    )
+    return PreparedJob(
+        trainer=trainer,
+        model_args=model_args,
+        data_args=data_args,
+        training_args=training_args,
+        recipe=recipe,
+        num_train=len(datasets["train"]),
+        num_eval=len(datasets["validation"]) if "validation" in datasets else 0,
+    )
+
+
+def _resume_value(value: str | None) -> Any:
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
+        return True
+    return value
+
+
+def run(job: PreparedJob) -> dict[str, Any]:
+    """Evaluate (before), train, save the adapter, evaluate (after).
+
+    Returns:
+        `dict` with `before` and `after` eval metrics (empty without an eval split), `train` metrics, `output_dir`,
+        `is_main_process` and `runtime_s`.
+    """
+    trainer, args = job.trainer, job.training_args
+    start = time.perf_counter()
+    has_eval = trainer.eval_dataset is not None
+    before: dict[str, float] = {}
+    if has_eval and job.data_args.eval_before_training:
+        if args.deepspeed:
+            # DeepSpeed can only run evaluation before training under ZeRO-3, and doing so wraps the model early.
+            logger.warning("Skipping the evaluation before training under DeepSpeed; the eval after training still runs.")
+        else:
+            before = trainer.evaluate(metric_key_prefix="eval")
+    train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    trainer.save_model(args.output_dir)
+    trainer.save_state()
+    after = trainer.evaluate(metric_key_prefix="eval") if has_eval else {}
+    trainer.save_metrics("train", train_output.metrics)
+    if before:
+        trainer.save_metrics("before", before, combined=False)
+    if after:
+        trainer.save_metrics("eval", after)
+    return {
+        "before": before,
+        "after": after,
+        "train": dict(train_output.metrics),
+        "output_dir": os.path.abspath(args.output_dir),
+        "is_main_process": trainer.is_world_process_zero(),
+        "runtime_s": time.perf_counter() - start,
+        "num_train": job.num_train,
+        "num_eval": job.num_eval,
+    }

@@ -1,0 +1,159 @@
+"""`NeatTrainParser`: the one parser of `neat-train`, an [`~transformers.HfArgumentParser`] that also reads a recipe
+and a config file, as TRL's `TrlParser` reads `--config`.
+
+Values come, lowest first, from the dataclasses, `neat-train`'s own defaults (`output_dir=neat-output`,
+`report_to=none`), a recipe (`--recipe`), a config file (`--config`), then the command line. Without `--recipe`,
+`--config` and `--model_name_or_path`, the `default` recipe applies. Recipe and config values become the parser's
+defaults (TRL's `set_defaults_with_config`), so `--help` and the command line treat them like any default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import HfArgumentParser
+
+from neat_hf.errors import TrainingArgumentError
+from neat_hf.trainers.recipe_registry import DEFAULT_RECIPE, list_recipes, load_config_file, load_recipe
+from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
+from neat_hf.trainers.training_args import RENAMED_FIELDS, NeatTrainingArguments
+
+ArgumentTuple = tuple[ModelArguments, DataArguments, NeatArguments, NeatTrainingArguments]
+
+DATACLASSES = (ModelArguments, DataArguments, NeatArguments, NeatTrainingArguments)
+#: Flags of the parser itself (not dataclass fields).
+RUN_FLAGS = ("recipe", "config", "list")
+#: Defaults of `neat-train` that differ from the dataclasses' (the adapter lands in ./neat-output).
+CLI_DEFAULTS = {"output_dir": "neat-output", "report_to": "none"}
+
+
+class NeatTrainParser(HfArgumentParser):
+    """The `neat-train` parser: model, data, NEAT and training arguments, plus `--recipe`, `--config` and `--list`.
+
+    Example:
+        >>> parser = NeatTrainParser()
+        >>> (model_args, data_args, neat_args, training_args), recipe = parser.parse_args_and_config(["--max_steps", "5"])
+        >>> recipe, training_args.max_steps
+        ('default', 5)
+    """
+
+    def __init__(self, description: str | None = None) -> None:
+        super().__init__(
+            DATACLASSES,
+            prog="neat-train",
+            description=description,
+            epilog="Recipes: " + ", ".join(list_recipes()) + ". Without --recipe/--config/--model_name_or_path the "
+            "`default` recipe applies.",
+            allow_abbrev=False,
+        )
+        group = self.add_argument_group("neat-train")
+        group.add_argument("--recipe", default=None, help="Shipped recipe name (see --list) or a YAML/JSON file of defaults.")
+        group.add_argument("--config", default=None, help="YAML/JSON file of flag values; overrides the recipe.")
+        group.add_argument("--list", action="store_true", help="List the shipped recipes and exit.")
+        self.set_defaults(**CLI_DEFAULTS)
+
+    @staticmethod
+    def parse_run_flags(argv: Sequence[str]) -> argparse.Namespace:
+        """`--recipe`, `--config`, `--list` and `--model_name_or_path` alone (they decide the defaults of the rest)."""
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--recipe")
+        pre.add_argument("--config")
+        pre.add_argument("--list", action="store_true")
+        pre.add_argument("--model_name_or_path", "--model-name-or-path")
+        return pre.parse_known_args(list(argv))[0]
+
+    def set_defaults_with_config(self, source: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Make the recipe's or config file's `values` the parser's defaults; every key must name a flag.
+
+        Values are converted with each flag's type, as the command line would (YAML reads `3e-4` as a string).
+
+        Returns:
+            `dict` of the converted values, by flag name.
+
+        Raises:
+            TrainingArgumentError: an unknown key (with the closest flag) or a value the flag's type refuses.
+        """
+        actions = {action.dest: action for action in self._actions}
+        # Recipes use transformers 5.23's field names; older versions know those fields by their old names.
+        values = {(RENAMED_FIELDS[key] if key not in actions and RENAMED_FIELDS.get(key) in actions else key): value
+                  for key, value in values.items()}
+        unknown = [key for key in values if key not in actions or key in RUN_FLAGS]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, list(actions), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise TrainingArgumentError(
+                f"Unknown key(s) in {source}: {', '.join(hints)}. Keys are neat-train flags without the dashes "
+                "(`neat-train --help` lists them)."
+            )
+        converted = {}
+        for key, value in values.items():
+            try:
+                converted[key] = _convert(actions[key], value)
+            except (TypeError, ValueError) as error:
+                raise TrainingArgumentError(f"Bad value {value!r} for {key!r} in {source}: {error}") from error
+        self.set_defaults(**converted)
+        return converted
+
+    def parse_args_and_config(self, argv: Sequence[str] | None = None) -> tuple[ArgumentTuple, str | None]:
+        """Parse `neat-train` arguments into the four dataclasses, over the recipe's and config file's values.
+
+        Returns:
+            `((model_args, data_args, neat_args, training_args), recipe_name)`.
+
+        Raises:
+            UnknownRecipeError: `--recipe` names no shipped recipe or file.
+            TrainingArgumentError: an unknown flag, or an unknown key or bad value in a recipe/config file.
+            DeepSpeedConfigError: the DeepSpeed config is missing or invalid.
+        """
+        argv = list(sys.argv[1:] if argv is None else argv)
+        options = self.parse_run_flags(argv)
+        config = load_config_file(options.config) if options.config else {}
+        recipe = options.recipe or config.get("recipe")
+        config.pop("recipe", None)
+        if recipe is None and not options.config and options.model_name_or_path is None:
+            recipe = DEFAULT_RECIPE
+        from_files: dict[str, Any] = {}
+        if recipe:
+            from_files.update(self.set_defaults_with_config(f"recipe {recipe!r}", load_recipe(recipe)))
+        from_files.update(self.set_defaults_with_config(f"config {options.config!r}", config))
+
+        namespace, unknown = self.parse_known_args(argv)
+        if unknown:
+            raise TrainingArgumentError(self._unknown_flags_message(unknown))
+        values = vars(namespace)
+        explicit = set(from_files) | {a.lstrip("-").split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+        if values["task"] == "image-classification" and "remove_unused_columns" not in explicit:
+            values["remove_unused_columns"] = False  # the image transform reads the raw image column
+        outputs = []
+        for dtype in DATACLASSES:
+            names = {f.name for f in dataclasses.fields(dtype) if f.init}
+            outputs.append(dtype(**{k: v for k, v in values.items() if k in names}))
+        return tuple(outputs), recipe  # type: ignore[return-value]
+
+    def _unknown_flags_message(self, unknown: list[str]) -> str:
+        flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+        known = [s for action in self._actions for s in action.option_strings]
+        hints = [
+            f"{flag}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(flag, known, n=1)) else "")
+            for flag in flags
+        ]
+        return f"Unrecognized arguments: {' '.join(unknown)}. {'; '.join(hints)}".rstrip(". ") + "."
+
+
+def _convert(action: argparse.Action, value: Any) -> Any:
+    """Apply the parser's type to a value read from YAML (where `3e-4` is a string) as the command line would."""
+    convert = action.type if callable(action.type) else None
+    if convert is None or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [convert(v) if isinstance(v, str) else v for v in value]
+    if isinstance(value, str) and not (action.nargs in ("+", "*") and convert is str):
+        return convert(value)
+    return value
