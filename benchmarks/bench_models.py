@@ -15,7 +15,9 @@ four adapters and decode a batch with one adapter per row (``adapter_names=``, s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import tempfile
 from typing import Any
 
 from common import LLAMA_TARGETS
@@ -136,12 +138,7 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
                          init_weights=init_weights)
         out = get_neat_model(model, cfg)
     elif base_method == "neat_lora":
-        import copy
-        import tempfile
-
         from peft import PeftModel
-
-        from neat_hf import NeatConfig, get_neat_model
 
         base_copy = copy.deepcopy(model)
         cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
@@ -150,8 +147,6 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
             get_neat_model(model, cfg).save_as_lora(folder)
             out = PeftModel.from_pretrained(base_copy, folder)
     elif base_method == "neat_mixed4":
-        from neat_hf import NeatConfig, get_neat_model
-
         cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
                          init_weights=init_weights)
         out = get_neat_model(model, cfg, adapter_name=MIXED_ADAPTERS[0])
