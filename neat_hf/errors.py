@@ -69,3 +69,10 @@ class NeatModelArgsError(NeatError):
 
 class DeepSpeedConfigError(NeatError):
     """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
+
+
+# --- Serving (neat_hf.lora_export, neat_hf.serving) ------------------------------------------------------------------
+
+
+class ServingLimitError(NeatError):
+    """An exported adapter breaks a documented limit of an inference server (the message names server and limit)."""

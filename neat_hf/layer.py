@@ -37,6 +37,7 @@ from .config import NeatConfig
 from .distributed import gathered, is_zero3_partitioned, register_external_weight
 from .dtensor import all_ranks_true, is_dtensor, local_merge_delta, local_rows
 from .errors import NeatError, UnsupportedModuleError
+from .mixed_batch import neat_mixed_forward
 
 
 def supported_layer_types() -> tuple[type, ...]:
@@ -245,7 +246,9 @@ class NeatLayer(nn.Module):
         self._hidden_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> torch.Tensor:
+        if adapter_names is not None:  # one adapter per row (NeatModel(..., adapter_names=[...])), see mixed_batch.py
+            return neat_mixed_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if self.disable_adapters or self.merged or name not in self.peanut_A:
