@@ -579,3 +579,14 @@ def test_neat_hub_merge_and_lm_eval_with_a_4bit_base(tmp_path, monkeypatch):
         torch.testing.assert_close(value, reference[key], rtol=0, atol=1e-3, msg=str(key))
     plain = run("hf", pretrained=str(base))
     assert max((plain[k] - v).abs().max().item() for k, v in reference.items()) > 1e-2  # the adapter matters
+
+
+def test_fsdp_with_a_quantized_base_is_refused(llama_dir):
+    from types import SimpleNamespace
+
+    from neat_hf.trainers.trainer import _check_quantized_base
+
+    model = load_quantized(llama_dir)
+    with pytest.raises(UnsupportedQuantizationError, match="FSDP.*without --fsdp"):
+        _check_quantized_base(model, SimpleNamespace(deepspeed=None, fsdp="full_shard auto_wrap"))
+    _check_quantized_base(model, SimpleNamespace(deepspeed=None, fsdp=""))  # one GPU / CPU: accepted
