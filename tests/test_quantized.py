@@ -590,3 +590,24 @@ def test_fsdp_with_a_quantized_base_is_refused(llama_dir):
     with pytest.raises(UnsupportedQuantizationError, match="FSDP.*without --fsdp"):
         _check_quantized_base(model, SimpleNamespace(deepspeed=None, fsdp="full_shard auto_wrap"))
     _check_quantized_base(model, SimpleNamespace(deepspeed=None, fsdp=""))  # one GPU / CPU: accepted
+
+
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_mixed_adapter_batch_on_a_quantized_base(llama_dir, kind):
+    """`adapter_names=` (one adapter per row) on a quantized base: each row equals its adapter run alone."""
+    model = get_neat_model(load_quantized(llama_dir, kind), NeatConfig(r=4, init_weights=False), adapter_name="a")
+    torch.manual_seed(3)
+    model.add_adapter("b", NeatConfig(r=4, init_weights=False))
+    model.eval()
+    names = ["a", "__base__", "b", "a"]
+    input_ids = torch.randint(0, 128, (len(names), 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mixed = model(input_ids=input_ids, adapter_names=names).logits
+        expected = {"a": model(input_ids=input_ids).logits}
+        model.set_adapter("b")
+        expected["b"] = model(input_ids=input_ids).logits
+        with model.disable_adapter():
+            expected["__base__"] = model(input_ids=input_ids).logits
+    for row, name in enumerate(names):
+        torch.testing.assert_close(mixed[row], expected[name][row], atol=1e-4, rtol=1e-4)
+    assert (expected["a"] - expected["b"]).abs().max() > 1e-3
