@@ -174,7 +174,11 @@ def prepare(
     with training_args.main_process_first(desc="loading the dataset"):
         raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
     data_lib.check_columns(raw, dataset_format, data_args, recipe=recipe)
+    sources = data_lib.split_sources(data_args)
+    data_lib.check_values(raw, dataset_format, data_args, sources=sources)
     labels = data_lib.label_info(raw["train"], data_args.label_column) if task != "causal-lm" else None
+    if labels is not None and not labels[2]:  # classification (not regression): every label of every split in range
+        data_lib.check_labels(raw, data_args.label_column, model_args.num_labels or labels[0], sources=sources)
 
     tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
     if task == "causal-lm" and getattr(model.config, "use_cache", None):
