@@ -289,3 +289,97 @@ def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_
     (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
     with pytest.raises(TrainerSetupError, match="no complete checkpoint"):
         resolve_resume(True, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- Hub pushes under faults
+
+from hub_fixtures import hub_server, make_adapter  # noqa: E402,F401 (fixture)
+from neat_hf.errors import HubError  # noqa: E402
+from neat_hf.hub_commit import push_adapter_folder  # noqa: E402
+
+HUB_REPO = "neat-tester/faulty"
+
+
+def _pushed_folder(tmp_path: Path, seed: int) -> Path:
+    folder = tmp_path / f"adapter{seed}"
+    make_adapter(seed=seed).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("fault,fragment", [("500", "HTTP 500"), ("drop_before", "connection failed")])
+def test_failed_push_is_one_line_and_changes_nothing(hub_server, tmp_path, fault, fragment):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    before = hub_server.files(HUB_REPO)
+    hub_server.inject_fault(fault, times=10)  # more than any client-side retry
+    with pytest.raises(HubError) as info:
+        push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
+    assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert hub_server.files(HUB_REPO) == before
+
+
+def test_retry_after_a_lost_answer_makes_no_duplicate_commit(hub_server, tmp_path):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    new = _pushed_folder(tmp_path, 1)
+    hub_server.inject_fault("drop_after")  # the commit lands, its answer is lost
+    with pytest.raises(HubError, match="may have landed"):
+        push_adapter_folder(new, HUB_REPO)
+    landed = len(hub_server.history(HUB_REPO))
+    assert hub_server.files(HUB_REPO)["adapter_model.safetensors"] == (new / ADAPTER_WEIGHTS_NAME).read_bytes()
+    push_adapter_folder(new, HUB_REPO)  # the retry
+    assert len(hub_server.history(HUB_REPO)) == landed
+
+
+def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tmp_path, caplog):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    hub_server.add_file(HUB_REPO, "adapter_model.bin", b"an old pickled adapter")
+    hub_server.add_file(HUB_REPO, "model.safetensors", b"full weights")
+    hub_server.add_file(HUB_REPO, "last-checkpoint/optimizer.pt", b"resume state, kept")
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
+    assert "adapter_model.bin" in caplog.text and "model.safetensors" in caplog.text and "delete_conflicting" in caplog.text
+    assert {"adapter_model.bin", "model.safetensors"} <= set(hub_server.files(HUB_REPO))
+    commits = len(hub_server.history(HUB_REPO))
+    push_adapter_folder(_pushed_folder(tmp_path, 2), HUB_REPO, delete_conflicting=True)
+    files = hub_server.files(HUB_REPO)
+    assert not {"adapter_model.bin", "model.safetensors"} & set(files)
+    assert "last-checkpoint/optimizer.pt" in files
+    assert len(hub_server.history(HUB_REPO)) == commits + 1  # the new adapter and the deletions: one commit
+
+
+def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
+    from transformers import TrainingArguments
+
+    from neat_hf.trainers import NeatTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(8):
+        ids = torch.randint(0, 128, (8,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
+        hub_strategy="every_save",
+    )
+    trainer = NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=rows)
+    hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        trainer.train()
+    assert "Background push 'Training in progress, step 2'" in caplog.text and "500" in caplog.text, caplog.text
+    assert trainer.state.global_step == 4
+    assert (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+def test_neat_train_keeps_local_results_when_the_final_push_fails(hub_server, tmp_path, capsys):
+    from neat_hf.trainers.train import cli
+
+    out = tmp_path / "out"
+    hub_server.inject_fault("500", times=100)  # every commit fails
+    argv = ["--max_steps", "2", "--output_dir", str(out), "--max_train_samples", "8", "--max_eval_samples", "4",
+            "--push_to_hub", "--hub_model_id", HUB_REPO, "--save_strategy", "no"]
+    assert cli(argv) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "final push failed" in line]
+    assert len(err) == 1 and "HTTP 500" in err[0] and "neat-hub push" in err[0], err
+    for name in (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, "trainer_state.json", "eval_results.json", "train_results.json"):
+        assert (out / name).is_file(), name

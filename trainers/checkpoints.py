@@ -70,7 +70,7 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
-def latest_complete_checkpoint(output_dir: str) -> str:
+def latest_complete_checkpoint(output_dir: str, *, announce: bool = True) -> str:
     """The newest complete checkpoint of `output_dir`; says in one line which newer ones were skipped as incomplete.
 
     Raises:
@@ -80,7 +80,7 @@ def latest_complete_checkpoint(output_dir: str) -> str:
     skipped = []
     for folder in reversed(folders):
         if is_complete(folder):
-            if skipped:
+            if skipped and announce:
                 logger.warning(
                     "Skipping incomplete checkpoint(s) %s (a save was interrupted); resuming from %s.",
                     ", ".join(os.path.basename(s) for s in skipped),
@@ -95,9 +95,11 @@ def latest_complete_checkpoint(output_dir: str) -> str:
     )
 
 
-def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+def resolve_resume(
+    resume_from_checkpoint: str | bool | None, output_dir: str, *, announce: bool = True
+) -> str | None:
     """What `Trainer.train(resume_from_checkpoint=...)` should get: True becomes the newest complete checkpoint; an
-    explicit folder must be complete.
+    explicit folder must be complete. `announce=False` (other ranks than the first) skips the log line.
 
     Raises:
         TrainerSetupError: no complete checkpoint, or the folder given is incomplete (the message names the newest
@@ -106,7 +108,7 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
     if resume_from_checkpoint is True:
-        return latest_complete_checkpoint(output_dir)
+        return latest_complete_checkpoint(output_dir, announce=announce)
     folder = os.fspath(resume_from_checkpoint)
     if os.path.isdir(folder) and not is_complete(folder):
         parent = os.path.dirname(os.path.abspath(folder))

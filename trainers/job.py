@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from neat_hf import get_neat_model
-from neat_hf.errors import TrainingArgumentError
+from neat_hf.errors import HubError, TrainingArgumentError
 from neat_hf.trainers import data as data_lib
 from neat_hf.trainers import default_job, metrics
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
@@ -238,7 +238,9 @@ def run(job: PreparedJob) -> dict[str, Any]:
         else:
             before = trainer.evaluate(metric_key_prefix="eval")
     train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
-    trainer.save_model(args.output_dir)
+    # Everything local first (adapter, state, final evaluation, metrics), the Hub push last: a failed push must not
+    # lose the result.
+    trainer.save_model(args.output_dir, _internal_call=True)
     trainer.save_state()
     after = trainer.evaluate(metric_key_prefix="eval") if has_eval else {}
     trainer.save_metrics("train", train_output.metrics)
@@ -246,6 +248,14 @@ def run(job: PreparedJob) -> dict[str, Any]:
         trainer.save_metrics("before", before, combined=False)
     if after:
         trainer.save_metrics("eval", after)
+    if args.push_to_hub:
+        try:
+            trainer.push_to_hub(commit_message="End of training", revision=args.hub_revision)
+        except HubError as err:
+            raise HubError(
+                f"Training finished and its results are saved in {os.path.abspath(args.output_dir)!r}, but the final "
+                f"push failed: {err} Push them later with `neat-hub push {args.output_dir} {args.hub_model_id or 'REPO_ID'}`."
+            ) from err
     return {
         "before": before,
         "after": after,

@@ -431,7 +431,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
         Raises:
             TrainerSetupError: no complete checkpoint to resume from, or the folder given is incomplete.
         """
-        resume_from_checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        resume_from_checkpoint = resolve_resume(
+            resume_from_checkpoint, self.args.output_dir, announce=self.is_world_process_zero()
+        )
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
