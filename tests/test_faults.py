@@ -163,6 +163,19 @@ def test_hostile_configs_are_refused_by_every_loader(tmp_path):
     assert time.perf_counter() - start < 20
 
 
+@pytest.mark.parametrize("name", ["AutoTokenizer", "LlamaConfig"])
+def test_merge_refuses_an_auto_mapping_that_names_no_model_class(tmp_path, name):
+    from neat_hf.hub.merge import export_merged
+
+    folder = _saved_adapter(tmp_path / "adapter")
+    _edit_config(folder, auto_mapping={"base_model_class": name, "parent_library": "transformers.models.auto"}, task_type=None)
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    with pytest.raises(NeatError, match="is not a transformers model class"):
+        export_merged(base_dir, folder, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_limits_hold_for_new_configs_and_the_file_size_limit_is_generous():
     with pytest.raises(NeatError, match="depth must be at most"):
         NeatConfig(depth=MAX_DEPTH + 1)
