@@ -149,9 +149,9 @@ def prepare(
 ) -> PreparedJob:
     """Check every input, load data and model, add the NEAT adapter and build the [`NeatTrainer`] — no training yet.
 
-    The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, the
-    dataset's columns, then target-module matching on the loaded model, and the output folder when the trainer is
-    built (an adapter for another base model is refused unless `--overwrite_output_dir`; nothing is written).
+    The checks run cheapest first: NEAT config values and the dataset's columns before the model is loaded, then
+    target-module matching on the loaded model, and the output folder when [`NeatTrainer`] is built, its one check
+    (an adapter for another base model is refused unless `--overwrite_output_dir`). Nothing is written before training.
 
     Raises:
         MissingColumnsError: the dataset lacks the columns the recipe's `dataset_format` needs (they are named).
