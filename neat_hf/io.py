@@ -8,6 +8,7 @@ so an interrupted save never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -59,10 +60,34 @@ def atomic_save_safetensors(
     try:
         clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(clean, tmp, metadata={"format": "pt", **(metadata or {})})
+        _sort_metadata_in_place(tmp)
         _publish(tmp, path)
     except BaseException:
         _silent_remove(tmp)
         raise
+
+
+def _sort_metadata_in_place(path: str) -> None:
+    """Rewrite the safetensors header of `path` with its `__metadata__` keys sorted.
+
+    safetensors serialises the metadata from a hash map, so with two or more keys the bytes of the file change from
+    one save to the next. The Hub would then see a new file on every push of the same adapter. The sorted header is a
+    permutation of the same compact JSON, so it has the same length and no tensor offset moves. When the length
+    would differ (non-ASCII names), the file is left as written.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not metadata or list(metadata) == sorted(metadata):
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))  # same position among the header's keys
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > size or len(text.rstrip()) != len(raw.rstrip()):
+            return
+        handle.seek(8)
+        handle.write(text.ljust(size))
 
 
 def _publish(tmp: str, path: str | os.PathLike) -> None:

@@ -183,6 +183,19 @@ def test_limits_hold_for_new_configs_and_the_file_size_limit_is_generous():
     assert MAX_CONFIG_BYTES >= 100 * len(NeatConfig(target_modules=TARGETS).to_json_string())
 
 
+def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
+    """The config hash is a second safetensors metadata key; safetensors writes metadata in hash-map order, so the
+    header is sorted after writing. Otherwise every push of an unchanged adapter would upload a "new" file."""
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False))
+    blobs = set()
+    for i in range(6):
+        model.save_pretrained(tmp_path / str(i))
+        blobs.add((tmp_path / str(i) / ADAPTER_WEIGHTS_NAME).read_bytes())
+    assert len(blobs) == 1
+    with safe_open(os.fspath(tmp_path / "0" / ADAPTER_WEIGHTS_NAME), framework="pt") as handle:
+        assert handle.metadata()["format"] == "pt" and CONFIG_SHA_KEY in handle.metadata()
+
+
 def test_nonfinite_opt_out_loads_for_debugging(tmp_path):
     folder = _saved_adapter(tmp_path / "adapter")
     _edit_weights(folder, _nan)
