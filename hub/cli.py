@@ -46,6 +46,12 @@ def make_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", help="Commit message (default: 'Upload NEAT adapter').")
     push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
     push.add_argument("--keep-card", action="store_true", help="Upload the folder's README.md as is (no rebuild).")
+    push.add_argument(
+        "--delete-conflicting",
+        action="store_true",
+        help="Delete, in the same commit, files of the repo that contradict an adapter repo (pickles such as an old "
+        "adapter_model.bin, full-model weights such as model.safetensors); without it they are only listed.",
+    )
     _card_options(push)
 
     card = sub.add_parser("card", help="(Re)build README.md of an adapter folder, e.g. after evaluation.")
@@ -130,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
             commit_message=args.commit_message,
             create_pr=args.create_pr,
             keep_card=args.keep_card,
+            delete_conflicting=args.delete_conflicting,
             **_card_kwargs(args),
         )
         print(info.pr_url or info.commit_url)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import transformers
+from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -52,7 +53,9 @@ def resolve_model_class(adapter_config: dict[str, Any], auto_class: str | None =
     """
     name = auto_class or model_class_for(adapter_config)
     cls = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
-    if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+    # Only model classes: a tokenizer, config or processor class also has `from_pretrained`, and loading one as the
+    # base would fail much later with an AttributeError.
+    if not isinstance(cls, type) or not issubclass(cls, (transformers.PreTrainedModel, _BaseAutoModelClass)):
         raise NeatError(
             f"{name!r} is not a transformers model class; pass an auto class such as 'AutoModelForCausalLM', "
             "'AutoModelForSequenceClassification' or a class like 'ViTForImageClassification'."

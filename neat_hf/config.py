@@ -26,6 +26,20 @@ logger = logging.getLogger(__name__)
 # Keys PEFT writes into adapter_config.json that neat-hf does not use but must tolerate when reading.
 _IGNORED_PEFT_KEYS = frozenset({"peft_version", "auto_mapping_dict"})
 
+# Upper bounds that make loading an untrusted adapter_config.json cheap to refuse. Everything a loader allocates
+# (the expected tensor list, the adapter itself) grows with these, so they are checked before anything else. They are
+# far above any published NEAT/PEANuT setting (paper: r <= 64, depth <= 3).
+#: Largest accepted rank `r`.
+MAX_R = 16384
+#: Largest accepted `depth` (hidden r x r layers per side).
+MAX_DEPTH = 64
+#: Largest adapter_config.json read (bytes); PEFT's own files are about 1 KB.
+MAX_CONFIG_BYTES = 1 << 20
+#: Longest accepted string value (a module name, a regex, a model id).
+MAX_STRING_CHARS = 4096
+#: Most entries accepted in a list field (target_modules, modules_to_save, layers_to_transform, ...).
+MAX_LIST_ITEMS = 4096
+
 
 @dataclass
 class NeatConfig:
@@ -129,10 +143,10 @@ class NeatConfig:
     def _validate(self) -> None:
         if self.peft_type != PEFT_TYPE:
             raise NeatError(f"peft_type must be {PEFT_TYPE!r} for a NEAT adapter, got {self.peft_type!r}.")
-        _check_int(self.r, "r", minimum=1, rule="a positive integer (e.g. 8, 16, 32)")
-        _check_int(self.depth, "depth", minimum=0, rule="a non-negative integer (0 = A and B only)")
+        _check_int(self.r, "r", minimum=1, maximum=MAX_R, rule="a positive integer (e.g. 8, 16, 32)")
+        _check_int(self.depth, "depth", minimum=0, maximum=MAX_DEPTH, rule="a non-negative integer (0 = A and B only)")
         if not isinstance(self.act_fn, str) or self.act_fn not in available_activations():
-            raise NeatError(f"Unknown act_fn {self.act_fn!r}. Must be one of {available_activations()}.")
+            raise NeatError(f"Unknown act_fn {_short(self.act_fn)}. Must be one of {available_activations()}.")
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling):
             raise NeatError(f"scaling must be a finite float, got {type(self.scaling).__name__} {self.scaling!r}.")
         self.scaling = float(self.scaling)
@@ -148,15 +162,18 @@ class NeatConfig:
             raise NeatError("layers_pattern is only used with layers_to_transform; set layers_to_transform too.")
         for name in ("init_weights", "inference_mode"):
             if not isinstance(getattr(self, name), bool):
-                raise NeatError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+                raise NeatError(f"{name} must be a bool, got {_short(getattr(self, name))}.")
         if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise NeatError(f"task_type must be one of {sorted(TASK_TYPES)} or None (PEFT's task types), got {self.task_type!r}.")
+            raise NeatError(f"task_type must be one of {sorted(TASK_TYPES)} or None (PEFT's task types), got {_short(self.task_type)}.")
         for name in ("task_type", "base_model_name_or_path", "revision"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise NeatError(f"{name} must be a string or null, got {type(value).__name__} {value!r}.")
+                raise NeatError(f"{name} must be a string or null, got {type(value).__name__} {_short(value)}.")
+            _check_sizes(value, name)
         if self.auto_mapping is not None and not isinstance(self.auto_mapping, dict):
-            raise NeatError(f"auto_mapping must be an object or null, got {self.auto_mapping!r}.")
+            raise NeatError(f"auto_mapping must be an object or null, got {_short(self.auto_mapping)}.")
+        for name in ("auto_mapping", "target_modules", "exclude_modules", "modules_to_save", "layers_pattern"):
+            _check_sizes(getattr(self, name), name)
 
     @property
     def is_peft_compatible(self) -> bool:
@@ -198,11 +215,14 @@ class NeatConfig:
         except (NeatError, TypeError, ValueError) as err:
             raise AdapterLoadError(f"Invalid {source}: {err}") from err
 
+    def to_json_string(self) -> str:
+        """The exact text `save_pretrained` writes to adapter_config.json."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write adapter_config.json into `save_directory` atomically."""
         os.makedirs(save_directory, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), text)
+        atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), self.to_json_string())
 
     @classmethod
     def from_pretrained(
@@ -232,6 +252,12 @@ def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
     Raises:
         AdapterLoadError: the file is not UTF-8 JSON, or a field is invalid (named).
     """
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterLoadError(
+            f"{os.fspath(path)!r} is {size:,d} bytes; an adapter_config.json is about 1 KB and at most "
+            f"{MAX_CONFIG_BYTES:,d} bytes are read. This is not an adapter config."
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -240,9 +266,29 @@ def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
     return NeatConfig.from_dict(data, source=os.fspath(path))
 
 
-def _check_int(value: Any, name: str, *, minimum: int, rule: str) -> None:
+def _check_int(value: Any, name: str, *, minimum: int, rule: str, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NeatError(f"{name} must be {rule}, got {value!r}.")
+        raise NeatError(f"{name} must be {rule}, got {_short(value)}.")
+    if maximum is not None and value > maximum:
+        raise NeatError(f"{name} must be at most {maximum} (neat_hf.config.MAX_{name.upper()}), got {value}.")
+
+
+def _short(value: Any) -> str:
+    """repr of `value`, cut to a readable length (hostile configs may hold megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:200]}… ({len(text):,d} characters)"
+
+
+def _check_sizes(value: Any, name: str) -> None:
+    """Refuse strings longer than MAX_STRING_CHARS and lists/dicts with more than MAX_LIST_ITEMS entries (nested)."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise NeatError(f"{name} holds a string of {len(value):,d} characters; at most {MAX_STRING_CHARS} are accepted.")
+    elif isinstance(value, (list, tuple, dict)):
+        if len(value) > MAX_LIST_ITEMS:
+            raise NeatError(f"{name} has {len(value):,d} entries; at most {MAX_LIST_ITEMS} are accepted.")
+        for item in value.items() if isinstance(value, dict) else value:
+            _check_sizes(item, name)
 
 
 def _names_or_regex(
@@ -258,7 +304,7 @@ def _names_or_regex(
         items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         return list(dict.fromkeys(items))
     accepted = "a list of module names" + (" or a regex string" if allow_regex else "")
-    raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {value!r}.")
+    raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {_short(value)}.")
 
 
 def _layer_indices(value: Any) -> list[int] | None:
@@ -268,7 +314,9 @@ def _layer_indices(value: Any) -> list[int] | None:
     if not isinstance(values, (list, tuple)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
     ):
-        raise NeatError(f"layers_to_transform must be a non-negative int or a list of them, got {value!r}.")
+        raise NeatError(f"layers_to_transform must be a non-negative int or a list of them, got {_short(value)}.")
+    if len(values) > MAX_LIST_ITEMS:
+        raise NeatError(f"layers_to_transform has {len(values):,d} entries; at most {MAX_LIST_ITEMS} are accepted.")
     return list(values)
 
 

@@ -32,7 +32,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import CommitInfo, CommitOperationAdd, EvalResult, HfApi, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, get_token
+from huggingface_hub.errors import RevisionNotFoundError
 
 from .card import write_model_card
 from .config import read_adapter_config
@@ -73,6 +74,8 @@ TOKENIZER_FILES = frozenset(
 ADAPTER_FILES = frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME})
 #: Never uploaded from a merged-model folder either: pickle-based formats.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+CommitOperation = CommitOperationAdd | CommitOperationDelete
 
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _FULL_WEIGHTS = re.compile(
@@ -126,6 +129,7 @@ def push_adapter_folder(
     commit_description: str | None = None,
     create_pr: bool = False,
     keep_card: bool = False,
+    delete_conflicting: bool = False,
     training_info: Mapping[str, Any] | None = None,
     eval_results: Sequence[EvalResult] | None = None,
     **card_kwargs: Any,
@@ -154,6 +158,10 @@ def push_adapter_folder(
         keep_card (`bool`, *optional*, defaults to `False`):
             Upload the folder's `README.md` as it is. By default the card is rebuilt from the folder's files (keeping
             its evaluation results), so it names `repo_id` and matches the weights.
+        delete_conflicting (`bool`, *optional*, defaults to `False`):
+            The repo may already hold files that contradict an adapter repo (pickles such as an old
+            `adapter_model.bin`, full-model weights such as `model.safetensors`; see [`conflicting_files`]). They are
+            listed in a warning; with `True` they are deleted in the same commit.
         training_info (`dict`, *optional*):
             Training setup for the card (dataset, epochs, learning rates, ...); merged over the folder's
             training_info.json and uploaded with it.
@@ -197,6 +205,8 @@ def push_adapter_folder(
             revision=revision,
             commit_description=commit_description,
             create_pr=create_pr,
+            adapter_repo=True,
+            delete_conflicting=delete_conflicting,
         )
 
 
@@ -212,12 +222,16 @@ def push_staged(
     revision: str | None = None,
     commit_description: str | None = None,
     create_pr: bool = False,
+    adapter_repo: bool = False,
+    delete_conflicting: bool = False,
 ) -> CommitInfo:
     """Create `repo_id` if missing (and the `revision` branch), then commit every file under `staging` in one commit.
 
     `rewrite_card(full_repo_id)` is called when the Hub resolved `repo_id` to another name (a bare name gets the
     token's namespace), so the card's snippets name the real repo. Files ending in `exclude_suffixes` are skipped
-    with a warning. Nothing reaches the Hub when a check fails. The other arguments are [`push_adapter_folder`]'s.
+    with a warning. Nothing reaches the Hub when a check fails. With `adapter_repo=True` the repo's files that
+    contradict an adapter repo are listed (and deleted with `delete_conflicting=True`, see [`conflict_operations`]).
+    The other arguments are [`push_adapter_folder`]'s.
     """
     root = Path(staging)
     files = sorted(
@@ -241,7 +255,10 @@ def push_staged(
         rewrite_card(full_id)  # the card's snippets name the repo with its namespace
         check_no_token(root, secret, [], [root / MODEL_CARD_NAME])
     ensure_branch(api, full_id, revision, token=token)
-    operations = commit_operations(root, files, token=token)
+    operations: list[CommitOperation] = list(commit_operations(root, files, token=token))
+    if adapter_repo:
+        staged = [op.path_in_repo for op in operations]
+        operations += conflict_operations(api, full_id, staged, revision=revision, token=token, delete=delete_conflicting)
     return commit(
         api, full_id, operations, commit_message=commit_message, token=token, revision=revision,
         commit_description=commit_description, create_pr=create_pr,
@@ -294,7 +311,7 @@ def commit_operations(
 def commit(
     api: HfApi,
     repo_id: str,
-    operations: Sequence[CommitOperationAdd],
+    operations: Sequence[CommitOperation],
     *,
     commit_message: str,
     token: str | bool | None,
@@ -303,24 +320,78 @@ def commit(
     create_pr: bool = False,
     blocking: bool = True,
 ) -> CommitInfo | Future:
-    """One `create_commit` of `operations` to `repo_id` (a `Future` of it with `blocking=False`), Hub errors
-    translated by [`hub_errors`]."""
+    """One `create_commit` of `operations` to `repo_id` (a `Future` of it with `blocking=False`, whose failure is
+    logged as a warning), Hub errors translated by [`hub_errors`]."""
     operations = list(operations)
     logger.info("Pushing %d file(s) to %s (%s)", len(operations), repo_id, commit_message)
-    with hub_errors("push to", repo_id, revision=revision):
-        info = api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message,
-            commit_description=commit_description,
-            token=token,
-            revision=revision,
-            create_pr=create_pr,
-            run_as_future=not blocking,
-        )
-    if blocking:
-        logger.info("Pushed %d file(s) to %s: %s", len(operations), repo_id, info.pr_url or info.commit_url)
+    kwargs = dict(
+        commit_message=commit_message, commit_description=commit_description, token=token, revision=revision,
+        create_pr=create_pr,
+    )
+    if not blocking:
+        # A background push (Trainer checkpoints) fails where nobody waits for it: log its reason as a warning.
+        future = api.run_as_future(_commit_now, api, repo_id, operations, kwargs)
+        future.add_done_callback(lambda done: _warn_if_failed(done, repo_id, commit_message))
+        return future
+    return _commit_now(api, repo_id, operations, kwargs)
+
+
+def _commit_now(api: HfApi, repo_id: str, operations: list[CommitOperation], kwargs: dict[str, Any]) -> CommitInfo:
+    """`create_commit`, errors translated. The client first asks the Hub for the sha of every file (preupload) and
+    leaves out files whose content is already there, making no commit at all when nothing changed: so a push retried
+    after a dropped answer (the commit had landed) makes no duplicate commit."""
+    with hub_errors("push to", repo_id, revision=kwargs["revision"]):
+        info = api.create_commit(repo_id, operations, **kwargs)
+    logger.info("Pushed %d file(s) to %s: %s", len(operations), repo_id, info.pr_url or info.commit_url)
     return info
+
+
+def _warn_if_failed(future: Future, repo_id: str, commit_message: str) -> None:
+    error = future.exception()
+    if error is not None:
+        logger.warning(
+            "Background push %r to %s failed: %s. Training goes on; the next push uploads the newer files.",
+            commit_message, repo_id, error,
+        )
+
+
+def conflicting_files(remote: Iterable[str], staged: Iterable[str]) -> list[str]:
+    """Files of an adapter repo that contradict it and that the push would not replace: pickles (`*.bin`, `*.pt`,
+    ...: e.g. an old `adapter_model.bin`, which loaders may prefer or trip on) and full-model weights
+    (`model.safetensors`, ...). Trainer checkpoint folders (`last-checkpoint/`, `checkpoint-*/`) are left alone."""
+    staged = set(staged)
+    found = []
+    for path in remote:
+        first = path.split("/", 1)[0]
+        if path in staged or first == "last-checkpoint" or first.startswith("checkpoint-"):
+            continue
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(PICKLE_SUFFIXES) or _FULL_WEIGHTS.match(name):
+            found.append(path)
+    return sorted(found)
+
+
+def conflict_operations(
+    api: HfApi, repo_id: str, staged: Iterable[str], *, revision: str | None, token: str | bool | None, delete: bool
+) -> list[CommitOperationDelete]:
+    """Warn about (and with `delete=True`, return deletions of) the [`conflicting_files`] already in the repo."""
+    with hub_errors("list the files of", repo_id, revision=revision):
+        try:
+            remote = api.list_repo_files(repo_id, revision=revision, token=token)
+        except RevisionNotFoundError:
+            return []  # a branch about to be created holds nothing
+    found = conflicting_files(remote, staged)
+    if not found:
+        return []
+    if delete:
+        logger.warning("Deleting %d file(s) that contradict a NEAT adapter repo from %s: %s", len(found), repo_id, found)
+        return [CommitOperationDelete(path_in_repo=path) for path in found]
+    logger.warning(
+        "%s already holds %d file(s) that contradict a NEAT adapter repo and are left in place: %s. Delete them in the "
+        "same commit with delete_conflicting=True (neat-hub push --delete-conflicting).",
+        repo_id, len(found), found,
+    )
+    return []
 
 
 # ---------------------------------------------------------------------------------------------------- what may go up

@@ -23,6 +23,11 @@ from huggingface_hub.errors import (
 
 from .errors import HubError, NeatError
 
+try:  # huggingface_hub 2.x sends its requests through httpx2, 1.x through httpx (both its own dependencies)
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - huggingface_hub 1.x
+    from httpx import TransportError
+
 
 @contextlib.contextmanager
 def hub_errors(
@@ -75,4 +80,20 @@ def hub_errors(
                 f"{prefix}: the Hub refused the request ({status}). Set HF_TOKEN to a token with access to this "
                 "namespace, pass token=..., or run `hf auth login`."
             ) from err
-        raise
+        if status is not None and status >= 500:
+            raise error(
+                f"{prefix}: the Hub failed with HTTP {status} ({_first_line(err)}). Nothing was changed by this request; "
+                "try again later."
+            ) from err
+        raise error(f"{prefix}: the Hub answered HTTP {status} ({_first_line(err)}).") from err
+    except TransportError as err:
+        raise error(
+            f"{prefix}: the connection failed ({type(err).__name__}: {_first_line(err)}). If it dropped after the "
+            "request was sent, the change may have landed; running the same push again is safe (files already on "
+            "the Hub make no new commit)."
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

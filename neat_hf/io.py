@@ -7,6 +7,9 @@ so an interrupted save never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import os
 import re
@@ -21,13 +24,23 @@ from .constants import ADAPTER_WEIGHTS_NAME
 from .errors import AdapterLoadError
 from .hub_errors import hub_errors
 
+logger = logging.getLogger(__name__)
+
+#: safetensors metadata key of adapter_model.safetensors holding the sha256 of the adapter_config.json saved with it.
+#: `save_pretrained` writes the weights first and the config last, so a kill in between leaves new weights next to
+#: the old config; loading compares the two and refuses such a mix instead of computing neither adapter.
+CONFIG_SHA_KEY = "neat_hf.adapter_config_sha256"
+
+#: Prefix of the temporary files of atomic writes (cleaned from a folder by the next save into it).
+TMP_PREFIX = ".tmp-"
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -42,15 +55,39 @@ def atomic_save_safetensors(
 ) -> None:
     """Save `tensors` as safetensors at `path` atomically (contiguous CPU copies, shared storage broken)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".safetensors", dir=directory)
     os.close(fd)
     try:
         clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(clean, tmp, metadata={"format": "pt", **(metadata or {})})
+        _sort_metadata_in_place(tmp)
         _publish(tmp, path)
     except BaseException:
         _silent_remove(tmp)
         raise
+
+
+def _sort_metadata_in_place(path: str) -> None:
+    """Rewrite the safetensors header of `path` with its `__metadata__` keys sorted.
+
+    safetensors serialises the metadata from a hash map, so with two or more keys the bytes of the file change from
+    one save to the next. The Hub would then see a new file on every push of the same adapter. The sorted header is a
+    permutation of the same compact JSON, so it has the same length and no tensor offset moves. When the length
+    would differ (non-ASCII names), the file is left as written.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        metadata = header.get("__metadata__")
+        if not metadata or list(metadata) == sorted(metadata):
+            return
+        header["__metadata__"] = dict(sorted(metadata.items()))  # same position among the header's keys
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > size or len(text.rstrip()) != len(raw.rstrip()):
+            return
+        handle.seek(8)
+        handle.write(text.ljust(size))
 
 
 def _publish(tmp: str, path: str | os.PathLike) -> None:
@@ -59,6 +96,57 @@ def _publish(tmp: str, path: str | os.PathLike) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+def text_sha256(text: str) -> str:
+    """sha256 hex digest of `text` encoded as UTF-8 (what `atomic_write_text` writes)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete the `.tmp-*` files that an interrupted atomic write left in `directory`; returns their names.
+
+    Called at the start of a save into `directory` (one writer per folder, as with any save target).
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+            _silent_remove(path)
+            removed.append(name)
+    if removed:
+        logger.info("Removed %d temporary files left by an interrupted save in %s: %s", len(removed), directory, removed)
+    return removed
+
+
+def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:
+    """Refuse an adapter folder whose weights and config come from two different saves (a save killed halfway).
+
+    Weights saved by neat-hf carry the sha256 of their config (`CONFIG_SHA_KEY`); files without it (stock PEFT, older
+    neat-hf) are accepted as they are.
+
+    Raises:
+        AdapterLoadError: the config on disk is not the one saved with the weights.
+    """
+    try:
+        with safe_open(os.fspath(weights_path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get(CONFIG_SHA_KEY)
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(weights_path)!r}: corrupt or not safetensors ({err}).") from err
+    if expected is None:
+        return
+    with open(config_path, "rb") as handle:
+        actual = hashlib.sha256(handle.read()).hexdigest()
+    if actual != expected:
+        raise AdapterLoadError(
+            f"{os.fspath(weights_path)!r} was saved with another adapter_config.json than the one next to it: the "
+            "save that wrote this folder was interrupted between the two files. Save the adapter again (or restore "
+            "the folder); it is refused rather than loaded with a config that does not describe its weights."
+        )
 
 
 def _silent_remove(path: str) -> None:
@@ -147,7 +235,7 @@ def read_tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
         with safe_open(os.fspath(path), framework="pt") as handle:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as err:  # safetensors raises its own error types
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not a readable safetensors file: {err}") from err
+        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(path)!r}: corrupt or not safetensors ({err}).") from err
 
 
 def count_adapter_parameters(weights_path: str | os.PathLike) -> int:

@@ -29,9 +29,19 @@ from .constants import (
     FILE_KEY_PREFIX,
 )
 from .dtensor import copy_into, full_tensor, is_dtensor
-from .errors import AdapterMismatchError, NeatError, UnsupportedQuantizationError
+from .errors import AdapterLoadError, AdapterMismatchError, NeatError, UnsupportedQuantizationError
 from .hub_commit import push_to_hub as push_adapter_to_hub
-from .io import atomic_save_safetensors, read_adapter_weights, resolve_adapter_file
+from .io import (
+    CONFIG_SHA_KEY,
+    atomic_save_safetensors,
+    atomic_write_text,
+    check_saved_together,
+    read_adapter_weights,
+    read_tensor_shapes,
+    remove_stale_temporaries,
+    resolve_adapter_file,
+    text_sha256,
+)
 from .layer import NeatLayer, layer_features
 from .lora_export import save_as_lora
 from .mixed_batch import adapter_names_hooks
@@ -484,8 +494,14 @@ class NeatModel(nn.Module):
             directory = os.fspath(save_directory) if name == DEFAULT_ADAPTER_NAME else os.path.join(save_directory, name)
             tensors = self.get_adapter_state_dict(state_dict, name)
             os.makedirs(directory, exist_ok=True)
-            atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME))
-            self._config_for_saving(name).save_pretrained(directory)
+            remove_stale_temporaries(directory)
+            # Weights first, carrying the sha256 of their config, then the config: a save killed in between leaves a
+            # folder that loading refuses (see `neat_hf.io.check_saved_together`), never one that loads as a mix.
+            config_text = self._config_for_saving(name).to_json_string()
+            atomic_save_safetensors(
+                tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={CONFIG_SHA_KEY: text_sha256(config_text)}
+            )
+            atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
             if name == self.active_adapter:
                 # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
                 write_model_card(directory, model=self)
@@ -504,17 +520,22 @@ class NeatModel(nn.Module):
             config.auto_mapping = {"base_model_class": cls.__name__, "parent_library": cls.__module__}
         return config
 
-    def load_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: str | None = None) -> None:
+    def load_adapter_weights(
+        self, tensors: dict[str, torch.Tensor], adapter_name: str | None = None, *, check_finite: bool = True
+    ) -> None:
         """Copy adapter tensors keyed like adapter_model.safetensors into this model, after checking all of them.
 
         Raises:
             AdapterMismatchError: a tensor has no place in the model, is missing, or has another shape (the message
                 names the module and both shapes); nothing is copied then.
+            AdapterLoadError: a tensor is not floating point, or holds NaN/inf (unless `check_finite=False`).
         """
         adapter_name = adapter_name or self.active_adapter
         by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
         params = dict(self.state_dict(keep_vars=True))
         check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
+        integer = {fk for fk, k in by_file_key.items() if not params[k].is_floating_point()}
+        check_adapter_values(tensors, exempt_keys=integer, check_finite=check_finite)
         with torch.no_grad():
             for file_key, tensor in tensors.items():
                 copy_into(params[by_file_key[file_key]].data, tensor)  # under FSDP2: this rank's rows
@@ -533,6 +554,7 @@ class NeatModel(nn.Module):
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
         autocast_adapter_dtype: bool = True,
+        check_finite: bool = True,
     ) -> NeatModel:
         """Load a NEAT/PEANuT adapter (neat-hf's or stock PEFT's) from a folder or a Hub repo onto `model`.
 
@@ -547,15 +569,18 @@ class NeatModel(nn.Module):
                 training); otherwise they are frozen and the model is put in eval mode, as in PEFT.
             revision, subfolder, token, cache_dir, local_files_only: where the files are (a branch, tag or commit
                 and a folder inside the repo or directory); passed to `huggingface_hub.hf_hub_download`.
+            check_finite (`bool`, *optional*, defaults to `True`): refuse tensors holding NaN or inf. Set `False`
+                only to inspect a broken adapter (for debugging); such a model computes NaN.
 
         Raises:
-            AdapterLoadError: missing or corrupt files, invalid adapter_config.json.
+            AdapterLoadError: missing or corrupt files, invalid or out-of-range adapter_config.json, non-float or
+                non-finite tensors, weights and config from two different saves.
             AdapterMismatchError: the adapter does not fit `model`.
         """
         hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
-        config, tensors = _read_and_check_adapter(model, model_id, is_trainable, hub)
+        config, tensors = _read_and_check_adapter(model, model_id, is_trainable, hub, check_finite=check_finite)
         neat_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
-        neat_model.load_adapter_weights(tensors, adapter_name)
+        neat_model.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
         if not is_trainable:
             neat_model.eval()
         return neat_model
@@ -571,15 +596,16 @@ class NeatModel(nn.Module):
         token: str | bool | None = None,
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
+        check_finite: bool = True,
     ) -> None:
         """Load one more saved adapter into this model under `adapter_name` (not made active: see [`set_adapter`]).
 
         Checked against the model before anything is added, like [`from_pretrained`].
         """
         hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
-        config, tensors = _read_and_check_adapter(self.base_model, model_id, is_trainable, hub)
+        config, tensors = _read_and_check_adapter(self.base_model, model_id, is_trainable, hub, check_finite=check_finite)
         self.add_adapter(adapter_name, config)
-        self.load_adapter_weights(tensors, adapter_name)
+        self.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
 
     def save_as_lora(
         self,
@@ -609,18 +635,65 @@ class NeatModel(nn.Module):
 
 
 def _read_and_check_adapter(
-    model: nn.Module, model_id: str | os.PathLike, is_trainable: bool, hub: dict[str, Any]
+    model: nn.Module, model_id: str | os.PathLike, is_trainable: bool, hub: dict[str, Any], *, check_finite: bool = True
 ) -> tuple[NeatConfig, dict[str, torch.Tensor]]:
-    """Read adapter_config.json and the safetensors file, and check both against `model` (which is not changed)."""
-    config = read_adapter_config(resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub))
-    tensors = read_adapter_weights(resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub))
+    """Read adapter_config.json and the safetensors file, and check both against `model` (which is not changed).
+
+    Bounded: the config's fields are range-checked when it is parsed, the target regexes match under a time limit,
+    and the file's tensor shapes are compared (from its header) before any tensor is read.
+    """
+    config_path = resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub)
+    config = read_adapter_config(config_path)
+    weights_path = resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub)
+    check_saved_together(config_path, weights_path)
     config.inference_mode = not is_trainable
     try:
         plan = plan_injection(model, config)
     except NeatError as err:
         raise AdapterMismatchError(f"Adapter {os.fspath(model_id)!r} does not fit {type(model).__name__}: {err}") from err
-    check_adapter_tensors(tensors, expected_adapter_shapes(model, config, plan), type(model).__name__)
+    check_adapter_tensors(read_tensor_shapes(weights_path), expected_adapter_shapes(model, config, plan), type(model).__name__)
+    tensors = read_adapter_weights(weights_path)
+    check_adapter_values(tensors, exempt_keys=_integer_keys(model, plan), check_finite=check_finite)
     return config, tensors
+
+
+def _integer_keys(model: nn.Module, plan: InjectionPlan) -> set[str]:
+    """File keys of `modules_to_save` tensors that are not floating point in `model` (e.g. integer buffers)."""
+    keys = set()
+    for path in plan.modules_to_save:
+        module = model.get_submodule(path)
+        module = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point():
+                keys.add(f"{FILE_KEY_PREFIX}{path}.{key}")
+    return keys
+
+
+def check_adapter_values(
+    tensors: dict[str, torch.Tensor], *, exempt_keys: set[str] | None = None, check_finite: bool = True
+) -> None:
+    """Refuse non-floating-point tensors (never cast: an int8/bool adapter is not one neat-hf wrote) and, unless
+    `check_finite=False`, tensors holding NaN or inf. `exempt_keys` lists the keys exempt from the float rule
+    (integer buffers of a `modules_to_save` module).
+
+    Raises:
+        AdapterLoadError: naming the tensor, its dtype or how many values are not finite.
+    """
+    exempt = exempt_keys or set()
+    for key, tensor in tensors.items():
+        if key in exempt:
+            continue
+        if not tensor.is_floating_point():
+            raise AdapterLoadError(
+                f"Adapter tensor {key!r} has dtype {tensor.dtype}; adapter weights must be floating point "
+                "(float32/float16/bfloat16). It is refused rather than cast."
+            )
+        if check_finite and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise AdapterLoadError(
+                f"Adapter tensor {key!r} holds {bad} NaN/inf values of {tensor.numel()}; the adapter is broken "
+                "(diverged training?). Pass check_finite=False only to inspect it."
+            )
 
 
 def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: InjectionPlan) -> dict[str, tuple[int, ...]]:
@@ -644,9 +717,10 @@ def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: Injectio
 
 
 def check_adapter_tensors(
-    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], model_name: str
+    tensors: dict[str, torch.Tensor] | dict[str, list[int]], expected: dict[str, tuple[int, ...]], model_name: str
 ) -> None:
-    """Raise `AdapterMismatchError` unless `tensors` has exactly the `expected` keys and shapes."""
+    """Raise `AdapterMismatchError` unless `tensors` (tensors, or shapes read from a file header) has exactly the
+    `expected` keys and shapes."""
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise AdapterMismatchError(
@@ -657,11 +731,13 @@ def check_adapter_tensors(
     if missing:
         raise AdapterMismatchError(f"The adapter file lacks {len(missing)} tensors {model_name} needs, e.g. {missing[:3]}.")
     for key, shape in expected.items():
-        if tuple(tensors[key].shape) != tuple(shape):
+        found = tensors[key]
+        found = tuple(found.shape) if isinstance(found, torch.Tensor) else tuple(found)
+        if found != tuple(shape):
             module, _, tensor_name = key[len(FILE_KEY_PREFIX):].partition(".peanut_")
             raise AdapterMismatchError(
                 f"Shape mismatch for module {module!r} ({'peanut_' + tensor_name if tensor_name else key}): the adapter "
-                f"has {list(tensors[key].shape)} but {model_name} needs {list(shape)}. The adapter was made for a "
+                f"has {list(found)} but {model_name} needs {list(shape)}. The adapter was made for a "
                 "base model of other dimensions."
             )
 

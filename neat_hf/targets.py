@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-
+import regex
 from torch import nn
 
 from .config import NeatConfig
@@ -21,6 +21,11 @@ from .errors import NeatError, NoTargetModulesError, UnsupportedModuleError
 from .layer import NeatLayer, supported_layer_types
 
 logger = logging.getLogger(__name__)
+
+#: Seconds one user regex may spend on one module name. Real patterns take microseconds; a backtracking one such as
+#: "(.*)*X" would take years, so `target_modules`, `exclude_modules` and `layers_pattern` are matched with the
+#: `regex` package (a dependency of transformers, same syntax as `re` for these patterns), which supports a timeout.
+REGEX_TIMEOUT_S = 0.25
 
 # Sub-paths created by neat-hf itself; never adapt inside them.
 _INTERNAL_MARKERS = (".base_layer", ".original_module", ".modules_to_save.", "peanut_")
@@ -37,10 +42,35 @@ class InjectionPlan:
     modules_to_save_names: list[str] | None = None
 
 
-def name_matches(name: str, patterns: list[str] | str) -> bool:
-    """PEFT's rule: regex full match for a string, exact-or-dotted-suffix for a list."""
+def _bounded(kind: str, pattern: str, name: str, field: str) -> regex.Match | None:
+    """`regex.fullmatch`/`match` of a user pattern against a module path, refused (NeatError) past REGEX_TIMEOUT_S."""
+    try:
+        compiled = _compile(pattern)
+        return getattr(compiled, kind)(name, timeout=REGEX_TIMEOUT_S)
+    except TimeoutError:
+        raise NeatError(
+            f"{field} regex {pattern[:200]!r} took over {REGEX_TIMEOUT_S} s to match module {name!r} (catastrophic "
+            "backtracking, e.g. a nested quantifier like '(.*)*'); use a simpler regex or a list of module names."
+        ) from None
+    except regex.error as err:
+        raise NeatError(f"{field} is not a valid regex ({err}): {pattern[:200]!r}.") from None
+
+
+_COMPILED: dict[str, regex.Pattern] = {}
+
+
+def _compile(pattern: str) -> regex.Pattern:
+    if pattern not in _COMPILED:
+        if len(_COMPILED) > 256:
+            _COMPILED.clear()
+        _COMPILED[pattern] = regex.compile(pattern, flags=regex.VERSION0)
+    return _COMPILED[pattern]
+
+
+def name_matches(name: str, patterns: list[str] | str, field: str = "target_modules") -> bool:
+    """PEFT's rule: regex full match for a string, exact-or-dotted-suffix for a list (the regex under a time bound)."""
     if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
+        return _bounded("fullmatch", patterns, name, field) is not None
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
@@ -51,7 +81,7 @@ def layer_index(name: str, layers_pattern: list[str] | str | None) -> int | None
         return int(match.group("idx")) if match else None
     patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
     for pattern in patterns:
-        match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+        match = _bounded("match", rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name, "layers_pattern")
         if match:
             return int(match.group("idx"))
     return None
@@ -62,10 +92,10 @@ def target_matches(name: str, config: NeatConfig, target_modules: list[str] | st
 
     A regex or an exact path is taken as is; only dotted-suffix matches are filtered by `layers_to_transform`.
     """
-    if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
+    if config.exclude_modules is not None and name_matches(name, config.exclude_modules, "exclude_modules"):
         return False
     if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, name) is not None
+        return name_matches(name, target_modules)
     if name in target_modules:
         return True
     if not any(name.endswith("." + t) for t in target_modules):

@@ -20,6 +20,7 @@ import sys
 from typing import Any, Optional
 
 import torch
+from fault_injection import install_from_env
 
 SEQ_LEN = 12
 NUM_SEQUENCES = 8
@@ -275,6 +276,9 @@ class GatherCounter:
 
 def main(argv: Optional[list[str]] = None) -> None:
     ns = parse_args(argv)
+    if ns.resume_from_checkpoint == "true":
+        ns.resume_from_checkpoint = True
+    install_from_env()  # fault-injection tests: SIGKILL this rank at a given file operation
     run(ns)
     _shutdown_distributed()
 

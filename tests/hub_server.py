@@ -45,6 +45,7 @@ import copy
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -107,6 +108,8 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[dict[str, Any]] = []
         self.unhandled: list[str] = []
+        #: injected failures (see `HubServer.inject_fault`), consumed in order
+        self.faults: list[dict[str, Any]] = []
         self._counter = 0
 
     def new_commit(self, repo: Repo, parent: str | None, title: str, message: str, files: dict[str, bytes]) -> Commit:
@@ -167,7 +170,28 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _take_fault(self, method: str, path: str) -> dict[str, Any] | None:
+        state = self.server.state
+        with state.lock:
+            for fault in state.faults:
+                if fault["method"] == method and fault["path_contains"] in path and fault["times"] > 0:
+                    fault["times"] -= 1
+                    return fault
+        return None
+
+    def _drop_connection(self) -> None:
+        """Close the socket without an answer (what a dropped connection looks like to the client)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
+        if getattr(self, "_drop_response", False):
+            self._drop_response = False
+            self._drop_connection()
+            return
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -202,6 +226,18 @@ class _Handler(BaseHTTPRequestHandler):
                     "body": body,
                 }
             )
+        fault = self._take_fault(method, split.path)
+        if fault is not None:
+            if fault["kind"] == "delay":
+                time.sleep(fault["seconds"])
+            elif fault["kind"] == "500":
+                self._json(500, {"error": "loopback hub: injected internal error"})
+                return
+            elif fault["kind"] == "drop_before":
+                self._drop_connection()
+                return
+            elif fault["kind"] == "drop_after":
+                self._drop_response = True  # handle the request (the commit lands), then drop the answer
         try:
             self._check_token()
             handled = self._route(method, split.path, query, body)
@@ -678,6 +714,19 @@ class HubServer:
     def request_count(self) -> int:
         with self.state.lock:
             return len(self.state.requests)
+
+    def inject_fault(
+        self, kind: str, *, path_contains: str = "/commit/", method: str = "POST", times: int = 1, seconds: float = 0.0
+    ) -> None:
+        """Make the next `times` matching requests fail: `"500"` (an internal error, nothing done), `"drop_before"`
+        (connection closed before the request is handled), `"drop_after"` (handled, e.g. the commit lands, then the
+        connection is closed without an answer), or `"delay"` (answered after `seconds`)."""
+        if kind not in ("500", "drop_before", "drop_after", "delay"):
+            raise ValueError(f"unknown fault {kind!r}")
+        with self.state.lock:
+            self.state.faults.append(
+                {"kind": kind, "path_contains": path_contains, "method": method, "times": times, "seconds": seconds}
+            )
 
     def add_file(
         self, repo_id: str, path: str, data: bytes, *, revision: str = "main", repo_type: str = "model"

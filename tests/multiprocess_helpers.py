@@ -25,9 +25,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_launcher(command: list[str], *, timeout: int = 600, expect_failure: bool = False) -> subprocess.CompletedProcess:
-    """Run a launcher command line with one thread per rank; fail the test with its output unless it exits as expected."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def run_launcher(
+    command: list[str], *, timeout: int = 600, expect_failure: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a launcher command line with one thread per rank (plus `env`); fail the test with its output unless it
+    exits as expected."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if (result.returncode != 0) != expect_failure:
         pytest.fail(f"{command[:3]} exited with {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")

@@ -76,7 +76,14 @@ def test_bundled_names_resolve_and_bad_values_are_named(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- multi-process runs
-def _launch(launcher: str, driver_args: list[str], timeout: int = 600) -> None:
+def _launch(
+    launcher: str,
+    driver_args: list[str],
+    timeout: int = 600,
+    *,
+    env: dict[str, str] | None = None,
+    expect_failure: bool = False,
+):
     port = str(free_port())
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
@@ -88,7 +95,7 @@ def _launch(launcher: str, driver_args: list[str], timeout: int = 600) -> None:
             str(Path(sys.executable).with_name("accelerate")), "launch", "--use_deepspeed", "--num_processes", "2",
             "--num_machines", "1", "--deepspeed_config_file", resolve_deepspeed_config(config), "--main_process_port", port,
         ]
-    run_launcher(command + [DRIVER, *driver_args], timeout=timeout)
+    return run_launcher(command + [DRIVER, *driver_args], timeout=timeout, env=env, expect_failure=expect_failure)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +167,29 @@ def test_zero3_resume_equals_uninterrupted(zero3_run, base_model, tmp_path):
     _launch("torchrun", ["--base_model", base_model, "--output_dir", out, "--deepspeed", "zero3",
                          "--resume_from_checkpoint", os.path.join(zero3_run, "checkpoint-2")])
     assert _report(out)["global_step"] == 4
+    _assert_same_adapter(out, zero3_run, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("rank,kill_at", [(0, 4), (1, 1)])
+def test_zero3_rank_killed_during_checkpoint_resumes_from_the_newest_complete_one(zero3_run, base_model, tmp_path, rank, kill_at):
+    """One rank is SIGKILLed at its `kill_at`-th file operation while checkpoint-4 is written (rank 0: after the
+    marker, in the adapter files; rank 1: its first optimizer shard). The run fails, checkpoint-4 is left incomplete,
+    and `--resume_from_checkpoint true` resumes from checkpoint-2 and ends with the uninterrupted run's adapter."""
+    from neat_hf.trainers.checkpoints import is_complete, latest_complete_checkpoint
+
+    out = str(tmp_path / "killed")
+    fault = {"FAULT_ROOT": os.path.join(out, "checkpoint-4"), "FAULT_KILL_AT": str(kill_at), "FAULT_RANK": str(rank)}
+    killed = _launch("torchrun", ["--base_model", base_model, "--output_dir", out, "--deepspeed", "zero3", "--zero_init",
+                                  "--save_steps", "2"], env=fault, expect_failure=True)
+    assert killed.returncode != 0
+    assert is_complete(os.path.join(out, "checkpoint-2")) and not is_complete(os.path.join(out, "checkpoint-4"))
+    assert latest_complete_checkpoint(out).endswith("checkpoint-2")
+    _launch("torchrun", ["--base_model", base_model, "--output_dir", out, "--deepspeed", "zero3", "--save_steps", "2",
+                         "--resume_from_checkpoint", "true"])
+    assert _report(out)["global_step"] == 4
+    assert is_complete(os.path.join(out, "checkpoint-4"))
     _assert_same_adapter(out, zero3_run, rtol=1e-6, atol=1e-7)
 
 

@@ -15,6 +15,9 @@ prompt tokens get the label -100 (`train_on_inputs=False` in LLM-Adapters). Sequ
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from neat_hf.errors import DatasetError, MissingColumnsError, TrainingArgumentError
 from neat_hf.trainers import default_job
@@ -117,6 +121,74 @@ def check_columns(
         )
 
 
+def split_sources(data_args: DataArguments) -> dict[str, str]:
+    """{split: where its rows come from} for messages (the file, or the dataset name)."""
+    if data_args.train_file:
+        sources = {"train": data_args.train_file}
+        if data_args.validation_file:
+            sources["validation"] = data_args.validation_file
+        return sources
+    name = data_args.dataset_name or "the dataset"
+    return {"train": name, "validation": name}
+
+
+def check_values(
+    datasets: DatasetDict, dataset_format: str, data_args: DataArguments, *, sources: Mapping[str, str] | None = None
+) -> None:
+    """Raises [`DatasetError`] at the first row of any split whose required column is null or missing (JSON rows
+    without the key load as null), naming the split, its file, the row and the column.
+
+    Image columns are not read here (that would decode every image).
+    """
+    columns = required_columns(dataset_format, data_args)
+    if dataset_format == "image-classification":
+        columns = [data_args.label_column]
+    for split, dataset in datasets.items():
+        for column in columns:
+            for index, value in enumerate(dataset[column]):
+                if value is None:
+                    raise DatasetError(
+                        f"{_where(split, sources)} row {index + 1} has no value in column {column!r} (null or "
+                        f"missing); every row needs {columns}."
+                    )
+                if column == data_args.label_column:
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise DatasetError(
+                            f"{_where(split, sources)} row {index + 1} has label {str(value)[:50]!r} in column "
+                            f"{column!r}; labels must be integers 0..N-1 (or floats for regression), not "
+                            f"{type(value).__name__}."
+                        )
+                elif not isinstance(value, str):
+                    raise DatasetError(
+                        f"{_where(split, sources)} row {index + 1}: column {column!r} holds a "
+                        f"{type(value).__name__} ({str(value)[:50]!r}), not text."
+                    )
+
+
+def check_labels(
+    datasets: DatasetDict, label_column: str, num_labels: int, *, sources: Mapping[str, str] | None = None
+) -> None:
+    """Raises [`DatasetError`] at the first label (any split, validation included) that is not an integer in
+    0..num_labels-1, before the first training step.
+
+    Raises:
+        DatasetError: naming the split, its file, the row, the value and the accepted range.
+    """
+    for split, dataset in datasets.items():
+        for index, value in enumerate(dataset[label_column]):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_labels:
+                raise DatasetError(
+                    f"{_where(split, sources)} row {index + 1} has label {value!r} in column {label_column!r}; with "
+                    f"num_labels={num_labels} labels must be integers 0..{num_labels - 1}. Fix the row or set "
+                    "--num_labels."
+                )
+
+
+def _where(split: str, sources: Mapping[str, str] | None) -> str:
+    source = (sources or {}).get(split)
+    return f"The {split!r} split ({source})" if source else f"The {split!r} split"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -130,6 +202,102 @@ def _data_file_builder(path: str) -> tuple[str, dict[str, Any]]:
         )
     kwargs: dict[str, Any] = {"delimiter": "\t"} if suffix == ".tsv" else {}
     return _EXTENSION_BUILDERS[suffix], kwargs
+
+
+def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True) -> None:
+    """Read a local data file once before `datasets` does, so that a bad file gets one line naming the file and the
+    line: empty, not UTF-8, a JSON line that does not parse or is not an object, a CSV/TSV row with another number
+    of fields than the header.
+
+    Raises:
+        DatasetError: naming the file, the line (1-based) and what is wrong.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".parquet":
+        if os.path.getsize(path) == 0:
+            raise DatasetError(f"Data file {path!r} is empty.")
+        return
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DatasetError(
+            f"Data file {path!r} is not UTF-8: line {line} holds the byte {raw[err.start:err.start + 1]!r} "
+            f"(offset {err.start}). Re-save it as UTF-8."
+        ) from None
+    if not text.strip():
+        raise DatasetError(f"Data file {path!r} is empty; it needs at least one row.")
+    if suffix in (".json", ".jsonl"):
+        stripped = text.lstrip()
+        if suffix == ".json" and stripped.startswith(("[", "{")) and not _is_json_lines(stripped):
+            try:
+                data = json.loads(stripped)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"Data file {path!r} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}.") from None
+            rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
+            if isinstance(rows, list) and not rows:
+                raise DatasetError(f"Data file {path!r} holds no rows.")
+            return
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(
+                    f"Data file {path!r} line {number} is not valid JSON ({err.msg} at column {err.colno}); every line "
+                    "of a JSON-lines file must be one JSON object."
+                ) from None
+            if not isinstance(row, dict):
+                raise DatasetError(
+                    f"Data file {path!r} line {number} is a JSON {type(row).__name__}, not an object with column names."
+                )
+        return
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    width = None
+    for row in reader:
+        if not row:
+            continue
+        if width is None:
+            width = len(row)
+            continue
+        if len(row) != width:
+            raise DatasetError(
+                f"Data file {path!r} line {reader.line_num} has {len(row)} fields where the "
+                f"{'header' if has_header else 'first row'} has {width} (delimiter {delimiter!r}); quote fields "
+                "that contain the delimiter."
+            )
+    if width is None or (has_header and reader.line_num <= 1):
+        raise DatasetError(f"Data file {path!r} holds {'a header but ' if width else ''}no data rows.")
+
+
+def _is_json_lines(text: str) -> bool:
+    first = text.split("\n", 1)[0].strip()
+    if not first.startswith("{") or "\n" not in text.strip():
+        return False
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _load_dataset_files(builder: str, files: dict[str, str], cache_dir: str | None, **kwargs: Any) -> DatasetDict:
+    """`load_dataset` on local files, each checked first with [`check_data_file`]; what `datasets` still refuses
+    becomes one line naming the files."""
+    for path in files.values():
+        has_header = "column_names" not in kwargs
+        check_data_file(path, delimiter=kwargs.get("delimiter", ","), has_header=has_header)
+    try:
+        return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
+    except (DatasetGenerationError, ValueError, TypeError) as err:
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise DatasetError(f"Could not read {sorted(set(files.values()))} as {builder}: {reason}") from err
 
 
 def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
@@ -151,7 +319,7 @@ def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
         if builder != "csv":
             raise TrainingArgumentError("--column_names only applies to headerless .csv/.tsv files.")
         kwargs["column_names"] = [c.strip() for c in data_args.column_names.split(",")]
-    return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
+    return _load_dataset_files(builder, files, cache_dir, **kwargs)
 
 
 def _load_builtin(data_args: DataArguments, seed: int) -> DatasetDict:
@@ -182,7 +350,7 @@ def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: st
     elif data_args.dataset_name:
         if os.path.isfile(data_args.dataset_name):
             builder, kwargs = _data_file_builder(data_args.dataset_name)
-            loaded = load_dataset(builder, data_files={"train": data_args.dataset_name}, cache_dir=cache_dir, **kwargs)
+            loaded = _load_dataset_files(builder, {"train": data_args.dataset_name}, cache_dir, **kwargs)
         else:
             loaded = load_dataset(
                 data_args.dataset_name,

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from neat_hf import get_neat_model, prepare_model_for_kbit_training
-from neat_hf.errors import TrainingArgumentError
+from neat_hf.errors import HubError, TrainingArgumentError
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.trainers import data as data_lib
 from neat_hf.trainers import default_job, metrics
@@ -196,7 +196,11 @@ def prepare(
     with training_args.main_process_first(desc="loading the dataset"):
         raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
     data_lib.check_columns(raw, dataset_format, data_args, recipe=recipe)
+    sources = data_lib.split_sources(data_args)
+    data_lib.check_values(raw, dataset_format, data_args, sources=sources)
     labels = data_lib.label_info(raw["train"], data_args.label_column) if task != "causal-lm" else None
+    if labels is not None and not labels[2]:  # classification (not regression): every label of every split in range
+        data_lib.check_labels(raw, data_args.label_column, model_args.num_labels or labels[0], sources=sources)
 
     tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
     if task == "causal-lm" and getattr(model.config, "use_cache", None):
@@ -261,7 +265,9 @@ def run(job: PreparedJob) -> dict[str, Any]:
         else:
             before = trainer.evaluate(metric_key_prefix="eval")
     train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
-    trainer.save_model(args.output_dir)
+    # Everything local first (adapter, state, final evaluation, metrics), the Hub push last: a failed push must not
+    # lose the result.
+    trainer.save_model(args.output_dir, _internal_call=True)
     trainer.save_state()
     after = trainer.evaluate(metric_key_prefix="eval") if has_eval else {}
     trainer.save_metrics("train", train_output.metrics)
@@ -269,6 +275,14 @@ def run(job: PreparedJob) -> dict[str, Any]:
         trainer.save_metrics("before", before, combined=False)
     if after:
         trainer.save_metrics("eval", after)
+    if args.push_to_hub:
+        try:
+            trainer.push_to_hub(commit_message="End of training", revision=args.hub_revision)
+        except HubError as err:
+            raise HubError(
+                f"Training finished and its results are saved in {os.path.abspath(args.output_dir)!r}, but the final "
+                f"push failed: {err} Push them later with `neat-hub push {args.output_dir} {args.hub_model_id or 'REPO_ID'}`."
+            ) from err
     return {
         "before": before,
         "after": after,

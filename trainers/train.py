@@ -29,7 +29,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from neat_hf.errors import NeatError
+from neat_hf.errors import HubError, NeatError, TrainerSetupError
 from neat_hf.trainers.job import PreparedJob, prepare, run
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
@@ -138,7 +138,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"neat-train: error: {error}", file=sys.stderr)
         return 2
-    results = run(job)
+    try:
+        results = run(job)
+    except (HubError, TrainerSetupError) as error:  # the final push failed (results saved), or no checkpoint to resume
+        print(f"neat-train: error: {error}", file=sys.stderr)
+        return 1 if isinstance(error, HubError) else 2
     if results["is_main_process"]:
         _print_summary(results, job)
     _leave_process_group()

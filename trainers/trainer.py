@@ -24,7 +24,7 @@ from transformers.integrations.deepspeed import deepspeed_load_checkpoint
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_pt_utils import reissue_pt_warnings
-from transformers.trainer_utils import enable_full_determinism
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism
 from transformers.utils.generic import can_return_loss, find_labels
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
@@ -40,11 +40,12 @@ from neat_hf.errors import (
     TrainerSetupError,
     UnsupportedQuantizationError,
 )
-from neat_hf.io import atomic_write_text, read_adapter_weights
+from neat_hf.io import atomic_write_text, check_saved_together, read_adapter_weights
 from neat_hf.layer import NeatLayer, register_zero3_parameters
 from neat_hf.quantization import check_deepspeed_stage, check_quantized_model, is_quantized_model
 
 from . import fsdp
+from .checkpoints import begin_checkpoint, finish_checkpoint, resolve_resume
 from .hub_mixin import NeatHubMixin
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
@@ -489,6 +490,31 @@ class NeatTrainer(NeatHubMixin, Trainer):
                 torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
             reissue_pt_warnings(caught_warnings)
 
+    # ------------------------------------------------------------------ checkpoints: whole or ignored
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint (one whose save
+        finished), saying in one line which newer, interrupted ones it skipped. See `neat_hf.trainers.checkpoints`.
+
+        Raises:
+            TrainerSetupError: no complete checkpoint to resume from, or the folder given is incomplete.
+        """
+        resume_from_checkpoint = resolve_resume(
+            resume_from_checkpoint, self.args.output_dir, announce=self.is_world_process_zero()
+        )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """`Trainer._save_checkpoint`, bracketed by the "incomplete" marker: written (by the main process, after
+        clearing what an interrupted save left) before any file, removed once every process has written its files."""
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if self.args.should_save:
+            begin_checkpoint(folder)
+        self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            finish_checkpoint(folder)
+
     # ------------------------------------------------------------------ loading
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if self._fsdp_plan is None or checkpoint is None:
@@ -531,7 +557,10 @@ class NeatTrainer(NeatHubMixin, Trainer):
                     f"Can't find a NEAT adapter checkpoint at {directory!r}: it has no {ADAPTER_WEIGHTS_NAME} "
                     f"(folders written by NeatTrainer hold {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})."
                 )
-            _check_checkpoint_config(os.path.join(directory, ADAPTER_CONFIG_NAME), neat_model.peft_config[name])
+            config_path = os.path.join(directory, ADAPTER_CONFIG_NAME)
+            if os.path.isfile(config_path):
+                check_saved_together(config_path, weights)
+            _check_checkpoint_config(config_path, neat_model.peft_config[name])
             neat_model.load_adapter_weights(read_adapter_weights(weights), adapter_name=name)
 
 

@@ -1,0 +1,411 @@
+"""Fault injection: hostile adapters, saves killed at every step, checkpoints killed mid-write.
+
+The harness pieces live here:
+- `HOSTILE_ADAPTERS`: a table of (name, change to a valid saved adapter, error class, words the message must hold).
+  Every row must be refused within a few seconds, without allocating what the hostile field asks for, and leave the
+  base model unchanged.
+- `fault_injection.kill_at_step` (tests/fault_injection.py): runs an operation in a forked child that an audit hook
+  SIGKILLs at its n-th file operation (open for writing, rename/replace, remove, mkdir) under a folder; with n = 0 it
+  counts them. It drives the save-killed-at-every-step test here and the checkpoint trials (single process here,
+  2-process ZeRO-3 in tests/test_deepspeed.py).
+- The loopback Hub server (tests/hub_server.py) with injected failures, for the Hub push tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import model_inputs, model_output, tiny_llama
+from fault_injection import kill_at_step
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from neat_hf import NeatConfig, NeatModel, get_neat_model
+from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
+from neat_hf.io import CONFIG_SHA_KEY, text_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ["q_proj", "v_proj"]
+
+
+def _saved_adapter(folder: Path, **config_kwargs) -> Path:
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, **config_kwargs))
+    model.save_pretrained(folder)
+    return folder
+
+
+def _edit_config(folder: Path, _resign: bool = True, **changes) -> None:
+    """Change adapter_config.json; with `_resign` the weights' config hash is updated too (a consistent hostile
+    folder, as an attacker would craft it), otherwise the folder looks like a save interrupted before the config."""
+    path = folder / ADAPTER_CONFIG_NAME
+    data = json.loads(path.read_text())
+    data.update(changes)
+    text = json.dumps(data)
+    path.write_text(text)
+    if _resign:
+        weights = folder / ADAPTER_WEIGHTS_NAME
+        with safe_open(os.fspath(weights), framework="pt") as handle:
+            metadata = handle.metadata()
+        save_file(load_file(weights), weights, metadata={**metadata, CONFIG_SHA_KEY: text_sha256(text)})
+
+
+def _edit_weights(folder: Path, change) -> None:
+    path = folder / ADAPTER_WEIGHTS_NAME
+    with safe_open(os.fspath(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    key = sorted(k for k in tensors if "peanut_A" in k)[0]
+    tensors[key] = change(tensors[key])
+    save_file(tensors, path, metadata=metadata)
+
+
+def _nan(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[0, 0] = float("nan")
+    return t
+
+
+def _inf(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t[-1, -1] = float("-inf")
+    return t
+
+
+#: (id, how to break a valid adapter folder, error class, fragments the one-line message must contain)
+HOSTILE_ADAPTERS = [
+    ("depth_1e9", lambda f: _edit_config(f, depth=10**9), AdapterLoadError, ["depth", str(MAX_DEPTH)]),
+    ("depth_1e6", lambda f: _edit_config(f, depth=10**6), AdapterLoadError, ["depth", str(MAX_DEPTH)]),
+    ("r_1e9", lambda f: _edit_config(f, r=10**9), AdapterLoadError, ["r must be at most", str(MAX_R)]),
+    ("r_too_large_for_file", lambda f: _edit_config(f, r=64), AdapterMismatchError, ["Shape mismatch"]),
+    ("depth_not_in_file", lambda f: _edit_config(f, depth=3), AdapterMismatchError, ["lacks"]),
+    ("depth_negative", lambda f: _edit_config(f, depth=-1), AdapterLoadError, ["depth"]),
+    ("r_float", lambda f: _edit_config(f, r=2.5), AdapterLoadError, ["r must be"]),
+    # "(.*)*X" hangs Python's `re`; the `regex` matcher fails it at once (no literal X in any name).
+    ("regex_nested_star", lambda f: _edit_config(f, target_modules="(.*)*X"), AdapterMismatchError, ["matched no layer"]),
+    # "(.|.)*m" backtracks exponentially in both engines: refused by the time bound.
+    ("regex_backtracking", lambda f: _edit_config(f, target_modules="(.|.)*m"), AdapterMismatchError, ["backtracking"]),
+    ("exclude_backtracking", lambda f: _edit_config(f, exclude_modules="(.|.)*m"), AdapterMismatchError, ["exclude_modules"]),
+    (
+        "layers_pattern_backtracking",
+        lambda f: _edit_config(f, target_modules=TARGETS, layers_to_transform=[0], layers_pattern="(.|.)*m"),
+        AdapterMismatchError,
+        ["layers_pattern"],
+    ),
+    ("regex_invalid", lambda f: _edit_config(f, target_modules="(q_proj"), AdapterMismatchError, ["not a valid regex"]),
+    ("string_50MB", lambda f: _edit_config(f, base_model_name_or_path="x" * 50_000_000), AdapterLoadError, ["bytes"]),
+    ("string_100k", lambda f: _edit_config(f, revision="x" * 100_000), AdapterLoadError, ["revision", "characters"]),
+    ("list_100k", lambda f: _edit_config(f, target_modules=[f"m{i}" for i in range(100_000)]), AdapterLoadError, ["entries"]),
+    ("nan_weight", lambda f: _edit_weights(f, _nan), AdapterLoadError, ["NaN/inf", "peanut_A"]),
+    ("inf_weight", lambda f: _edit_weights(f, _inf), AdapterLoadError, ["NaN/inf", "peanut_A"]),
+    ("int8_weight", lambda f: _edit_weights(f, lambda t: t.to(torch.int8)), AdapterLoadError, ["torch.int8", "refused rather than cast"]),
+    ("bool_weight", lambda f: _edit_weights(f, lambda t: t > 0), AdapterLoadError, ["torch.bool"]),
+    ("config_from_other_save", lambda f: _edit_config(f, _resign=False, scaling=3.0), AdapterLoadError, ["interrupted"]),
+]
+
+
+@pytest.mark.parametrize("name,breaker,error,fragments", HOSTILE_ADAPTERS, ids=[row[0] for row in HOSTILE_ADAPTERS])
+def test_hostile_adapter_is_refused_quickly_and_changes_nothing(tmp_path, name, breaker, error, fragments):
+    folder = _saved_adapter(tmp_path / "adapter")
+    breaker(folder)
+    base = tiny_llama(seed=1)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    modules_before = [type(m) for m in base.modules()]
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(error) as info:
+        NeatModel.from_pretrained(base, folder)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    message = str(info.value)
+    assert elapsed < 5, f"{name}: refused only after {elapsed:.1f} s"
+    # The 50 MB row is refused from the file size, so nothing near 50 MB may have been read into Python objects.
+    assert peak < 20_000_000, f"{name}: {peak:,d} bytes of Python memory"
+    assert "\n" not in message and len(message) < 1200, message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert [type(m) for m in base.modules()] == modules_before
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_hostile_configs_are_refused_by_every_loader(tmp_path):
+    """neat-hub merge and the lm-eval backend read the config first, through the same checks."""
+    from neat_hf.hub.merge import export_merged
+
+    folder = _saved_adapter(tmp_path / "adapter")
+    _edit_config(folder, depth=10**9)
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    start = time.perf_counter()
+    with pytest.raises(AdapterLoadError, match="depth must be at most"):
+        export_merged(base_dir, folder, tmp_path / "merged")
+    with pytest.raises(AdapterLoadError, match="depth must be at most"):
+        NeatConfig.from_pretrained(folder)  # what NeatLM (the lm-eval backend) reads first
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "merged").exists()
+
+    folder2 = _saved_adapter(tmp_path / "adapter2")
+    _edit_config(folder2, target_modules="(.|.)*m")
+    start = time.perf_counter()
+    with pytest.raises(AdapterMismatchError, match="backtracking"):
+        export_merged(base_dir, folder2, tmp_path / "merged")
+    assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("name", ["AutoTokenizer", "LlamaConfig"])
+def test_merge_refuses_an_auto_mapping_that_names_no_model_class(tmp_path, name):
+    from neat_hf.hub.merge import export_merged
+
+    folder = _saved_adapter(tmp_path / "adapter")
+    _edit_config(folder, auto_mapping={"base_model_class": name, "parent_library": "transformers.models.auto"}, task_type=None)
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    with pytest.raises(NeatError, match="is not a transformers model class"):
+        export_merged(base_dir, folder, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_limits_hold_for_new_configs_and_the_file_size_limit_is_generous():
+    with pytest.raises(NeatError, match="depth must be at most"):
+        NeatConfig(depth=MAX_DEPTH + 1)
+    NeatConfig(depth=MAX_DEPTH, r=MAX_R)  # the bounds themselves are accepted
+    assert MAX_CONFIG_BYTES >= 100 * len(NeatConfig(target_modules=TARGETS).to_json_string())
+
+
+def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
+    """The config hash is a second safetensors metadata key; safetensors writes metadata in hash-map order, so the
+    header is sorted after writing. Otherwise every push of an unchanged adapter would upload a "new" file."""
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False))
+    blobs = set()
+    for i in range(6):
+        model.save_pretrained(tmp_path / str(i))
+        blobs.add((tmp_path / str(i) / ADAPTER_WEIGHTS_NAME).read_bytes())
+    assert len(blobs) == 1
+    with safe_open(os.fspath(tmp_path / "0" / ADAPTER_WEIGHTS_NAME), framework="pt") as handle:
+        assert handle.metadata()["format"] == "pt" and CONFIG_SHA_KEY in handle.metadata()
+
+
+def test_nonfinite_opt_out_loads_for_debugging(tmp_path):
+    folder = _saved_adapter(tmp_path / "adapter")
+    _edit_weights(folder, _nan)
+    model = NeatModel.from_pretrained(tiny_llama(), folder, check_finite=False)
+    layer = model.base_model.model.layers[0].self_attn.q_proj
+    assert torch.isnan(layer(torch.randn(2, 32))).any()
+
+
+def test_regex_targets_still_match_like_re(tmp_path):
+    """The bounded matcher selects exactly the layers Python's `re` (PEFT's rule) selects."""
+    import re
+
+    base = tiny_llama()
+    pattern = r".*\.(q_proj|v_proj)"
+    model = get_neat_model(base, NeatConfig(r=2, target_modules=pattern))
+    expected = sorted(n for n, _ in tiny_llama().named_modules() if re.fullmatch(pattern, n))
+    assert sorted(n for n, _ in model.neat_layers()) == expected
+
+
+# ---------------------------------------------------------------------------------------------- saves killed at each step
+
+
+def _new_adapter() -> NeatModel:
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, scaling=2.0))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    return model
+
+
+def _outputs_of(folder: Path) -> torch.Tensor:
+    return model_output(NeatModel.from_pretrained(tiny_llama(), folder), model_inputs("llama"))
+
+
+def test_adapter_save_killed_at_every_step_is_old_new_or_refused_then_recovers(tmp_path):
+    """Kill `save_pretrained` over an existing adapter at each of its file operations: the folder then loads as the
+    old adapter or the new one, or is refused with the 'interrupted' error (never a silent mix); the next save
+    succeeds and leaves no temporary file."""
+    old_out = _outputs_of(_saved_adapter(tmp_path / "old"))
+    new = _new_adapter()
+    new_dir = tmp_path / "new"
+    steps = kill_at_step(lambda: new.save_pretrained(new_dir), new_dir, 0)
+    new_out = _outputs_of(new_dir)
+    assert not torch.allclose(old_out, new_out)
+    assert steps >= 6, steps  # mkstemp + rename for weights, config and card at least
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        trial = _saved_adapter(tmp_path / f"trial{kill_at}")
+        assert kill_at_step(lambda: new.save_pretrained(trial), trial, kill_at) == kill_at
+        try:
+            out = _outputs_of(trial)
+        except AdapterLoadError as err:
+            assert "interrupted" in str(err), err
+            outcomes.append("refused")
+        else:
+            if torch.allclose(out, old_out):
+                outcomes.append("old")
+            else:
+                assert torch.allclose(out, new_out), f"kill at step {kill_at} left a mixed adapter"
+                outcomes.append("new")
+        # Recovery: the next save into the folder works and removes the temporaries the kill left.
+        new.save_pretrained(trial)
+        assert not [p.name for p in trial.iterdir() if p.name.startswith(".tmp-")]
+        assert torch.allclose(_outputs_of(trial), new_out)
+    assert {"old", "refused", "new"} <= set(outcomes), outcomes
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints killed mid-save
+
+
+@pytest.mark.slow
+def test_checkpoint_killed_during_save_resumes_from_the_newest_complete_one_bit_identically(tmp_path):
+    """Single process, 4 steps, checkpoints at 2 and 4: SIGKILL during the save of checkpoint-4 at spread points of its
+    file operations, then `resume_from_checkpoint=True`. Each resume skips the incomplete checkpoint-4, starts from
+    checkpoint-2 and ends with the adapter of the uninterrupted run, bit for bit."""
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fault_injection.py"), "checkpoint-trials", str(base), str(tmp_path), "8"],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["steps"] >= 8, report  # marker, adapter, config, card, optimizer, scheduler, RNG, state, ...
+    assert len(report["trials"]) == 8
+    reference = load_file(tmp_path / "reference" / ADAPTER_WEIGHTS_NAME)
+    for trial in report["trials"]:
+        assert not trial["checkpoint_4_complete"], trial
+        assert trial["resumed_from"] == "checkpoint-2", trial
+        resumed = load_file(Path(trial["output"]) / ADAPTER_WEIGHTS_NAME)
+        assert resumed.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(resumed[key], value), (trial["kill_at"], key)
+        state = json.loads((Path(trial["output"]) / "checkpoint-4" / "trainer_state.json").read_text())
+        assert state["global_step"] == 4
+
+
+def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_checkpoints(tmp_path):
+    from neat_hf.errors import TrainerSetupError
+    from neat_hf.trainers.checkpoints import MARKER, resolve_resume
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (tmp_path / "checkpoint-4" / MARKER).write_text("")
+    (tmp_path / "checkpoint-6").mkdir()  # killed before anything was written
+    (tmp_path / "checkpoint-8").mkdir()
+    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text('{"global_st')  # killed mid-write (stock Trainer)
+    assert resolve_resume(True, str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    with pytest.raises(TrainerSetupError, match="incomplete.*newest complete one is .*checkpoint-2"):
+        resolve_resume(str(tmp_path / "checkpoint-4"), str(tmp_path))
+    assert resolve_resume(None, str(tmp_path)) is None
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
+    with pytest.raises(TrainerSetupError, match="no complete checkpoint"):
+        resolve_resume(True, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------- Hub pushes under faults
+
+from hub_fixtures import hub_server, make_adapter  # noqa: E402,F401 (fixture)
+from neat_hf.errors import HubError  # noqa: E402
+from neat_hf.hub_commit import push_adapter_folder  # noqa: E402
+
+HUB_REPO = "neat-tester/faulty"
+
+
+def _pushed_folder(tmp_path: Path, seed: int) -> Path:
+    folder = tmp_path / f"adapter{seed}"
+    make_adapter(seed=seed).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("fault,fragment", [("500", "HTTP 500"), ("drop_before", "connection failed")])
+def test_failed_push_is_one_line_and_changes_nothing(hub_server, tmp_path, fault, fragment):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    before = hub_server.files(HUB_REPO)
+    hub_server.inject_fault(fault, times=10)  # more than any client-side retry
+    with pytest.raises(HubError) as info:
+        push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
+    assert fragment in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert hub_server.files(HUB_REPO) == before
+
+
+def test_retry_after_a_lost_answer_makes_no_duplicate_commit(hub_server, tmp_path):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    new = _pushed_folder(tmp_path, 1)
+    hub_server.inject_fault("drop_after")  # the commit lands, its answer is lost
+    with pytest.raises(HubError, match="may have landed"):
+        push_adapter_folder(new, HUB_REPO)
+    landed = len(hub_server.history(HUB_REPO))
+    assert hub_server.files(HUB_REPO)["adapter_model.safetensors"] == (new / ADAPTER_WEIGHTS_NAME).read_bytes()
+    push_adapter_folder(new, HUB_REPO)  # the retry
+    assert len(hub_server.history(HUB_REPO)) == landed
+
+
+def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tmp_path, caplog):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    hub_server.add_file(HUB_REPO, "adapter_model.bin", b"an old pickled adapter")
+    hub_server.add_file(HUB_REPO, "model.safetensors", b"full weights")
+    hub_server.add_file(HUB_REPO, "last-checkpoint/optimizer.pt", b"resume state, kept")
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
+    assert "adapter_model.bin" in caplog.text and "model.safetensors" in caplog.text and "delete_conflicting" in caplog.text
+    assert {"adapter_model.bin", "model.safetensors"} <= set(hub_server.files(HUB_REPO))
+    commits = len(hub_server.history(HUB_REPO))
+    push_adapter_folder(_pushed_folder(tmp_path, 2), HUB_REPO, delete_conflicting=True)
+    files = hub_server.files(HUB_REPO)
+    assert not {"adapter_model.bin", "model.safetensors"} & set(files)
+    assert "last-checkpoint/optimizer.pt" in files
+    assert len(hub_server.history(HUB_REPO)) == commits + 1  # the new adapter and the deletions: one commit
+
+
+def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
+    from transformers import TrainingArguments
+
+    from neat_hf.trainers import NeatTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(8):
+        ids = torch.randint(0, 128, (8,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
+        hub_strategy="every_save",
+    )
+    trainer = NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=rows)
+    hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        trainer.train()
+    assert "Background push 'Training in progress, step 2'" in caplog.text and "500" in caplog.text, caplog.text
+    assert trainer.state.global_step == 4
+    assert (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+@pytest.mark.slow
+def test_neat_train_keeps_local_results_when_the_final_push_fails(hub_server, tmp_path, capsys):
+    from neat_hf.trainers.train import cli
+
+    out = tmp_path / "out"
+    hub_server.inject_fault("500", times=100)  # every commit fails
+    argv = ["--max_steps", "2", "--output_dir", str(out), "--max_train_samples", "8", "--max_eval_samples", "4",
+            "--push_to_hub", "--hub_model_id", HUB_REPO, "--save_strategy", "no"]
+    assert cli(argv) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "final push failed" in line]
+    assert len(err) == 1 and "HTTP 500" in err[0] and "neat-hub push" in err[0], err
+    for name in (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, "trainer_state.json", "eval_results.json", "train_results.json"):
+        assert (out / name).is_file(), name
