@@ -122,7 +122,8 @@ def build_model_card(
     Raises:
         NeatError: invalid `training_info` or `eval_results`.
     """
-    config = adapter_config.to_dict() if hasattr(adapter_config, "to_dict") else dict(adapter_config)
+    config = ({**adapter_config.to_dict(), **adapter_config.neat_only_settings()} if hasattr(adapter_config, "to_dict")
+              else dict(adapter_config))
     info = sanitize_training_info(training_info or {})
     config_base = config.get("base_model_name_or_path")
     base_id = base_model if base_model is not None else (config_base if is_hub_id(config_base) else None)

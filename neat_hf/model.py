@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -92,6 +93,26 @@ class NeatModel(nn.Module):
         self.add_adapter(adapter_name, config, _freeze_base=True)
 
     # ------------------------------------------------------------------ delegation to the wrapped model
+    @property
+    def hf_device_map(self) -> dict[str, Any]:
+        """The base model's device map. Also where a plain `transformers.Trainer` is turned away at construction:
+        it does not know a NeatModel, so it would drop every dataset column ("No columns in the dataset match the
+        model's forward method signature") and save the whole base model into each checkpoint. `Trainer.__init__`
+        reads this attribute first thing; trainers that handle NeatModel (`NeatTrainer`) set
+        `_trains_neat_models = True`."""
+        caller = sys._getframe(1)
+        trainer = caller.f_locals.get("self")
+        if caller.f_globals.get("__name__") == "transformers.trainer" and not getattr(trainer, "_trains_neat_models", False):
+            raise NeatError(
+                f"{type(trainer).__name__} (transformers.Trainer) cannot train a NeatModel: it would save the full base "
+                "model in every checkpoint. Use neat_hf.trainers.NeatTrainer, which takes the same arguments and "
+                "checkpoints the adapter only."
+            )
+        try:
+            return self.base_model.hf_device_map
+        except AttributeError:
+            raise AttributeError("'NeatModel' object has no attribute 'hf_device_map'") from None
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

@@ -21,11 +21,13 @@ from transformers import (
     DataCollatorWithPadding,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neat_hf import get_neat_model
 from neat_hf.errors import TrainingArgumentError
 from neat_hf.trainers import data as data_lib
-from neat_hf.trainers import default_job, metrics
+from neat_hf.trainers import default_job, metrics, model_source
+from neat_hf.trainers.interrupt import StopOnSignal, stop_on_signal
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.trainer import NeatTrainer
 from neat_hf.trainers.training_args import NeatTrainingArguments
@@ -93,12 +95,6 @@ def _load_tokenizer_and_model(
 ) -> tuple[Any, Any]:
     if not default_job.is_builtin(model_args.model_name_or_path):
         return _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
-    if model_args.model_name_or_path not in default_job.BUILTIN_MODELS:
-        raise TrainingArgumentError(
-            f"Unknown built-in model {model_args.model_name_or_path!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}."
-        )
-    if task != "causal-lm":
-        raise TrainingArgumentError(f"{model_args.model_name_or_path} is a causal LM; it cannot be used with --task {task}.")
     if not torch.cuda.is_available():
         _use_one_cpu_thread_for_the_tiny_model()
     tokenizer = default_job.build_default_tokenizer()
@@ -139,6 +135,29 @@ def _use_one_cpu_thread_for_the_tiny_model() -> None:
         logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
 
 
+def _check_before_loading(
+    model_args: ModelArguments, data_args: DataArguments, training_args: NeatTrainingArguments
+) -> None:
+    """The checks that need nothing loaded, so careless input fails in one line within a second: the resume target,
+    the output folder (never replace trained work silently), user data meant for a real model, the model source."""
+    training_args.check_resume_checkpoint()
+    training_args.check_output_dir(model_args.model_name_or_path, new_run=not training_args.resumes())
+    name = model_args.model_name_or_path
+    if default_job.is_builtin(name):
+        if name not in default_job.BUILTIN_MODELS:
+            raise TrainingArgumentError(f"Unknown built-in model {name!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}.")
+        if model_args.task != "causal-lm":
+            raise TrainingArgumentError(f"{name} is a causal LM; it cannot be used with --task {model_args.task}.")
+        user_data = data_args.train_file or (data_args.dataset_name and not default_job.is_builtin(data_args.dataset_name))
+        if user_data:
+            raise TrainingArgumentError(
+                f"{user_data!r} without --model_name_or_path would train the built-in toy model {name} (its word-level tokenizer only knows the "
+                "words of builtin:number-words). Pass --model_name_or_path with a Hub id or a model folder for your data."
+            )
+        return
+    model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
+
+
 def prepare(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -160,6 +179,7 @@ def prepare(
         TrainingArgumentError, DatasetError: any other invalid argument or unusable data.
     """
     task = model_args.task
+    _check_before_loading(model_args, data_args, training_args)
     dataset_format = data_lib.resolve_dataset_format(task, data_args.dataset_format)
     neat_config = neat_args.to_neat_config(
         task=task, base_model_name_or_path=model_args.model_name_or_path, revision=model_args.model_revision
@@ -210,6 +230,22 @@ def prepare(
     )
 
 
+def _interrupted(job: PreparedJob, stopper: StopOnSignal, start: float) -> dict[str, Any]:
+    """Training stopped on a signal: make sure the step it reached is a checkpoint (the Trainer's own
+    `_save_checkpoint`, as for any scheduled save), and report it instead of saving a final adapter."""
+    trainer, args = job.trainer, job.training_args
+    checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    if not os.path.isdir(checkpoint):  # the signal came after the last step ended
+        trainer._save_checkpoint(trainer.model, trial=None)
+    return {
+        "before": {}, "after": {}, "train": {}, "output_dir": os.path.abspath(args.output_dir),
+        "is_main_process": trainer.is_world_process_zero(), "runtime_s": time.perf_counter() - start,
+        "num_train": job.num_train, "num_eval": job.num_eval,
+        "interrupted": {"signal": stopper.received.name, "exit_code": stopper.exit_code, "checkpoint": checkpoint,
+                        "step": trainer.state.global_step, "max_steps": trainer.state.max_steps},
+    }
+
+
 def _resume_value(value: str | None) -> Any:
     if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
         return True
@@ -233,7 +269,15 @@ def run(job: PreparedJob) -> dict[str, Any]:
             logger.warning("Skipping the evaluation before training under DeepSpeed; the eval after training still runs.")
         else:
             before = trainer.evaluate(metric_key_prefix="eval")
-    train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    try:
+        with stop_on_signal(stopper):
+            train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    finally:
+        trainer.remove_callback(stopper)
+    if stopper.received is not None:
+        return _interrupted(job, stopper, start)
     trainer.save_model(args.output_dir)
     trainer.save_state()
     after = trainer.evaluate(metric_key_prefix="eval") if has_eval else {}
@@ -251,4 +295,5 @@ def run(job: PreparedJob) -> dict[str, Any]:
         "runtime_s": time.perf_counter() - start,
         "num_train": job.num_train,
         "num_eval": job.num_eval,
+        "interrupted": None,
     }
