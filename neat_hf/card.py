@@ -160,6 +160,7 @@ def build_model_card(
         [p for p, used in (("deepspeed", info.get("deepspeed_stage")), ("lm_eval", eval_results)) if used]
     )
     local_base = config_base if isinstance(config_base, str) and not is_hub_id(config_base) else None
+    loadable_base = local_base if local_base and not local_base.startswith("builtin:") else None
     if base_id:
         base_model_link = f"[`{base_id}`](https://huggingface.co/{base_id})"
     elif local_base:
@@ -177,8 +178,9 @@ def build_model_card(
         title=name,
         merged=merged,
         base_model_link=base_model_link,
-        base_model_ref=base_id or "BASE_MODEL_ID_OR_PATH",
-        repo_ref=repo_id or "PATH_OR_REPO_ID",
+        # Without a Hub id, the paths the training run recorded (training_info `base_model_path`, `adapter_path`).
+        base_model_ref=base_id or info.get("base_model_path") or loadable_base or "BASE_MODEL_ID_OR_PATH",
+        repo_ref=repo_id or info.get("adapter_path") or "PATH_OR_REPO_ID",
         model_class=model_class_for(config),
         act_fn=config.get("act_fn"),
         peft_compatible=config.get("act_fn") != "sin",

@@ -26,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from neat_hf import get_neat_model
 from neat_hf.errors import TrainingArgumentError
 from neat_hf.trainers import data as data_lib
-from neat_hf.trainers import default_job, metrics, model_source
+from neat_hf.trainers import default_job, metrics, model_source, run_output
 from neat_hf.trainers.interrupt import StopOnSignal, stop_on_signal
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.trainer import NeatTrainer
@@ -286,6 +286,9 @@ def run(job: PreparedJob) -> dict[str, Any]:
         trainer.save_metrics("before", before, combined=False)
     if after:
         trainer.save_metrics("eval", after)
+    if trainer.is_world_process_zero():
+        run_output.save_builtin_base(job)
+        run_output.write_run_card(job, before, after)
     return {
         "before": before,
         "after": after,
@@ -296,4 +299,5 @@ def run(job: PreparedJob) -> dict[str, Any]:
         "num_train": job.num_train,
         "num_eval": job.num_eval,
         "interrupted": None,
+        "snippet": run_output.usage_snippet(job),
     }

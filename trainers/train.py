@@ -121,7 +121,9 @@ def _print_summary(results: dict[str, Any], job: PreparedJob) -> None:
         print(f"  (no evaluation before training: {reason})")
     if "train_loss" in results["train"]:
         print(f"  train_loss (mean over the run): {results['train']['train_loss']:.4f}")
-    print(f"Adapter saved to {results['output_dir']}")
+    print(f"Adapter saved to {results['output_dir']}. Use it from Python:")
+    print()
+    print(results["snippet"])
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
