@@ -171,3 +171,30 @@ def test_unreachable_hub_fails_within_seconds_with_the_offline_hint(tmp_path, ca
     assert time.monotonic() - start < 10
     line = _one_error_line(capsys)
     assert "some-org/some-model" in line and "HF_HUB_OFFLINE=1" in line and "local model folder" in line
+
+
+# ------------------------------------------------------------------------------------ help that helps
+def test_neat_train_help_leads_with_recipes_and_the_common_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli(["--help"])
+    assert stop.value.code == 0
+    short = capsys.readouterr().out
+    assert short.index("--recipe") < short.index("--config") < short.index("--model_name_or_path")
+    assert "--list" in short and "--help-all" in short and "--resume_from_checkpoint" in short
+    assert "--adam_beta1" not in short and len(short.splitlines()) < 150
+    with pytest.raises(SystemExit):
+        cli(["--help-all"])
+    full = capsys.readouterr().out
+    assert "--adam_beta1" in full and len(full.splitlines()) > 3 * len(short.splitlines())
+
+
+def test_neat_lm_eval_help_leads_with_the_neat_backend(capsys):
+    from neat_hf.eval_harness.cli import main as lm_eval_main
+
+    with pytest.raises(SystemExit):
+        lm_eval_main(["--help"])
+    out = capsys.readouterr().out
+    first = out[: out.index("usage: lm-eval")]
+    for needle in ("--model neat", "pretrained=", "adapter=", "merge=", "--update_card", "neat_commonsense_gen",
+                   "neat_math_gen", "neat_gsm8k_gen"):
+        assert needle in first, needle
