@@ -168,18 +168,18 @@ def prepare(
 ) -> PreparedJob:
     """Check every input, load data and model, add the NEAT adapter and build the [`NeatTrainer`] — no training yet.
 
-    The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, the
-    dataset's columns, then target-module matching on the loaded model, and the output folder when the trainer is
-    built (an adapter for another base model is refused unless `--overwrite_output_dir`; nothing is written).
+    The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, then
+    (nothing loaded yet) the resume target, the output folder (trained work is never replaced unless resuming or
+    `--overwrite_output_dir`), user data with the built-in model and the model source, then the dataset's columns,
+    then target-module matching on the loaded model; nothing is written by a refused run.
 
     Raises:
         MissingColumnsError: the dataset lacks the columns the recipe's `dataset_format` needs (they are named).
         NoTargetModulesError: `neat_target_modules` matched no layer of the model.
-        NeatError: `output_dir` holds an adapter for a different base model.
+        NeatError: `output_dir` holds trained work (or an adapter for a different base model).
         TrainingArgumentError, DatasetError: any other invalid argument or unusable data.
     """
     task = model_args.task
-    _check_before_loading(model_args, data_args, training_args)
     dataset_format = data_lib.resolve_dataset_format(task, data_args.dataset_format)
     neat_config = neat_args.to_neat_config(
         task=task, base_model_name_or_path=model_args.model_name_or_path, revision=model_args.model_revision
@@ -190,6 +190,7 @@ def prepare(
             f"{data_args.image_column!r} column, which the Trainer would drop as unused. Pass "
             "--remove_unused_columns false (neat-train does so by default for --task image-classification)."
         )
+    _check_before_loading(model_args, data_args, training_args)
 
     with training_args.main_process_first(desc="loading the dataset"):
         raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
