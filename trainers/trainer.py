@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from accelerate.utils import DeepSpeedSchedulerWrapper
+from accelerate.utils.deepspeed import DeepSpeedSchedulerWrapper  # accelerate.utils exports it only with deepspeed installed
 from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
