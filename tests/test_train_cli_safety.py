@@ -137,6 +137,8 @@ def test_signal_mid_training_saves_a_checkpoint_that_resumes(tmp_path, signum, c
 # ------------------------------------------------------------------------------------ careless input
 def test_user_data_with_the_builtin_model_is_refused(tmp_path, capsys, no_loading):
     train = write_jsonl(tmp_path / "mydata.jsonl", COMMONSENSE_ROWS)
+    # The input mistake is reported, not the output folder it would also have met (the main job's neat-output).
+    get_neat_model(tiny_llama(), NeatConfig(r=4, base_model_name_or_path="builtin:tiny-llama")).save_pretrained(tmp_path / "o")
     assert cli(["--train_file", train, "--output_dir", str(tmp_path / "o")]) == 2
     line = _one_error_line(capsys)
     assert "mydata.jsonl" in line and "builtin:tiny-llama" in line and "--model_name_or_path" in line

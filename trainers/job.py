@@ -138,10 +138,9 @@ def _use_one_cpu_thread_for_the_tiny_model() -> None:
 def _check_before_loading(
     model_args: ModelArguments, data_args: DataArguments, training_args: NeatTrainingArguments
 ) -> None:
-    """The checks that need nothing loaded, so careless input fails in one line within a second: the resume target,
-    the output folder (never replace trained work silently), user data meant for a real model, the model source."""
-    training_args.check_resume_checkpoint()
-    training_args.check_output_dir(model_args.model_name_or_path, new_run=not training_args.resumes())
+    """The checks that need nothing loaded, so careless input fails in one line within a second: the model source
+    (and user data meant for a real model), the resume target, then the output folder (never replace trained work
+    silently)."""
     name = model_args.model_name_or_path
     if default_job.is_builtin(name):
         if name not in default_job.BUILTIN_MODELS:
@@ -151,11 +150,14 @@ def _check_before_loading(
         user_data = data_args.train_file or (data_args.dataset_name and not default_job.is_builtin(data_args.dataset_name))
         if user_data:
             raise TrainingArgumentError(
-                f"{user_data!r} without --model_name_or_path would train the built-in toy model {name} (its word-level tokenizer only knows the "
-                "words of builtin:number-words). Pass --model_name_or_path with a Hub id or a model folder for your data."
+                f"{user_data!r} without --model_name_or_path would train the built-in toy model {name} (its word-level "
+                "tokenizer only knows the words of builtin:number-words). Pass --model_name_or_path with a Hub id or a "
+                "model folder for your data."
             )
-        return
-    model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
+    else:
+        model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
+    training_args.check_resume_checkpoint()
+    training_args.check_output_dir(name, new_run=not training_args.resumes())
 
 
 def prepare(
