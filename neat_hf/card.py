@@ -160,7 +160,10 @@ def build_model_card(
         [p for p, used in (("deepspeed", info.get("deepspeed_stage")), ("lm_eval", eval_results)) if used]
     )
     local_base = config_base if isinstance(config_base, str) and not is_hub_id(config_base) else None
-    loadable_base = local_base if local_base and not local_base.startswith("builtin:") else None
+    # Paths a training run recorded (training_info `base_model_path`, `adapter_path`): relative ones only, so that no
+    # private absolute path reaches a card that may be pushed.
+    recorded = {key: info[key] for key in ("base_model_path", "adapter_path")
+                if isinstance(info.get(key), str) and info[key] and not os.path.isabs(info[key])}
     if base_id:
         base_model_link = f"[`{base_id}`](https://huggingface.co/{base_id})"
     elif local_base:
@@ -178,9 +181,8 @@ def build_model_card(
         title=name,
         merged=merged,
         base_model_link=base_model_link,
-        # Without a Hub id, the paths the training run recorded (training_info `base_model_path`, `adapter_path`).
-        base_model_ref=base_id or info.get("base_model_path") or loadable_base or "BASE_MODEL_ID_OR_PATH",
-        repo_ref=repo_id or info.get("adapter_path") or "PATH_OR_REPO_ID",
+        base_model_ref=base_id or recorded.get("base_model_path") or "BASE_MODEL_ID_OR_PATH",
+        repo_ref=repo_id or recorded.get("adapter_path") or "PATH_OR_REPO_ID",
         model_class=model_class_for(config),
         act_fn=config.get("act_fn"),
         peft_compatible=config.get("act_fn") != "sin",
