@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Generation benchmark: greedy decoding tokens/s of the base model, LoRA and NEAT, unmerged and merged.
+"""Generation benchmark: greedy decoding tokens/s of the base model, LoRA and NEAT, unmerged and merged, the NEAT
+adapter exported as a LoRA in stock PEFT, and mixed batches of 4 adapters (one per row) in neat-hf and in PEFT LoRA.
 
 A merged adapter is folded into W0 (`merge_and_unload`), so merged NEAT should decode at base-model speed; unmerged
 NEAT recomputes H = relu(W0ᵀAᵀ) in every forward, unmerged LoRA adds two thin matmuls, unmerged PEANuT builds a dense
 ΔW in every forward. Every variant runs in a fresh process on the same random-init LLaMA and the same prompt; the
 adapters get a non-zero B (`init_weights=False`) so merged and unmerged models compute a real adapter. The greedy
-tokens of the merged and unmerged variants are compared as a sanity check.
+tokens of the merged and unmerged variants (and of NEAT and its LoRA export) are compared as a sanity check. The
+``*_mixed4`` variants decode a batch of 4 rows (one adapter each, ``adapter_names=``) whatever ``--gen-batch-size``.
 
 Outputs `<output-dir>/generate_<preset>_<device>_<dtype>.{json,md,png}`.
 
@@ -30,7 +32,7 @@ from neat_hf.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import GENERATE_METHODS, apply_method, build_llama, get_preset, random_batch  # noqa: E402
+from bench_models import GENERATE_METHODS, MIXED_ADAPTERS, apply_method, build_llama, get_preset, random_batch  # noqa: E402
 from common import (  # noqa: E402
     LLAMA_TARGETS,
     RESULTS_DIR,
@@ -71,11 +73,15 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     model = build_llama(preset, device, dtype, spec["seed"])
     model = apply_method(model, spec["method"], preset, spec["seed"], init_weights=False)
     model.eval()
-    prompt = random_batch(preset, device, spec["seed"], seq_len=preset.prompt_len, batch_size=preset.gen_batch_size)
+    mixed = spec["method"].endswith("_mixed4")
+    batch_size = len(MIXED_ADAPTERS) if mixed else preset.gen_batch_size
+    prompt = random_batch(preset, device, spec["seed"], seq_len=preset.prompt_len, batch_size=batch_size)
     gen_kwargs = dict(
         max_new_tokens=preset.new_tokens, min_new_tokens=preset.new_tokens, do_sample=False, use_cache=True,
         pad_token_id=0, eos_token_id=None,
     )
+    if mixed:
+        gen_kwargs["adapter_names"] = list(MIXED_ADAPTERS)
     attention_mask = torch.ones_like(prompt)
     times, cpu_times, tokens = [], [], None
     with torch.inference_mode():
@@ -95,7 +101,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "method": spec["method"],
         "generate_times_s": times,
         "generate_cpu_times_s": cpu_times,  # robust to other jobs on a shared CPU when the child runs one thread
-        "new_tokens_per_call": preset.new_tokens * preset.gen_batch_size,
+        "new_tokens_per_call": preset.new_tokens * batch_size,
         "tokens": tokens,
         "peak_memory_bytes": int(peak),
     }
@@ -134,17 +140,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         s = report["summary"][m]
         rel = f"{s['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else "—"
         rel_cpu = f"{s['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f}×" if base else "—"
-        rows.append([m, f"{s['tokens_per_s']:,.1f}", f"{s['tokens_per_s_rounds_min']:,.1f}–{s['tokens_per_s_rounds_max']:,.1f}",
+        batch = report["runs"][m][0]["new_tokens_per_call"] // p["new_tokens"]
+        rows.append([m, batch, f"{s['tokens_per_s']:,.1f}", f"{s['tokens_per_s_rounds_min']:,.1f}–{s['tokens_per_s_rounds_max']:,.1f}",
                      rel, f"{s['tokens_per_cpu_s']:,.1f}", rel_cpu, fmt_bytes(s["peak_memory_bytes"])])
-    table = markdown_table(["variant", "new tokens/s (median)", "range over rounds", "vs base", "new tokens per CPU-s",
+    table = markdown_table(["variant", "batch", "new tokens/s (median)", "range over rounds", "vs base", "new tokens per CPU-s",
                             "vs base (CPU time)", "peak memory"], rows)
     agree = ", ".join(f"{k}: {v:.0%}" for k, v in report["merged_token_agreement"].items()) or "n/a"
     return (
         f"### Generation — preset `{cfg['preset']}`, {cfg['device']} {cfg['dtype']}\n\n"
         f"Greedy decoding, batch {p['gen_batch_size']}, prompt {p['prompt_len']} tokens, {p['new_tokens']} new tokens, "
         f"KV cache on; r={p['r']} on {', '.join(LLAMA_TARGETS)}; {cfg['rounds']} interleaved round(s) × "
-        f"{cfg['repeats']} calls after 1 warm-up; torch threads per child: {cfg.get('threads') or 'default'}.\n\n{table}\n"
-        f"Greedy tokens identical between merged and unmerged: {agree}.\n\n"
+        f"{cfg['repeats']} calls after 1 warm-up; torch threads per child: {cfg.get('threads') or 'default'}. "
+        f"`*_mixed4`: batch of {len(MIXED_ADAPTERS)} rows, one adapter each (`adapter_names=`).\n\n{table}\n"
+        f"Greedy tokens identical (merged vs unmerged, NEAT vs its LoRA export): {agree}.\n\n"
         f"Command: `{report['command']}`\n\nEnvironment: {format_env(report['environment'])}; load average at end "
         f"{report['load_avg_end']}.\n"
     )
@@ -205,11 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                       "tokens_per_cpu_s": summarize(per_round_cpu)["median"],
                       "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs[m])}
     agreement = {}
-    for m in methods:
-        if m.endswith("_merged") and m.removesuffix("_merged") in runs:
+    pairs = [(m.removesuffix("_merged"), m) for m in methods if m.endswith("_merged")] + [("neat", "neat_lora")]
+    for ref, m in pairs:
+        if ref in runs and m in runs:
             a = [t for row in runs[m][0]["tokens"] for t in row]
-            b = [t for row in runs[m.removesuffix("_merged")][0]["tokens"] for t in row]
-            agreement[f"{m.removesuffix('_merged')} vs {m}"] = sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+            b = [t for row in runs[ref][0]["tokens"] for t in row]
+            agreement[f"{ref} vs {m}"] = sum(x == y for x, y in zip(a, b)) / max(1, len(a))
     report = {
         "benchmark": "generate",
         "command": command_line("bench_generate.py", argv),

@@ -8,12 +8,16 @@ A preset fixes the model shape, the batch and the rank; a method decides what is
 - ``peanut``: PEFT PEANuT (the same function as NEAT, computed with a dense out×in ΔW every step), depth 0, relu.
 - ``neat``: neat-hf NEAT, depth 0, relu, scaling 1 (factored: ``y = W0 x + (x·relu(W0ᵀAᵀ))·Bᵀ``).
 
-For generation the ``*_merged`` variants merge the adapter into W0 first (``merge_and_unload``).
+For generation the ``*_merged`` variants merge the adapter into W0 first (``merge_and_unload``); ``neat_lora`` is the
+NEAT adapter exported as a LoRA (``NeatModel.save_as_lora``) and served by stock PEFT; the ``*_mixed4`` variants hold
+four adapters and decode a batch with one adapter per row (``adapter_names=``, see [`MIXED_ADAPTERS`]).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import tempfile
 from typing import Any
 
 from common import LLAMA_TARGETS
@@ -53,7 +57,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 TRAIN_METHODS = ("floor", "lora", "peanut", "neat")
-GENERATE_METHODS = ("base", "lora", "lora_merged", "neat", "neat_merged", "peanut")
+GENERATE_METHODS = ("base", "lora", "lora_merged", "neat", "neat_merged", "peanut", "neat_lora", "neat_mixed4",
+                    "lora_mixed4")
+#: Adapter names of the ``*_mixed4`` variants: one per row of their batch.
+MIXED_ADAPTERS = ("a0", "a1", "a2", "a3")
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:
@@ -130,6 +137,29 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
         cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
                          init_weights=init_weights)
         out = get_neat_model(model, cfg)
+    elif base_method == "neat_lora":
+        from peft import PeftModel
+
+        base_copy = copy.deepcopy(model)
+        cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
+                         init_weights=init_weights)
+        with tempfile.TemporaryDirectory() as folder:
+            get_neat_model(model, cfg).save_as_lora(folder)
+            out = PeftModel.from_pretrained(base_copy, folder)
+    elif base_method == "neat_mixed4":
+        cfg = NeatConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
+                         init_weights=init_weights)
+        out = get_neat_model(model, cfg, adapter_name=MIXED_ADAPTERS[0])
+        for name in MIXED_ADAPTERS[1:]:
+            out.add_adapter(name, cfg)
+    elif base_method == "lora_mixed4":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=preset.r, lora_alpha=preset.r, lora_dropout=0.0, target_modules=targets, bias="none",
+                         init_lora_weights=init_weights)
+        out = get_peft_model(model, cfg, adapter_name=MIXED_ADAPTERS[0])
+        for name in MIXED_ADAPTERS[1:]:
+            out.add_adapter(name, cfg)
     else:
         raise ValueError(f"Unknown method {method!r}; expected one of {TRAIN_METHODS + GENERATE_METHODS}.")
     if method.endswith("_merged"):

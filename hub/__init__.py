@@ -8,7 +8,9 @@
   `base_model`, NEAT tags, hyperparameters, training setup, usage, `model-index`).
 - [`export_merged`] (`neat_hf.hub.merge`): the base model with the adapter merged in, as a plain transformers checkpoint,
   with its card (`neat_hf.hub.card`).
-- `neat-hub` (`neat_hf.hub.cli:main`): `push`, `card`, `merge` from the command line.
+- [`export_lora`] (`neat_hf.hub.export`): load a base and a NEAT adapter and write the adapter as an exact LoRA
+  (`NeatModel.save_as_lora`) for LoRA-only servers (vLLM, SGLang, TGI).
+- `neat-hub` (`neat_hf.hub.cli:main`): `push`, `card`, `merge`, `export-lora` from the command line.
 
 Loading by repo id is `NeatModel.from_pretrained(base, "user/repo", revision=...)` (core library).
 """
@@ -19,6 +21,7 @@ from neat_hf.eval_harness.results import eval_results_from_lm_eval
 from neat_hf.hub_commit import push_adapter_folder, push_to_hub
 from neat_hf.training_info import TRAINING_INFO_NAME, load_training_info, save_training_info
 
+from .export import export_lora
 from .merge import export_merged
 from .push import push_folder
 
@@ -27,6 +30,7 @@ __all__ = [
     "HubError",
     "build_model_card",
     "eval_results_from_lm_eval",
+    "export_lora",
     "export_merged",
     "load_training_info",
     "merge_eval_results",

@@ -1,9 +1,10 @@
-"""`neat-hub`: push NEAT adapters, rebuild their model cards, merge them into their base model.
+"""`neat-hub`: push NEAT adapters, rebuild their model cards, merge them into their base model, export them as LoRA.
 
 ```bash
 neat-hub push ADAPTER_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message MSG] [--create-pr] [--keep-card]
 neat-hub card ADAPTER_DIR [--eval-results FILE_OR_DIR] [--repo-id REPO_ID] [--base-model ID] [--dataset ID]
 neat-hub merge BASE ADAPTER OUT_DIR [--push-to-hub REPO_ID] [--private] [--dtype auto] [--auto-class CLASS]
+neat-hub export-lora BASE ADAPTER OUT_DIR [--dtype auto] [--revision REV] [--server vllm] [--push-to-hub REPO_ID]
 ```
 
 The Hub token comes from `HF_TOKEN` or `hf auth login` (there is no `--token` flag, so it never lands in shell history
@@ -22,6 +23,7 @@ from neat_hf.card import write_model_card
 from neat_hf.eval_harness.results import eval_results_from_lm_eval
 from neat_hf.hub_commit import push_adapter_folder
 
+from .export import export_lora
 from .merge import export_merged
 from .push import push_folder
 
@@ -34,7 +36,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Share NEAT adapters on the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{push,card,merge}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{push,card,merge,export-lora}")
 
     push = sub.add_parser("push", help="Push an adapter folder (adapter files + model card) in one commit.")
     push.add_argument("adapter_dir", help="Folder written by NeatModel.save_pretrained (or a NeatTrainer output dir).")
@@ -73,6 +75,25 @@ def make_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
     merge.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT_DIR.")
+
+    export = sub.add_parser("export-lora", help="Write a NEAT adapter as an exact LoRA adapter (for vLLM, SGLang, TGI).")
+    export.add_argument("base", help="Base model folder or Hub id: the base the LoRA will be served on.")
+    export.add_argument("adapter", help="NEAT adapter folder or Hub repo id.")
+    export.add_argument("out_dir", help="LoRA adapter folder to write (new, empty, or an earlier export).")
+    export.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="dtype the base is served in (default: its stored dtype); the export is exact for that dtype.",
+    )
+    export.add_argument("--revision", help="Hub revision of BASE the export is exact for.")
+    export.add_argument("--adapter-revision", help="Hub revision of the NEAT adapter.")
+    export.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
+    export.add_argument(
+        "--server", choices=["vllm", "sglang"], help="Fail (instead of warning) if this server would refuse the export."
+    )
+    export.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the exported LoRA to this repo.")
+    export.add_argument("--private", action="store_true", help="Create the pushed repo as private.")
     return parser
 
 
@@ -132,6 +153,28 @@ def _run(args: argparse.Namespace) -> int:
                 args.push_to_hub,
                 private=True if args.private else None,
                 commit_message="Upload model merged with a NEAT adapter",
+            )
+            print(info.commit_url)
+        return 0
+    if args.command == "export-lora":
+        out = export_lora(
+            args.base,
+            args.adapter,
+            args.out_dir,
+            dtype=args.dtype,
+            revision=args.revision,
+            adapter_revision=args.adapter_revision,
+            auto_class=args.auto_class,
+            server=args.server,
+            repo_id=args.push_to_hub,
+        )
+        print(out)
+        if args.push_to_hub:
+            info = push_folder(
+                out,
+                args.push_to_hub,
+                private=True if args.private else None,
+                commit_message="Upload LoRA exported from a NEAT adapter",
             )
             print(info.commit_url)
         return 0

@@ -47,7 +47,12 @@ class MissingColumnsError(DatasetError):
 
 
 class TrainerSetupError(NeatError):
-    """`NeatTrainer` got arguments that contradict each other, or a setup it does not support (e.g. FSDP)."""
+    """`NeatTrainer` got arguments that contradict each other, or a setup it does not support (e.g. FSDP1)."""
+
+
+class FsdpConfigError(TrainerSetupError):
+    """An FSDP setup NEAT cannot train correctly with (FSDP1, a wrap policy that splits a NEAT layer from its weights,
+    a quantized base); the message names the supported setting."""
 
 
 # --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
@@ -64,3 +69,10 @@ class NeatModelArgsError(NeatError):
 
 class DeepSpeedConfigError(NeatError):
     """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
+
+
+# --- Serving (neat_hf.lora_export, neat_hf.serving) ------------------------------------------------------------------
+
+
+class ServingLimitError(NeatError):
+    """An exported adapter breaks a documented limit of an inference server (the message names server and limit)."""

@@ -35,7 +35,9 @@ from transformers.pytorch_utils import Conv1D
 from .activations import get_activation
 from .config import NeatConfig
 from .distributed import gathered, is_zero3_partitioned, register_external_weight
+from .dtensor import all_ranks_true, is_dtensor, local_merge_delta, local_rows
 from .errors import NeatError, UnsupportedModuleError
+from .mixed_batch import neat_mixed_forward
 
 
 def supported_layer_types() -> tuple[type, ...]:
@@ -175,15 +177,33 @@ class NeatLayer(nn.Module):
         """
         weight = self.base_weight() if base_weight is None else base_weight
         a = self.peanut_A[adapter_name].weight
-        act = self._activations[adapter_name]
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            h = act((a.to(weight.dtype) @ weight).to(a.dtype))
-            residuals = []
-            for encoder in self.peanut_encoders[adapter_name]:
-                residuals.append(h)
-                h = act(encoder.weight @ h)
-            for decoder in self.peanut_decoders[adapter_name]:
-                h = act(decoder.weight @ h) + residuals.pop()
+            return self.weight_network(adapter_name, (a.to(weight.dtype) @ weight).to(a.dtype))
+
+    def weight_network(
+        self,
+        adapter_name: str,
+        projected: torch.Tensor,
+        *,
+        encoders: list[torch.Tensor] | None = None,
+        decoders: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """s·Hᵀ from the projection A·W0 (r×in, or r×some input columns): σ, the r×r layers with residuals, scaling.
+
+        `encoders`/`decoders` replace the layers' weights (FSDP2 merging passes gathered copies, `neat_hf.dtensor.local_merge_delta`).
+        """
+        act = self._activations[adapter_name]
+        if encoders is None:
+            encoders = [encoder.weight for encoder in self.peanut_encoders[adapter_name]]
+        if decoders is None:
+            decoders = [decoder.weight for decoder in self.peanut_decoders[adapter_name]]
+        h = act(projected)
+        residuals = []
+        for encoder in encoders:
+            residuals.append(h)
+            h = act(encoder @ h)
+        for decoder in decoders:
+            h = act(decoder @ h) + residuals.pop()
         return h * self.scaling[adapter_name]
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -226,7 +246,9 @@ class NeatLayer(nn.Module):
         self._hidden_cache.clear()
         return super()._apply(fn, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> torch.Tensor:
+        if adapter_names is not None:  # one adapter per row (NeatModel(..., adapter_names=[...])), see mixed_batch.py
+            return neat_mixed_forward(self, x, adapter_names, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         name = self.active_adapter
         if self.disable_adapters or self.merged or name not in self.peanut_A:
@@ -272,6 +294,15 @@ class NeatLayer(nn.Module):
         if name not in self.peanut_A:
             return
         weight = self.base_layer.weight
+        if is_dtensor(weight):  # FSDP2: change this rank's rows of W0 only, from the gathered adapter
+            local, delta = local_merge_delta(self, name)
+            if safe_merge and not all_ranks_true(bool(torch.isfinite(local + delta).all()), [weight]):
+                raise ValueError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
+            if keep_original:
+                self._weight_before_merge = local.detach().to("cpu", copy=True)
+            local.add_(delta)
+            self.merged_adapters.append(name)
+            return
         with gathered(layer_adapter_parameters(self)), gathered([weight], modifier_rank=0):
             delta = self.delta_weight(name)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
@@ -286,6 +317,9 @@ class NeatLayer(nn.Module):
     def merged_weight_is_finite(self) -> bool:
         """Whether W0 + ΔW of the active adapter, in W0's dtype, is free of NaN/inf (what `safe_merge` checks)."""
         weight = self.base_layer.weight
+        if is_dtensor(weight):  # FSDP2: each rank checks its rows (collective)
+            local, delta = local_merge_delta(self, self.active_adapter)
+            return all_ranks_true(bool(torch.isfinite(local + delta).all()), [weight])
         with gathered([weight]):
             delta = self.delta_weight(self.active_adapter)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
@@ -300,8 +334,12 @@ class NeatLayer(nn.Module):
         if self._weight_before_merge is None:
             raise NeatError("This layer was merged without keeping the original weight; it cannot be unmerged.")
         weight = self.base_layer.weight
-        with gathered([weight], modifier_rank=0):
-            weight.data.copy_(self._weight_before_merge.to(device=weight.device, dtype=weight.dtype))
+        if is_dtensor(weight):  # FSDP2: merge kept this rank's rows
+            local = local_rows(weight)[0]
+            local.copy_(self._weight_before_merge.to(device=local.device, dtype=local.dtype))
+        else:
+            with gathered([weight], modifier_rank=0):
+                weight.data.copy_(self._weight_before_merge.to(device=weight.device, dtype=weight.dtype))
         self._weight_before_merge = None
         self.merged_adapters.clear()
 

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,10 +29,13 @@ from .constants import (
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
 )
+from .dtensor import copy_into, full_tensor, is_dtensor
 from .errors import AdapterMismatchError, NeatError
 from .hub_commit import push_to_hub as push_adapter_to_hub
 from .io import atomic_save_safetensors, read_adapter_weights, resolve_adapter_file
 from .layer import NeatLayer, layer_features
+from .lora_export import save_as_lora
+from .mixed_batch import adapter_names_hooks
 from .modules_to_save import ModulesToSaveWrapper
 from .targets import InjectionPlan, plan_injection
 
@@ -128,12 +132,17 @@ class NeatModel(nn.Module):
                 ) from None
             return getattr(self.base_model, name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        """Run the wrapped model. `adapter_names` (one adapter name per batch row, `"__base__"` for none) serves several
+        adapters in one batch without merging, as in PEFT (inference only)."""
+        with adapter_names_hooks(self, adapter_names):
+            return self.base_model(*args, **kwargs)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        """Generate with the wrapped model (adapters active unless merged or disabled)."""
-        return self.base_model.generate(*args, **kwargs)
+    def generate(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        """Generate with the wrapped model (adapters active unless merged or disabled); `adapter_names` as in
+        [`forward`]."""
+        with adapter_names_hooks(self, adapter_names, expand=True):
+            return self.base_model.generate(*args, **kwargs)
 
     def get_base_model(self) -> nn.Module:
         """The wrapped transformers model (NEAT layers included)."""
@@ -425,6 +434,9 @@ class NeatModel(nn.Module):
         unknown = [kw for kw in kwargs if kw not in ("max_shard_size", "token", "save_embedding_layers")]
         if unknown:
             raise TypeError(f"save_pretrained() got unexpected keyword arguments {unknown}.")
+        if state_dict is None and any(is_dtensor(p) for p in self.parameters()):
+            # FSDP2: gather the adapter tensors (only those) on every rank, before non-main processes return.
+            state_dict = {key: full_tensor(tensor).detach().cpu() for key, tensor in self._adapter_tensors().items()}
         if not is_main_process:
             return
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -440,6 +452,12 @@ class NeatModel(nn.Module):
             if name == self.active_adapter:
                 # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
                 write_model_card(directory, model=self)
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """{state_dict key: tensor} of every adapter, in the same (sorted) order on every rank."""
+        state = self.state_dict(keep_vars=True)
+        keys = sorted({key for name in self.peft_config for key in self.adapter_key_map(name)})
+        return {key: state[key] for key in keys}
 
     def _config_for_saving(self, adapter_name: str) -> NeatConfig:
         config = copy.deepcopy(self.peft_config[adapter_name])
@@ -462,8 +480,7 @@ class NeatModel(nn.Module):
         check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
         with torch.no_grad():
             for file_key, tensor in tensors.items():
-                target = params[by_file_key[file_key]]
-                target.data.copy_(tensor.to(device=target.device, dtype=target.dtype))
+                copy_into(params[by_file_key[file_key]].data, tensor)  # under FSDP2: this rank's rows
 
     @classmethod
     def from_pretrained(
@@ -526,6 +543,28 @@ class NeatModel(nn.Module):
         config, tensors = _read_and_check_adapter(self.base_model, model_id, is_trainable, hub)
         self.add_adapter(adapter_name, config)
         self.load_adapter_weights(tensors, adapter_name)
+
+    def save_as_lora(
+        self,
+        save_directory: str | os.PathLike,
+        adapter_name: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Write the adapter as an exact, standard PEFT LoRA adapter folder, for LoRA-only servers (vLLM, SGLang, TGI).
+
+        NEAT's ΔW = s·B·Hᵀ has rank ≤ r for a fixed base, so lora_B = B, lora_A = s·Hᵀ, lora_alpha = r reproduce it
+        exactly on *this* base; see `neat_hf.lora_export.save_as_lora` for the keyword options (`server`,
+        `base_model`, `revision`, `exported_from`, `repo_id`).
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder (adapter_config.json, adapter_model.safetensors,
+                README.md, training_info.json), written atomically.
+            adapter_name (`str`, *optional*): defaults to the active adapter.
+            dtype (`str` or `torch.dtype`, *optional*): dtype the base will be served in; H is computed from the base
+                weights rounded to it (fp32 accumulation). Defaults to the base's current dtype.
+        """
+        return save_as_lora(self, save_directory, adapter_name, dtype, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub_commit.push_to_hub`."""

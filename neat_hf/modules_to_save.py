@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from .mixed_batch import modules_to_save_mixed_forward
+
 
 class ModulesToSaveWrapper(nn.Module):
     """Holds `original_module` (frozen) and one trainable copy per adapter; the active copy runs in forward."""
@@ -37,7 +39,9 @@ class ModulesToSaveWrapper(nn.Module):
             return self.original_module
         return self.modules_to_save[self.active_adapter]
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
+        if adapter_names is not None:  # one adapter's copy per row, see mixed_batch.py
+            return modules_to_save_mixed_forward(self, adapter_names, *args, **kwargs)
         return self.active_module(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -64,11 +64,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_args(ns: argparse.Namespace):
+def build_args(ns: argparse.Namespace, **overrides: Any):
+    """The training arguments every driver run shares (`overrides` add or replace some, e.g. FSDP's)."""
     from neat_hf.trainers import NeatTrainingArguments
     from neat_hf.trainers.training_args import CHECKPOINTING_FIELD
 
-    return NeatTrainingArguments(
+    kwargs = dict(
         output_dir=ns.output_dir,
         deepspeed=ns.deepspeed,
         per_device_train_batch_size=ns.per_device_train_batch_size,
@@ -90,6 +91,8 @@ def build_args(ns: argparse.Namespace):
         **{CHECKPOINTING_FIELD: ns.activation_checkpointing},
         bf16=ns.bf16,
     )
+    kwargs.update(overrides)
+    return NeatTrainingArguments(**kwargs)
 
 
 def run(ns: argparse.Namespace) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def test_bench_train_gpu_presets_dry_run_match_anchor_shapes(tmp_path, preset, e
 
 @pytest.mark.slow
 def test_bench_generate_tiny(tmp_path):
-    methods = "base,lora,neat,neat_merged"
+    methods = "base,lora,neat,neat_merged,neat_lora,neat_mixed4,lora_mixed4"
     run_script("bench_generate.py", "--preset", "tiny", "--methods", methods, "--rounds", "1", "--repeats", "1",
                "--output-dir", str(tmp_path))
     report = load_outputs(tmp_path, "generate_tiny_cpu_fp32")
@@ -101,8 +101,11 @@ def test_bench_generate_tiny(tmp_path):
     for method in report["methods"]:
         run = report["runs"][method][0]
         assert report["summary"][method]["tokens_per_s"] > 0
-        assert len(run["tokens"]) == 1 and len(run["tokens"][0]) == report["preset"]["new_tokens"]
-    assert set(report["merged_token_agreement"]) == {"neat vs neat_merged"}
+        rows = 4 if method.endswith("_mixed4") else 1  # a mixed batch decodes one row per adapter
+        assert len(run["tokens"]) == rows and all(len(t) == report["preset"]["new_tokens"] for t in run["tokens"])
+    assert set(report["merged_token_agreement"]) == {"neat vs neat_merged", "neat vs neat_lora"}
+    assert report["merged_token_agreement"]["neat vs neat_lora"] == 1.0  # the export is exact: same greedy tokens
+    assert "| neat_mixed4 | 4 |" in (tmp_path / "generate_tiny_cpu_fp32.md").read_text()
 
 
 def test_profile_adapter_tiny(tmp_path):
@@ -126,6 +129,19 @@ def test_bench_zero3_one_w0_gather_per_layer_per_forward(tmp_path):
         assert s["n_target_layers"] == 10  # 2 layers × q, k, v, up, down
         assert s["w0_gathers_per_layer"]["forward"] == pytest.approx(1.0), (method, s)
     assert report["runs"]["neat/strict"][0]["registered_external"] == 10
+
+
+@pytest.mark.slow
+@pytest.mark.fsdp
+def test_bench_fsdp_gathers_each_unit_once_per_forward_and_backward(tmp_path):
+    """FSDP2 (2 gloo ranks): root + 2 decoder-layer units = 1 + 2 × 2 all-gathers per step; each rank holds half."""
+    run_script("bench_fsdp.py", "--preset", "tiny", "--engines", "fsdp2", "--methods", "neat", "--rounds", "1",
+               "--warmup", "1", "--steps", "1", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "fsdp_tiny", png=False)
+    s = report["summary"]["fsdp2/neat"]
+    assert s["all_gathers_per_step"] == 5 and s["gathers_by_phase"]["forward"]["collectives"] == 3
+    run = report["runs"]["fsdp2/neat"][0]
+    assert run["held_param_bytes"] * 2 == pytest.approx(run["model_param_bytes"], rel=0.01)
 
 
 # ---------------------------------------------------------------------------------------------------------- quality

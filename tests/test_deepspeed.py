@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_llama
+from multiprocess_helpers import assert_same_adapter as _assert_same_adapter
+from multiprocess_helpers import assert_same_merge as _assert_same_merge
+from multiprocess_helpers import free_port, run_launcher
+from multiprocess_helpers import read_report as _report
 from safetensors.torch import load_file
 
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
@@ -31,7 +33,6 @@ from neat_hf.deepspeed_configs import (
 )
 
 DRIVER = str(Path(__file__).with_name("ds_driver.py"))
-TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
 
 pytest.importorskip("deepspeed")
 
@@ -75,14 +76,8 @@ def test_bundled_names_resolve_and_bad_values_are_named(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- multi-process runs
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _launch(launcher: str, driver_args: list[str], timeout: int = 600) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     elif launcher == "deepspeed":  # passes --local_rank to the script
@@ -93,34 +88,7 @@ def _launch(launcher: str, driver_args: list[str], timeout: int = 600) -> None:
             str(Path(sys.executable).with_name("accelerate")), "launch", "--use_deepspeed", "--num_processes", "2",
             "--num_machines", "1", "--deepspeed_config_file", resolve_deepspeed_config(config), "--main_process_port", port,
         ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command + [DRIVER, *driver_args], env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        pytest.fail(f"{launcher} run failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-
-
-def _report(folder) -> dict:
-    with open(os.path.join(folder, "driver_report.json"), encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _assert_same_adapter(folder, reference, **tolerance) -> None:
-    got = load_file(os.path.join(folder, ADAPTER_WEIGHTS_NAME))
-    expected = load_file(os.path.join(reference, ADAPTER_WEIGHTS_NAME))
-    assert set(got) == set(expected)
-    for key in expected:
-        assert got[key].dtype == torch.float32 and got[key].shape == expected[key].shape, key
-        torch.testing.assert_close(got[key], expected[key], **(tolerance or TOLERANCE), msg=lambda m, k=key: f"{k}: {m}")
-    with open(os.path.join(folder, ADAPTER_CONFIG_NAME)) as a, open(os.path.join(reference, ADAPTER_CONFIG_NAME)) as b:
-        assert json.load(a) == json.load(b)
-
-
-def _assert_same_merge(folder, reference) -> None:
-    got = load_file(os.path.join(folder, "merged_weights.safetensors"))
-    expected = load_file(os.path.join(reference, "merged_weights.safetensors"))
-    assert set(got) == set(expected) and len(expected) == 10
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], **TOLERANCE)
+    run_launcher(command + [DRIVER, *driver_args], timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -416,13 +416,6 @@ def test_missing_or_invalid_deepspeed_config_fails_when_the_arguments_are_built(
         make_args(tmp_path, deepspeed=str(bad), neat_learning_rate=1e-3)
 
 
-def test_fsdp_is_refused_with_the_alternative(tmp_path):
-    args = make_args(tmp_path)
-    args.fsdp = ["full_shard"]
-    with pytest.raises(ValueError, match="zero3"):
-        NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4))
-
-
 def test_negative_group_learning_rate_is_refused(tmp_path):
     with pytest.raises(ValueError, match="head_learning_rate must be a non-negative number"):
         make_args(tmp_path, head_learning_rate=-1.0)

@@ -171,9 +171,10 @@ def prepare(
     """Check every input, load data and model, add the NEAT adapter and build the [`NeatTrainer`] — no training yet.
 
     The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, then
-    (nothing loaded yet) the resume target, the output folder (trained work is never replaced unless resuming or
-    `--overwrite_output_dir`), user data with the built-in model and the model source, then the dataset's columns,
-    then target-module matching on the loaded model; nothing is written by a refused run.
+    (nothing loaded yet) the model source (and user data with the built-in model), the resume target and the output
+    folder (trained work is never replaced unless resuming or `--overwrite_output_dir`; the same public
+    `NeatTrainingArguments.check_output_dir` that [`NeatTrainer`] runs), then the dataset's columns, then
+    target-module matching on the loaded model. Nothing is written by a refused run.
 
     Raises:
         MissingColumnsError: the dataset lacks the columns the recipe's `dataset_format` needs (they are named).

@@ -8,11 +8,12 @@ handles each of those spots itself (see the comments at each override), and adds
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,10 +31,12 @@ from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
 from neat_hf.distributed import gathered, is_zero3_partitioned
-from neat_hf.errors import AdapterLoadError, AdapterMismatchError, TrainerSetupError
+from neat_hf.dtensor import full_tensor, is_dtensor
+from neat_hf.errors import AdapterLoadError, AdapterMismatchError, FsdpConfigError, TrainerSetupError
 from neat_hf.io import atomic_write_text, read_adapter_weights
 from neat_hf.layer import NeatLayer, register_zero3_parameters
 
+from . import fsdp
 from .hub_mixin import NeatHubMixin
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
@@ -67,6 +70,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
           accumulation.
         - DeepSpeed ZeRO-2/3 (`neat_hf.deepspeed_configs`): under ZeRO-3 each NEAT layer gathers its W0 once per
           forward, and saving gathers the adapter weights only, as full fp32 tensors equal to a single-process run's.
+        - FSDP2 (`fsdp=...` with `fsdp_config={"version": 2}`, or `accelerate launch` with
+          `neat_hf/trainers/accelerate_configs/fsdp2.yaml`): the trainer applies `fully_shard` itself, one unit per
+          decoder layer holding its NEAT layers and their W0, on GPUs and on CPU (gloo) alike (see `trainers/fsdp.py`).
 
     Args:
         model ([`NeatModel`] or `nn.Module`, *optional*):
@@ -85,7 +91,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
     Raises:
         TypeError: `model` is neither a [`NeatModel`] nor a model given with `neat_config`.
         TrainerSetupError: `neat_config` is given together with a [`NeatModel`]; `optimizers` is given together with
-            `neat_learning_rate` / `head_learning_rate`; FSDP is requested (use DeepSpeed ZeRO-3).
+            `neat_learning_rate` / `head_learning_rate`.
+        FsdpConfigError: FSDP1, or an FSDP setting NEAT cannot train with (see `trainers/fsdp.py`), or a quantized
+            base model under FSDP2.
         NeatError: `output_dir` holds an adapter for a different base model and `overwrite_output_dir` is not set.
         DeepSpeedConfigError: (from the arguments) the DeepSpeed config is missing or invalid.
 
@@ -140,11 +148,12 @@ class NeatTrainer(NeatHubMixin, Trainer):
             args = NeatTrainingArguments(output_dir="neat-output")
         elif not isinstance(args, NeatTrainingArguments):
             args = NeatTrainingArguments.from_training_arguments(args)
-        if args.fsdp:
-            raise TrainerSetupError(
-                "NeatTrainer does not support FSDP (its adapter gathering and checkpoint format are untested there); "
-                "use DeepSpeed ZeRO-3 instead: deepspeed='zero3'."
-            )
+        self._fsdp_plan = fsdp.fsdp_plan(args)
+        if self._fsdp_plan is not None:
+            if model_init is not None:
+                raise FsdpConfigError("model_init is not supported with FSDP2; pass the model itself.")
+            if model is not None:
+                fsdp.check_model_for_fsdp(model)
         if optimizers[0] is not None and (args.neat_learning_rate is not None or args.head_learning_rate is not None):
             raise TrainerSetupError(
                 "Both an optimizer (optimizers=) and neat_learning_rate/head_learning_rate were given; the optimizer "
@@ -180,6 +189,10 @@ class NeatTrainer(NeatHubMixin, Trainer):
         )
         if model is None:  # built by model_init (and wrapped by `call_model_init`)
             self.args.check_output_dir(_base_model_name(self.model, None))
+        if self._fsdp_plan is not None:
+            # Sharded up front, so that the Trainer treats it as sharded at load time: no DDP, no second sharding.
+            self.model = self.model_wrapped = fsdp.shard(self.model, self._fsdp_plan, self.args)
+            self.is_distributed_loading_by_transformers = True
         self._inspect_base_model()
         self._enable_input_require_grads()
 
@@ -353,16 +366,42 @@ class NeatTrainer(NeatHubMixin, Trainer):
         self._register_zero3()  # evaluation without training builds the DeepSpeed engine lazily
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
+    # ------------------------------------------------------------------ FSDP2
+    @property
+    def is_fsdp2_sharded(self) -> bool:
+        """Whether this trainer sharded its model with FSDP2 (`trainer.is_fsdp_enabled` stays False: the Trainer's
+        own FSDP path, which accelerate skips on CPU, is not used)."""
+        return self._fsdp_plan is not None
+
+    def create_accelerator_and_postprocess(self) -> None:
+        if self._fsdp_plan is None:
+            return super().create_accelerator_and_postprocess()
+        with fsdp.accelerator_without_fsdp(self.args):
+            super().create_accelerator_and_postprocess()
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self) -> Iterator[None]:
+        # Gradient accumulation: reduce-scatter once, after the last micro-batch (the Trainer's version reads the
+        # `DistributedConfig` of a model sharded by transformers, which a NeatModel does not have).
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
     # ------------------------------------------------------------------ saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the adapter (and the processing class) to `output_dir` (defaults to `args.output_dir`).
 
-        Must be called on every process under DeepSpeed: the adapter weights are gathered collectively. Only the
-        adapter is written, never the base weights; under DeepSpeed the tensors are the full fp32 master weights.
+        Must be called on every process under DeepSpeed and FSDP2: the adapter weights are gathered collectively.
+        Only the adapter is written, never the base weights; under DeepSpeed and FSDP2 the tensors are the full fp32
+        master weights.
         """
         if self._neat_model is None:
             return super().save_model(output_dir, _internal_call)
         output_dir = self.args.output_dir if output_dir is None else output_dir
+        if self._fsdp_plan is not None:
+            fsdp.reshard(self.model)
         state_dict = self._adapter_state_dict()
         self._save(output_dir, state_dict=state_dict)
         if self.args.push_to_hub and not _internal_call:
@@ -376,7 +415,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
         return sorted(keys)  # the same order on every rank: the gathers below are collective
 
     def _adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """{state_dict key: full tensor} for every adapter weight (collective under DeepSpeed; all ranks get it).
+        """{state_dict key: full tensor} for every adapter weight (collective under DeepSpeed and FSDP2; all ranks get
+        it).
 
         Under DeepSpeed the fp32 master copy held by the optimizer is read (DeepSpeed may keep the module's own
         copy in bf16/fp16), gathered across ranks for ZeRO-2/3; frozen adapter weights (another adapter) are gathered
@@ -396,6 +436,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
                 from deepspeed.utils import safe_get_full_fp32_param  # optional heavy package, only under DeepSpeed
 
                 full = safe_get_full_fp32_param(param)
+            if full is None and is_dtensor(param):
+                full = full_tensor(param.detach())  # FSDP2: this adapter weight only
             if full is None:
                 with gathered([param]):
                     full = param.detach().clone()
@@ -412,8 +454,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
             return
         output_dir = self.args.output_dir if output_dir is None else output_dir
         if state_dict is None:
-            if any(is_zero3_partitioned(p) for p in neat_model.parameters()):
-                raise RuntimeError("Under ZeRO-3 call save_model() on every rank instead of _save().")
+            if any(is_zero3_partitioned(p) or is_dtensor(p) for p in neat_model.parameters()):
+                raise RuntimeError("Under ZeRO-3 and FSDP2 call save_model() on every rank instead of _save().")
             state_dict = self._adapter_state_dict()
         os.makedirs(output_dir, exist_ok=True)
         logger.info(f"Saving NEAT adapter to {output_dir}")
@@ -425,6 +467,14 @@ class NeatTrainer(NeatHubMixin, Trainer):
         atomic_write_text(os.path.join(output_dir, TRAINING_ARGS_JSON_NAME), self.args.to_json_string())
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self._fsdp_plan is not None:
+            # The Trainer would save rank 0's shard of the optimizer state only: write the full, adapter-sized state.
+            fsdp.save_optimizer(self.model, self.optimizer, output_dir, self.args.should_save)
+            if self.args.should_save:
+                with warnings.catch_warnings(record=True) as caught_warnings:
+                    torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+                reissue_pt_warnings(caught_warnings)
+            return
         if not (self.is_deepspeed_enabled and self._neat_model is not None):
             return super()._save_optimizer_and_scheduler(output_dir)
         # Trainer passes exclude_frozen_parameters=True only for a PeftModel; without it DeepSpeed writes the frozen
@@ -436,6 +486,16 @@ class NeatTrainer(NeatHubMixin, Trainer):
             reissue_pt_warnings(caught_warnings)
 
     # ------------------------------------------------------------------ loading
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if self._fsdp_plan is None or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        fsdp.load_optimizer(self.model, self.optimizer, checkpoint)
+        with warnings.catch_warnings(record=True) as caught_warnings:
+            self.lr_scheduler.load_state_dict(
+                torch.load(os.path.join(checkpoint, SCHEDULER_NAME), map_location="cpu", weights_only=True)
+            )
+        reissue_pt_warnings(caught_warnings)
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         # Trainer loads adapters only for a PeftModel (through peft's load_adapter); else it expects full weights.
         if self._neat_model is None:
@@ -456,6 +516,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
     def _load_adapter_folder(self, folder: str) -> None:
         """Copy the adapter weights saved in `folder` into the model, after checking they are for this adapter."""
         neat_model = self._neat_model
+        if self._fsdp_plan is not None:
+            fsdp.reshard(neat_model)  # write into the sharded parameters the optimizer owns
         for name in neat_model.peft_config:
             # save_pretrained puts the "default" adapter at the top and any other adapter in a sub-folder (PEFT).
             directory = folder if name == DEFAULT_ADAPTER_NAME else os.path.join(folder, name)

@@ -1,0 +1,102 @@
+"""`neat-hub export-lora`: load a base model and a NEAT adapter, and write the adapter as an exact PEFT LoRA.
+
+The base is loaded as it will be served (its stored dtype, or `dtype=`), with the transformers class the adapter's
+config implies (as `neat-hub merge` does); the adapter is checked against it (`AdapterMismatchError` for other shapes
+or module names) before anything is written. See `neat_hf.lora_export` for the math and the file layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig
+
+from neat_hf.config import read_adapter_config
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from neat_hf.errors import AdapterMismatchError, NeatError
+from neat_hf.io import is_hub_id, resolve_adapter_file
+from neat_hf.lora_export import DTYPES
+from neat_hf.model import NeatModel
+
+from .merge import _head_kwargs, resolve_model_class
+
+logger = logging.getLogger(__name__)
+
+
+def export_lora(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: str = "auto",
+    revision: str | None = None,
+    adapter_revision: str | None = None,
+    token: str | bool | None = None,
+    auto_class: str | None = None,
+    server: str | None = None,
+    repo_id: str | None = None,
+) -> Path:
+    """Export the NEAT `adapter` for `base` as a LoRA adapter folder `out_dir`.
+
+    Args:
+        base (`str` or `os.PathLike`): base model folder or Hub id, the one the LoRA will be served on.
+        adapter (`str` or `os.PathLike`): NEAT adapter folder or Hub repo id.
+        out_dir (`str` or `os.PathLike`): the LoRA folder to write (replaced as a whole if it holds an earlier export).
+        dtype (`str`, *optional*, defaults to `"auto"`): dtype the base is served in (`auto` = its stored dtype,
+            `float32`, `bfloat16`, `float16`); H is computed from the base weights in that dtype.
+        revision (`str`, *optional*): Hub revision of the base (recorded in the card).
+        adapter_revision (`str`, *optional*): Hub revision of the adapter.
+        token (`str` or `bool`, *optional*): Hub token (defaults to HF_TOKEN / login cache).
+        auto_class (`str`, *optional*): transformers class to load the base with (default: from the adapter).
+        server (`str`, *optional*): `"vllm"` or `"sglang"`: refuse (instead of warn) if that server would not load it.
+        repo_id (`str`, *optional*): Hub repo the export will be pushed to, for the card's snippets.
+
+    Raises:
+        NeatError: bad `dtype`, a folder with other files at `out_dir`.
+        AdapterLoadError / AdapterMismatchError: the adapter cannot be read or does not fit the base.
+        ServingLimitError: `server` would refuse the exported adapter.
+    """
+    if dtype != "auto" and dtype not in DTYPES:
+        raise NeatError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
+    hub = {"revision": adapter_revision, "token": token}
+    config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub))
+    weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
+    config_dict = config.to_dict()
+    cls = resolve_model_class(config_dict, auto_class)
+    load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
+    if load_kwargs:
+        load_kwargs["ignore_mismatched_sizes"] = True
+    _check_model_type(base, adapter, cls, revision=revision, token=token)
+    logger.info("Loading base %s with %s in %s", os.fspath(base), cls.__name__, dtype)
+    base_model = cls.from_pretrained(
+        os.fspath(base), revision=revision, token=token, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+        **load_kwargs,
+    )
+    model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
+    base_name = os.fspath(base)
+    source = os.fspath(adapter) if is_hub_id(os.fspath(adapter)) else f"local folder {Path(adapter).name!r}"
+    return model.save_as_lora(
+        out_dir,
+        server=server,
+        base_model=base_name if is_hub_id(base_name) else Path(base_name).name,
+        revision=revision,
+        exported_from=source + (f" at revision {adapter_revision}" if adapter_revision else ""),
+        repo_id=repo_id,
+    )
+
+
+def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
+    """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
+    class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
+    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if not expected:  # an Auto class: it follows the base's own config
+        return
+    model_type = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, **hub).model_type
+    if model_type != expected:
+        raise AdapterMismatchError(
+            f"Adapter {os.fspath(adapter)!r} was saved from {cls.__name__} ({expected} models) but {os.fspath(base)!r} "
+            f"is a {model_type!r} model: the adapter does not fit it. Pass the base it was trained on."
+        )
