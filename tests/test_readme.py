@@ -1,7 +1,9 @@
 """Every ```python block of README.md runs (issue 14, item 7), so the README stays true.
 
 The blocks run in order, in a scratch folder; each starts from the names the Quick start (README's first block)
-defined, which later sections continue from (`model`, `base`), plus the reader's context (`train`, `dev`); with
+defined, which later sections continue from, with `model` the Quick start's adapter loaded afresh (the Quick start
+ends by merging it away), plus the reader's context (`train`, `dev`, a tokenized `batch` of three prompts, a Hub
+adapter `my-user/neat-chat`); with
 Hub model ids redirected to tiny local stand-ins (`STAND_INS`) and the Hub itself served by the loopback server. A
 block that cannot run here says so in a marker comment with its reason, e.g. `# not-run: needs a GPU`; a marker
 without a reason fails the test.
@@ -64,6 +66,20 @@ def _save_tiny_roberta(folder: Path) -> str:
     return str(folder)
 
 
+def _after_quick_start(namespace: dict, llama: str) -> dict:
+    """What later sections assume after the Quick start: its adapter loaded on a fresh base (`model`), a batch of
+    prompts, and a second adapter on the Hub (`my-user/neat-chat`, for the mixed-batch example)."""
+    from neat_hf import NeatConfig, NeatModel, get_neat_model
+
+    tokenizer = AutoTokenizer.from_pretrained(llama)
+    tokenizer.pad_token = tokenizer.eos_token
+    chat = get_neat_model(AutoModelForCausalLM.from_pretrained(llama), NeatConfig(r=4, init_weights=False))
+    chat.push_to_hub("my-user/neat-chat")
+    model = NeatModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama), "llama2-neat")
+    batch = tokenizer(["a b c", "hello", "x y"], return_tensors="pt", padding=True)
+    return {**namespace, "model": model, "batch": batch}
+
+
 @pytest.mark.slow
 def test_readme_python_snippets_run(tmp_path, monkeypatch, hub_server):  # noqa: F811 (fixture)
     folders = {"llama": save_tiny_llama(tmp_path / "stand-in-llama"), "roberta": _save_tiny_roberta(tmp_path / "stand-in-roberta")}
@@ -98,5 +114,5 @@ def test_readme_python_snippets_run(tmp_path, monkeypatch, hub_server):  # noqa:
             raise AssertionError(f"README.md:{line}: the snippet fails: {type(err).__name__}: {err}") from err
         ran.append(line)
         if quick_start is None:
-            quick_start = namespace
-    assert len(ran) >= 4, (ran, skipped)
+            quick_start = _after_quick_start(namespace, folders["llama"])
+    assert len(ran) >= 6, (ran, skipped)
