@@ -25,13 +25,14 @@ import contextlib
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from neat_hf.card import write_model_card
 from neat_hf.errors import NeatError
 
-from .api import task_include_paths
+from .api import TASKS_DIR, task_include_paths
 from .results import eval_results_from_lm_eval
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,42 @@ def _update_card(folder: Path, new_files: set[Path]) -> None:
     print(f"Updated model card {card} with {results_file}")
 
 
+def bundled_tasks() -> list[str]:
+    """Names of the task suites and tasks shipped in `TASKS_DIR` (groups first)."""
+    names = [p.stem for p in sorted(Path(TASKS_DIR).rglob("neat_*.yaml"))]
+    groups = [n for n in names if n in ("neat_commonsense", "neat_commonsense_gen", "neat_math", "neat_math_gen")]
+    return groups + [n for n in names if n not in groups]
+
+
+def neat_help() -> str:
+    """What `neat-lm-eval --help` shows before lm-eval's own help: the neat backend, its model_args, `--update_card`
+    and the bundled tasks."""
+    tasks = bundled_tasks()
+    return "\n".join([
+        "neat-lm-eval: lm-eval's command line with the NEAT backend (--model neat) and neat-hf's tasks.",
+        "",
+        "  neat-lm-eval run --model neat --model_args pretrained=BASE,adapter=ADAPTER[,merge=true][,dtype=bfloat16] \\",
+        "      --tasks neat_commonsense_gen --batch_size 16 --output_path results/ [--update_card [ADAPTER_DIR]]",
+        "",
+        "--model neat, --model_args:",
+        "  pretrained=BASE          base model the adapter was trained on (Hub id or folder; for the embedded",
+        "                           default job: neat-output/base_model)",
+        "  adapter=ADAPTER          NEAT adapter folder or Hub repo (neat-hf's or stock PEFT's PEANuT)",
+        "  adapter_revision=REV     branch, tag or commit of a Hub adapter",
+        "  merge=true|false         merge the adapter into the weights once (default true: base-model speed)",
+        "  any other HFLM argument  dtype=, device=, max_length=, trust_remote_code=, ... (not peft=, delta=)",
+        "",
+        "--update_card [ADAPTER_DIR]  fold this run's scores into the adapter's model card (README.md model-index);",
+        "                             needs --output_path; defaults to the adapter= folder",
+        "",
+        "Bundled tasks (always on the include path): " + ", ".join(tasks[:4]) + ";",
+        textwrap.fill("single tasks: " + ", ".join(tasks[4:]), width=116, initial_indent="  ", subsequent_indent="    "),
+        "",
+        "lm-eval's own help follows (every lm-eval flag and subcommand works unchanged).",
+        "",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run lm-eval's command line (`lm_eval.__main__.cli_evaluate`) with `neat` registered and our tasks included.
 
@@ -132,12 +169,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         from lm_eval.utils import setup_logging
     except ImportError as err:  # lm-eval missing, or older than its subcommand CLI (0.4.10)
         raise SystemExit(
-            f"neat-lm-eval needs lm-eval >= 0.4.10 ({err}). Install it with: pip install 'neat-hf[eval]'"
+            f"neat-lm-eval needs lm-eval >= 0.4.10 ({err}). From a clone: pip install -e '.[eval]'"
         ) from err
 
     from . import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
 
     update_card, lm_eval_argv = _pop_update_card(sys.argv[1:] if argv is None else argv)
+    if not lm_eval_argv or any(a in ("-h", "--help") for a in lm_eval_argv):
+        print(neat_help())  # ours first; lm-eval's own help follows
     setup_logging()
     parser = HarnessCLI()
     with _argv(["neat-lm-eval", *lm_eval_argv]):

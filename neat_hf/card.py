@@ -123,7 +123,8 @@ def build_model_card(
     Raises:
         NeatError: invalid `training_info` or `eval_results`.
     """
-    config = adapter_config.to_dict() if hasattr(adapter_config, "to_dict") else dict(adapter_config)
+    config = ({**adapter_config.to_dict(), **adapter_config.neat_only_settings()} if hasattr(adapter_config, "to_dict")
+              else dict(adapter_config))
     info = sanitize_training_info(training_info or {})
     config_base = config.get("base_model_name_or_path")
     base_id = base_model if base_model is not None else (config_base if is_hub_id(config_base) else None)
@@ -160,6 +161,10 @@ def build_model_card(
         [p for p, used in (("deepspeed", info.get("deepspeed_stage")), ("lm_eval", eval_results)) if used]
     )
     local_base = config_base if isinstance(config_base, str) and not is_hub_id(config_base) else None
+    # Paths a training run recorded (training_info `base_model_path`, `adapter_path`): relative ones only, so that no
+    # private absolute path reaches a card that may be pushed.
+    recorded = {key: info[key] for key in ("base_model_path", "adapter_path")
+                if isinstance(info.get(key), str) and info[key] and not os.path.isabs(info[key])}
     if base_id:
         base_model_link = f"[`{base_id}`](https://huggingface.co/{base_id})"
     elif local_base:
@@ -177,8 +182,8 @@ def build_model_card(
         title=name,
         merged=merged,
         base_model_link=base_model_link,
-        base_model_ref=base_id or "BASE_MODEL_ID_OR_PATH",
-        repo_ref=repo_id or "PATH_OR_REPO_ID",
+        base_model_ref=base_id or recorded.get("base_model_path") or "BASE_MODEL_ID_OR_PATH",
+        repo_ref=repo_id or recorded.get("adapter_path") or "PATH_OR_REPO_ID",
         model_class=model_class_for(config),
         act_fn=config.get("act_fn"),
         peft_compatible=config.get("act_fn") != "sin",

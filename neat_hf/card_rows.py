@@ -13,7 +13,7 @@ from huggingface_hub import EvalResult
 from .io import is_hub_id
 
 #: training_info keys that feed the card without a row of their own.
-INTERNAL_KEYS = {"base_model_parameters", "framework_versions", "license"}
+INTERNAL_KEYS = {"base_model_parameters", "framework_versions", "license", "adapter_path", "base_model_path"}
 
 # (key, label) of the training-setup table, in display order.
 _TRAINING_ROWS = (

@@ -1,8 +1,9 @@
 """`NeatConfig`: the hyperparameters of a NEAT adapter, stored as PEFT's PEANUT `adapter_config.json`.
 
-Field names follow `peft.PeanutConfig` (peft >= 0.19) so that stock PEFT reads our files and we read theirs. Stock PEFT
-silently drops keys it does not know, so the only neat-only field, `dropout`, changes how an adapter is *trained* but
-never what a saved adapter *computes*. A setting stock PEFT cannot represent (`act_fn="sin"`) is rejected by PEFT's own
+Field names follow `peft.PeanutConfig` (peft >= 0.19) so that stock PEFT reads our files and we read theirs. The only
+neat-only field, `dropout`, changes how an adapter is *trained* but never what a saved adapter *computes*; stock PEFT
+warns about keys it does not know, so `dropout` is stored in `training_info.json` next to the config (see
+`NEAT_ONLY_FIELDS`), and [`read_adapter_config`] reads it back from there. A setting stock PEFT cannot represent (`act_fn="sin"`) is rejected by PEFT's own
 config check, so such an adapter fails loudly there rather than loading with different behaviour.
 """
 
@@ -20,11 +21,15 @@ from .activations import available_activations, is_peft_compatible_activation
 from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES
 from .errors import AdapterLoadError, NeatError
 from .io import atomic_write_text, resolve_adapter_file
+from .training_info import load_training_info, save_training_info
 
 logger = logging.getLogger(__name__)
 
 # Keys PEFT writes into adapter_config.json that neat-hf does not use but must tolerate when reading.
 _IGNORED_PEFT_KEYS = frozenset({"peft_version", "auto_mapping_dict"})
+#: neat-hf fields that stock PEFT does not know. They stay out of adapter_config.json (PEFT would warn "Unexpected
+#: keyword arguments") and live in training_info.json beside it, where [`read_adapter_config`] finds them.
+NEAT_ONLY_FIELDS = ("dropout",)
 
 # Upper bounds that make loading an untrusted adapter_config.json cheap to refuse. Everything a loader allocates
 # (the expected tensor list, the adapter itself) grows with these, so they are checked before anything else. They are
@@ -182,14 +187,14 @@ class NeatConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-serialisable dict written to adapter_config.json (PEFT's PEANUT field names).
+        """The JSON-serialisable dict written to adapter_config.json: PEFT's PEANUT fields only, so that stock PEFT
+        loads it without a warning (the neat-only fields are in [`neat_only_settings`])."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in NEAT_ONLY_FIELDS}
 
-        `dropout`, the one key stock PEFT does not know (it warns, then ignores it), is left out when it is 0.
-        """
-        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        if data["dropout"] == 0.0:
-            del data["dropout"]
-        return data
+    def neat_only_settings(self) -> dict[str, Any]:
+        """The neat-only fields (`NEAT_ONLY_FIELDS`) that differ from their defaults, as stored in training_info.json."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in NEAT_ONLY_FIELDS if getattr(self, name) != defaults[name]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config dict") -> NeatConfig:
@@ -222,6 +227,7 @@ class NeatConfig:
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write adapter_config.json into `save_directory` atomically."""
         os.makedirs(save_directory, exist_ok=True)
+        store_neat_only_settings(save_directory, self.neat_only_settings())
         atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), self.to_json_string())
 
     @classmethod
@@ -263,7 +269,34 @@ def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
             data = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
+    if isinstance(data, dict):
+        data = {**_stored_neat_only_settings(os.path.dirname(os.fspath(path))), **data}
     return NeatConfig.from_dict(data, source=os.fspath(path))
+
+
+def _stored_neat_only_settings(directory: str) -> dict[str, Any]:
+    """The neat-only fields stored in `directory/training_info.json` (none when it is missing or unreadable)."""
+    try:
+        info = load_training_info(directory) or {}
+    except AdapterLoadError as err:
+        logger.warning("Ignoring neat-only adapter settings: %s", err)
+        return {}
+    return {name: info[name] for name in NEAT_ONLY_FIELDS if name in info}
+
+
+def store_neat_only_settings(directory: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Record `settings` in `directory/training_info.json` (and drop stale ones), leaving its other keys as they are."""
+    try:
+        info = load_training_info(directory) or {}
+    except AdapterLoadError:
+        info = {}
+    stale = [name for name in NEAT_ONLY_FIELDS if name in info and name not in settings]
+    if not settings and not stale:
+        return
+    for name in stale:
+        del info[name]
+    info.update(settings)
+    save_training_info(directory, info)
 
 
 def _check_int(value: Any, name: str, *, minimum: int, rule: str, maximum: int | None = None) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .card import write_model_card
-from .config import NeatConfig, read_adapter_config
+from .config import NeatConfig, read_adapter_config, store_neat_only_settings
 from .constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
@@ -119,6 +120,26 @@ class NeatModel(nn.Module):
         self.add_adapter(adapter_name, config, _freeze_base=True)
 
     # ------------------------------------------------------------------ delegation to the wrapped model
+    @property
+    def hf_device_map(self) -> dict[str, Any]:
+        """The base model's device map. Also where a plain `transformers.Trainer` is turned away at construction:
+        it does not know a NeatModel, so it would drop every dataset column ("No columns in the dataset match the
+        model's forward method signature") and save the whole base model into each checkpoint. `Trainer.__init__`
+        reads this attribute first thing; trainers that handle NeatModel (`NeatTrainer`) set
+        `_trains_neat_models = True`."""
+        caller = sys._getframe(1)
+        trainer = caller.f_locals.get("self")
+        if caller.f_globals.get("__name__") == "transformers.trainer" and not getattr(trainer, "_trains_neat_models", False):
+            raise NeatError(
+                f"{type(trainer).__name__} (transformers.Trainer) cannot train a NeatModel: it would save the full base "
+                "model in every checkpoint. Use neat_hf.trainers.NeatTrainer, which takes the same arguments and "
+                "checkpoints the adapter only."
+            )
+        try:
+            return self.base_model.hf_device_map
+        except AttributeError:
+            raise AttributeError("'NeatModel' object has no attribute 'hf_device_map'") from None
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
@@ -497,10 +518,13 @@ class NeatModel(nn.Module):
             remove_stale_temporaries(directory)
             # Weights first, carrying the sha256 of their config, then the config: a save killed in between leaves a
             # folder that loading refuses (see `neat_hf.io.check_saved_together`), never one that loads as a mix.
-            config_text = self._config_for_saving(name).to_json_string()
+            config = self._config_for_saving(name)
+            config_text = config.to_json_string()
             atomic_save_safetensors(
                 tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={CONFIG_SHA_KEY: text_sha256(config_text)}
             )
+            # neat-only settings (dropout) live in training_info.json, which stock PEFT does not read.
+            store_neat_only_settings(directory, config.neat_only_settings())
             atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
             if name == self.active_adapter:
                 # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.

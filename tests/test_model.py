@@ -64,7 +64,10 @@ def test_saved_files_are_peft_peanut_format(tmp_path):
     config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
     assert config["peft_type"] == "PEANUT"
     assert config["inference_mode"] is True
-    assert (config["r"], config["depth"], config["act_fn"], config["scaling"], config["dropout"]) == (4, 1, "relu", 1.0, 0.1)
+    assert (config["r"], config["depth"], config["act_fn"], config["scaling"]) == (4, 1, "relu", 1.0)
+    # dropout is neat-only: stock PEFT would warn about it, so it lives in training_info.json and is read back.
+    assert "dropout" not in config and json.loads((tmp_path / "training_info.json").read_text())["dropout"] == 0.1
+    assert NeatConfig.from_pretrained(tmp_path).dropout == 0.1
     assert config["target_modules"] == ["q_proj", "v_proj"]
     tensors = load_file(tmp_path / ADAPTER_WEIGHTS_NAME)
     assert "base_model.model.model.layers.0.self_attn.q_proj.peanut_A.weight" in tensors
@@ -275,13 +278,29 @@ def test_no_warnings_on_plain_use(tmp_path):
         NeatModel.from_pretrained(tiny_llama(), tmp_path)
 
 
-def test_stock_peft_loads_default_adapter_without_unknown_key_warnings(tmp_path):
-    get_neat_model(tiny_llama(), NeatConfig(r=2)).save_pretrained(tmp_path)
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_stock_peft_loads_default_adapter_without_unknown_key_warnings(tmp_path, caplog, dropout):
+    get_neat_model(tiny_llama(), NeatConfig(r=2, dropout=dropout)).save_pretrained(tmp_path)
     assert "dropout" not in json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
         warnings.simplefilter("always")
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
-    assert not [w for w in caught if "Unexpected keyword" in str(w.message)]
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "Unexpected keyword" in m or "dropout" in m], messages
+    # neat-hf reads the neat-only setting back (for resuming training with the same dropout).
+    assert NeatModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True).peft_config["default"].dropout == dropout
+
+
+def test_stock_peft_warns_about_dropout_in_adapter_config(tmp_path, caplog):
+    """The failure the test above guards against is real: PEFT reports an unknown `dropout` key."""
+    get_neat_model(tiny_llama(), NeatConfig(r=2)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
+    (tmp_path / ADAPTER_CONFIG_NAME).write_text(json.dumps({**config, "dropout": 0.1}))
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "dropout" in m], messages
 
 
 def test_saved_files_get_normal_permissions(tmp_path):

@@ -171,11 +171,13 @@ def test_resume_from_the_last_checkpoint_ends_like_an_uninterrupted_run(tmp_path
 # ------------------------------------------------------------------------------- errors before training
 
 
-def test_missing_columns_fail_before_the_model_is_loaded(tmp_path, capsys):
+def test_missing_columns_fail_before_the_model_is_loaded(tmp_path, capsys, llama_dir, monkeypatch):
     train = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
     out = tmp_path / "out"
-    # The model path does not exist: reaching the column check first is what makes this a clean error.
-    code = cli(["--recipe", "commonsense/llama2-7b", "--use_cpu", "--model_name_or_path", str(tmp_path / "no-model"),
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the column check")
+    monkeypatch.setattr("neat_hf.trainers.job._load_tokenizer_and_model", no_loading)
+    code = cli(["--recipe", "commonsense/llama2-7b", "--use_cpu", "--model_name_or_path", llama_dir,
                 "--train_file", train, "--output_dir", str(out)])
     assert code == 2
     err = capsys.readouterr().err

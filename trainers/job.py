@@ -22,12 +22,14 @@ from transformers import (
     DataCollatorWithPadding,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neat_hf import get_neat_model, prepare_model_for_kbit_training
 from neat_hf.errors import HubError, TrainingArgumentError
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.trainers import data as data_lib
-from neat_hf.trainers import default_job, metrics
+from neat_hf.trainers import default_job, metrics, model_source, run_output
+from neat_hf.trainers.interrupt import StopOnSignal, stop_on_signal
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.trainer import NeatTrainer
 from neat_hf.trainers.training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
@@ -109,12 +111,6 @@ def _load_tokenizer_and_model(
 ) -> tuple[Any, Any]:
     if not default_job.is_builtin(model_args.model_name_or_path):
         return _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
-    if model_args.model_name_or_path not in default_job.BUILTIN_MODELS:
-        raise TrainingArgumentError(
-            f"Unknown built-in model {model_args.model_name_or_path!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}."
-        )
-    if task != "causal-lm":
-        raise TrainingArgumentError(f"{model_args.model_name_or_path} is a causal LM; it cannot be used with --task {task}.")
     if not torch.cuda.is_available():
         _use_one_cpu_thread_for_the_tiny_model()
     tokenizer = default_job.build_default_tokenizer()
@@ -161,6 +157,31 @@ def _use_one_cpu_thread_for_the_tiny_model() -> None:
         logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
 
 
+def _check_before_loading(
+    model_args: ModelArguments, data_args: DataArguments, training_args: NeatTrainingArguments
+) -> None:
+    """The checks that need nothing loaded, so careless input fails in one line within a second: the model source
+    (and user data meant for a real model), the resume target, then the output folder (never replace trained work
+    silently)."""
+    name = model_args.model_name_or_path
+    if default_job.is_builtin(name):
+        if name not in default_job.BUILTIN_MODELS:
+            raise TrainingArgumentError(f"Unknown built-in model {name!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}.")
+        if model_args.task != "causal-lm":
+            raise TrainingArgumentError(f"{name} is a causal LM; it cannot be used with --task {model_args.task}.")
+        user_data = data_args.train_file or (data_args.dataset_name and not default_job.is_builtin(data_args.dataset_name))
+        if user_data:
+            raise TrainingArgumentError(
+                f"{user_data!r} without --model_name_or_path would train the built-in toy model {name} (its word-level "
+                "tokenizer only knows the words of builtin:number-words). Pass --model_name_or_path with a Hub id or a "
+                "model folder for your data."
+            )
+    else:
+        model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
+    training_args.check_resume_checkpoint()
+    training_args.check_output_dir(name, new_run=not training_args.resumes())
+
+
 def prepare(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -171,14 +192,16 @@ def prepare(
 ) -> PreparedJob:
     """Check every input, load data and model, add the NEAT adapter and build the [`NeatTrainer`] — no training yet.
 
-    The checks run cheapest first: NEAT config values and the dataset's columns before the model is loaded, then
-    target-module matching on the loaded model, and the output folder when [`NeatTrainer`] is built, its one check
-    (an adapter for another base model is refused unless `--overwrite_output_dir`). Nothing is written before training.
+    The checks run cheapest first, so bad input fails before anything large is loaded: NEAT config values, then
+    (nothing loaded yet) the model source (and user data with the built-in model), the resume target and the output
+    folder (trained work is never replaced unless resuming or `--overwrite_output_dir`; the same public
+    `NeatTrainingArguments.check_output_dir` that [`NeatTrainer`] runs), then the dataset's columns, then
+    target-module matching on the loaded model. Nothing is written by a refused run.
 
     Raises:
         MissingColumnsError: the dataset lacks the columns the recipe's `dataset_format` needs (they are named).
         NoTargetModulesError: `neat_target_modules` matched no layer of the model.
-        NeatError: `output_dir` holds an adapter for a different base model.
+        NeatError: `output_dir` holds trained work (or an adapter for a different base model).
         TrainingArgumentError, DatasetError: any other invalid argument or unusable data.
     """
     task = model_args.task
@@ -192,6 +215,7 @@ def prepare(
             f"{data_args.image_column!r} column, which the Trainer would drop as unused. Pass "
             "--remove_unused_columns false (neat-train does so by default for --task image-classification)."
         )
+    _check_before_loading(model_args, data_args, training_args)
 
     with training_args.main_process_first(desc="loading the dataset"):
         raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
@@ -241,6 +265,22 @@ def prepare(
     )
 
 
+def _interrupted(job: PreparedJob, stopper: StopOnSignal, start: float) -> dict[str, Any]:
+    """Training stopped on a signal: make sure the step it reached is a checkpoint (the Trainer's own
+    `_save_checkpoint`, as for any scheduled save), and report it instead of saving a final adapter."""
+    trainer, args = job.trainer, job.training_args
+    checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    if not os.path.isdir(checkpoint):  # the signal came after the last step ended
+        trainer._save_checkpoint(trainer.model, trial=None)
+    return {
+        "before": {}, "after": {}, "train": {}, "output_dir": os.path.abspath(args.output_dir),
+        "is_main_process": trainer.is_world_process_zero(), "runtime_s": time.perf_counter() - start,
+        "num_train": job.num_train, "num_eval": job.num_eval,
+        "interrupted": {"signal": stopper.received.name, "exit_code": stopper.exit_code, "checkpoint": checkpoint,
+                        "step": trainer.state.global_step, "max_steps": trainer.state.max_steps},
+    }
+
+
 def _resume_value(value: str | None) -> Any:
     if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
         return True
@@ -264,9 +304,17 @@ def run(job: PreparedJob) -> dict[str, Any]:
             logger.warning("Skipping the evaluation before training under DeepSpeed; the eval after training still runs.")
         else:
             before = trainer.evaluate(metric_key_prefix="eval")
-    train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
-    # Everything local first (adapter, state, final evaluation, metrics), the Hub push last: a failed push must not
-    # lose the result.
+    stopper = StopOnSignal()
+    trainer.add_callback(stopper)
+    try:
+        with stop_on_signal(stopper):
+            train_output = trainer.train(resume_from_checkpoint=_resume_value(args.resume_from_checkpoint))
+    finally:
+        trainer.remove_callback(stopper)
+    if stopper.received is not None:
+        return _interrupted(job, stopper, start)
+    # Everything local first (adapter, state, final evaluation, metrics, card), the Hub push last: a failed push
+    # must not lose the result.
     trainer.save_model(args.output_dir, _internal_call=True)
     trainer.save_state()
     after = trainer.evaluate(metric_key_prefix="eval") if has_eval else {}
@@ -275,6 +323,9 @@ def run(job: PreparedJob) -> dict[str, Any]:
         trainer.save_metrics("before", before, combined=False)
     if after:
         trainer.save_metrics("eval", after)
+    if trainer.is_world_process_zero():
+        run_output.save_builtin_base(job)
+        run_output.write_run_card(job, before, after)
     if args.push_to_hub:
         try:
             trainer.push_to_hub(commit_message="End of training", revision=args.hub_revision)
@@ -292,4 +343,6 @@ def run(job: PreparedJob) -> dict[str, Any]:
         "runtime_s": time.perf_counter() - start,
         "num_train": job.num_train,
         "num_eval": job.num_eval,
+        "interrupted": None,
+        "snippet": run_output.usage_snippet(job),
     }

@@ -32,6 +32,27 @@ RUN_FLAGS = ("recipe", "config", "list")
 CLI_DEFAULTS = {"output_dir": "neat-output", "report_to": "none"}
 
 
+#: The flags `neat-train --help` shows (after --recipe/--config/--list); `--help-all` shows every flag.
+COMMON_FLAGS = (
+    "model_name_or_path", "dataset_name", "dataset_config_name", "train_file", "validation_file", "task",
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "max_steps", "num_train_epochs", "learning_rate",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "neat_r", "neat_target_modules", "neat_depth",
+    "neat_act_fn", "bf16", "deepspeed", "push_to_hub", "hub_model_id",
+)
+
+
+class _HelpAction(argparse.Action):
+    """`-h/--help`: the short help; `--help-all`: every flag."""
+
+    def __init__(self, option_strings: list[str], dest: str, full: bool = False, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+        self.full = full
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        print(parser.format_help() if self.full else parser.format_short_help())
+        parser.exit()
+
+
 class NeatTrainParser(HfArgumentParser):
     """The `neat-train` parser: model, data, NEAT and training arguments, plus `--recipe`, `--config` and `--list`.
 
@@ -50,12 +71,37 @@ class NeatTrainParser(HfArgumentParser):
             epilog="Recipes: " + ", ".join(list_recipes()) + ". Without --recipe/--config/--model_name_or_path the "
             "`default` recipe applies.",
             allow_abbrev=False,
+            add_help=False,
         )
         group = self.add_argument_group("neat-train")
+        group.add_argument("-h", "--help", action=_HelpAction, help="Show the most used flags and exit.")
+        group.add_argument("--help-all", action=_HelpAction, full=True, help="Show every flag and exit.")
         group.add_argument("--recipe", default=None, help="Shipped recipe name (see --list) or a YAML/JSON file of defaults.")
         group.add_argument("--config", default=None, help="YAML/JSON file of flag values; overrides the recipe.")
         group.add_argument("--list", action="store_true", help="List the shipped recipes and exit.")
         self.set_defaults(**CLI_DEFAULTS)
+        for action in self._actions:  # transformers' text is written for scripts that ignore these
+            if action.dest == "resume_from_checkpoint":
+                action.help = ("Resume a run: `true` for the last checkpoint-* folder in --output_dir, or a checkpoint "
+                               "folder (Ctrl-C prints the exact command).")
+            elif action.dest == "deepspeed":
+                action.help = "DeepSpeed config: a bundled name (zero2, zero3, zero3_offload) or a JSON file."
+
+    def format_short_help(self) -> str:
+        """`neat-train --help`: how to start (`--recipe`, `--config`, `--list`), then the most used flags."""
+        actions = {action.dest: action for action in self._actions}
+        formatter = self._get_formatter()
+        formatter.add_usage("neat-train [--recipe NAME] [--config FILE] [--FLAG VALUE ...]", [], [])
+        formatter.add_text(self.description)
+        formatter.start_section("start here")
+        formatter.add_arguments([a for a in self._actions if a.dest in RUN_FLAGS or isinstance(a, _HelpAction)])
+        formatter.end_section()
+        formatter.start_section("most used flags (recipe and config values become their defaults)")
+        formatter.add_arguments([actions[name] for name in COMMON_FLAGS if name in actions])
+        formatter.end_section()
+        hidden = len([a for a in self._actions if a.option_strings]) - len(COMMON_FLAGS)
+        formatter.add_text(f"{self.epilog} `neat-train --help-all` lists all {hidden} other flags.")
+        return formatter.format_help()
 
     @staticmethod
     def parse_run_flags(argv: Sequence[str]) -> argparse.Namespace:

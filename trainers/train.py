@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -120,7 +121,9 @@ def _print_summary(results: dict[str, Any], job: PreparedJob) -> None:
         print(f"  (no evaluation before training: {reason})")
     if "train_loss" in results["train"]:
         print(f"  train_loss (mean over the run): {results['train']['train_loss']:.4f}")
-    print(f"Adapter saved to {results['output_dir']}")
+    print(f"Adapter saved to {results['output_dir']}. Use it from Python:")
+    print()
+    print(results["snippet"])
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -138,15 +141,44 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"neat-train: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("neat-train: interrupted before training started; nothing was written.", file=sys.stderr)
+        return 130
     try:
         results = run(job)
+    except KeyboardInterrupt:
+        print(f"neat-train: interrupted; checkpoints written so far (if any) are in {training_args.output_dir}.",
+              file=sys.stderr)
+        return 130
     except (HubError, TrainerSetupError) as error:  # the final push failed (results saved), or no checkpoint to resume
         print(f"neat-train: error: {error}", file=sys.stderr)
         return 1 if isinstance(error, HubError) else 2
+    stopped = results.get("interrupted")
+    if stopped:
+        if results["is_main_process"]:
+            print(_resume_line(stopped, argv), file=sys.stderr)
+        _leave_process_group()
+        return stopped["exit_code"]
     if results["is_main_process"]:
         _print_summary(results, job)
     _leave_process_group()
     return 0
+
+
+def _resume_line(stopped: dict[str, Any], argv: Sequence[str]) -> str:
+    """One line: where the adapter trained so far is, and the command that resumes from it."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--resume_from_checkpoint", "--resume-from-checkpoint"):
+            skip = True
+        elif not arg.startswith(("--resume_from_checkpoint=", "--resume-from-checkpoint=")):
+            kept.append(arg)
+    command = shlex.join(["neat-train", *kept, "--resume_from_checkpoint", stopped["checkpoint"]])
+    return (f"neat-train: stopped by {stopped['signal']} at step {stopped['step']}/{stopped['max_steps']}; the adapter "
+            f"trained so far is saved in {stopped['checkpoint']}. Resume with: {command}")
 
 
 def _leave_process_group() -> None:

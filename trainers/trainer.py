@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from accelerate.utils import DeepSpeedSchedulerWrapper
+from accelerate.utils.deepspeed import DeepSpeedSchedulerWrapper  # accelerate.utils exports it only with deepspeed installed
 from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
@@ -128,6 +128,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
     ```
     """
 
+    #: Read by `NeatModel.hf_device_map`, which turns a plain `transformers.Trainer` away.
+    _trains_neat_models: bool = True
+
     # Facts for model cards (read by the hub integration; TRL's `_BaseTrainer` convention).
     _tag_names: list[str] = ["neat", "peanut", "peft", "neat-hf"]
     _name: str = "NEAT"
@@ -174,6 +177,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
             )
         if neat_config is not None and not isinstance(neat_config, NeatConfig):
             raise TypeError(f"neat_config must be a NeatConfig, got {type(neat_config).__name__}.")
+        # Trained work already in output_dir: train() refuses to start from scratch over it (see check_output_dir).
+        self._work_before_init = args.trained_work()
         if model is not None:
             _check_model_argument(model, neat_config)
             _check_quantized_base(model, args)
@@ -207,6 +212,14 @@ class NeatTrainer(NeatHubMixin, Trainer):
             self.is_distributed_loading_by_transformers = True
         self._inspect_base_model()
         self._enable_input_require_grads()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
+        """[`~transformers.Trainer.train`], refusing to start from scratch over an adapter or checkpoints that were
+        in `output_dir` before this trainer was built (pass `resume_from_checkpoint`, or set `overwrite_output_dir`)."""
+        if not resume_from_checkpoint and self._work_before_init:
+            self.args.check_output_dir(None, new_run=True)
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ------------------------------------------------------------------ model
     @staticmethod

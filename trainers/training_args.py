@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from neat_hf.constants import ADAPTER_CONFIG_NAME
 from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_section, resolve_deepspeed_config
@@ -69,9 +69,10 @@ class NeatTrainingArguments(TrainingArguments):
     Parameters that control the output folder:
 
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
-            Allow training into an `output_dir` that already holds an adapter made for a different base model.
-            Without it, [`NeatTrainer`] refuses before training starts, so an earlier adapter is not silently
-            replaced by one that does not fit it.
+            Allow training into an `output_dir` that already holds a trained adapter or `checkpoint-*` folders.
+            Without it, a new run (not resuming) into such a folder is refused before anything is loaded or
+            written, so earlier work is never silently replaced; an adapter for another base model is refused even
+            when resuming.
 
     > [!NOTE]
     > These defaults differ from [`~transformers.TrainingArguments`]:
@@ -111,7 +112,7 @@ class NeatTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Allow an output_dir that already holds an adapter for a different base model (it gets replaced)."
+            "help": "Allow an output_dir that already holds a trained adapter or checkpoints (they get replaced)."
         },
     )
 
@@ -218,25 +219,65 @@ class NeatTrainingArguments(TrainingArguments):
         return cls(**values)
 
 
-    def check_output_dir(self, base_model_name_or_path: str | None) -> None:
-        """Refuse an `output_dir` that holds an adapter (at its top or in a `checkpoint-*` folder) for another base
-        model, unless `overwrite_output_dir`; nothing is written. [`NeatTrainer`] calls it before it creates the
-        adapter, so that a refused run leaves both the model and the folder as they were.
+    def trained_work(self) -> list[str]:
+        """The trained adapter and `checkpoint-*` folders already in `output_dir` (what a new run would replace)."""
+        output_dir = self.output_dir
+        if not output_dir or not os.path.isdir(output_dir):
+            return []
+        found = [folder for folder in _adapter_folders(output_dir)
+                 if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) or (folder != output_dir and os.path.isdir(folder))]
+        return found
 
-        Args:
-            base_model_name_or_path (`str`, *optional*): The base model the run trains an adapter for; no check
-                when unknown.
+    def resumes(self) -> bool:
+        """Whether `resume_from_checkpoint` asks to resume (a path, or `true`/`last`/`latest`)."""
+        value = self.resume_from_checkpoint
+        return bool(value) and str(value).lower() not in ("false", "no", "none", "0")
+
+    def check_resume_checkpoint(self) -> None:
+        """Refuse a `resume_from_checkpoint` that has nothing to resume, before any data or model is loaded.
+
+        `true`/`last`/`latest` need a `checkpoint-*` folder in `output_dir`; a path must be an existing folder.
 
         Raises:
-            NeatError: the folder holds an adapter for another base model, or an unreadable adapter config; the
-                message names both models and the fix (`--overwrite_output_dir`).
+            TrainingArgumentError: one line naming the folder that is missing and what to do instead.
+        """
+        if not self.resumes():
+            return
+        value = str(self.resume_from_checkpoint)
+        if value.lower() in ("true", "last", "latest"):
+            if not (os.path.isdir(self.output_dir) and get_last_checkpoint(self.output_dir)):
+                raise TrainingArgumentError(
+                    f"--resume_from_checkpoint {value}: output_dir {self.output_dir!r} holds no checkpoint-* folder "
+                    "to resume from. Drop the flag to start a new run, or pass the checkpoint folder itself."
+                )
+        elif not os.path.isdir(value):
+            raise TrainingArgumentError(
+                f"--resume_from_checkpoint {value!r}: no such folder. Pass a checkpoint-* folder written by a run, or "
+                "`true` for the last checkpoint in --output_dir."
+            )
+
+    def check_output_dir(self, base_model_name_or_path: str | None, *, new_run: bool = False) -> None:
+        """Refuse an `output_dir` whose trained work this run would replace, unless `overwrite_output_dir`; nothing
+        is written. `neat-train` calls it first thing (before data and model are loaded); [`NeatTrainer`] calls it
+        before it creates the adapter and again when `train()` starts, so a refused run leaves the model and the
+        folder as they were.
+
+        Args:
+            base_model_name_or_path (`str`, *optional*): The base model the run trains an adapter for; an adapter (at
+                the top or in a `checkpoint-*` folder) for another base is refused even when resuming.
+            new_run (`bool`, *optional*, defaults to `False`): The run starts from scratch (does not resume): then any
+                trained adapter or `checkpoint-*` folder in `output_dir` is refused, whatever its base model.
+
+        Raises:
+            NeatError: one line naming the folder, what it holds and the fixes (`--overwrite_output_dir`,
+                `--resume_from_checkpoint`, another `--output_dir`).
         """
         output_dir = self.output_dir
-        if self.overwrite_output_dir or not base_model_name_or_path or not output_dir or not os.path.isdir(output_dir):
+        if self.overwrite_output_dir or not output_dir or not os.path.isdir(output_dir):
             return
         for folder in _adapter_folders(output_dir):
             path = os.path.join(folder, ADAPTER_CONFIG_NAME)
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) or not base_model_name_or_path:
                 continue
             try:
                 with open(path, encoding="utf-8") as handle:
@@ -252,6 +293,14 @@ class NeatTrainingArguments(TrainingArguments):
                     f"run trains one for {base_model_name_or_path!r}. Choose another output_dir, or set "
                     "overwrite_output_dir=True (--overwrite_output_dir) to replace it."
                 )
+        work = self.trained_work() if new_run else []
+        if work:
+            shown = ", ".join(os.path.basename(os.path.normpath(w)) if w != output_dir else "an adapter" for w in work[:3])
+            raise NeatError(
+                f"output_dir {output_dir!r} already holds trained work ({shown}{', ...' if len(work) > 3 else ''}) "
+                "that this run would replace. Resume it with --resume_from_checkpoint true, choose another "
+                "--output_dir, or pass --overwrite_output_dir (overwrite_output_dir=True) to replace it."
+            )
 
 
 def _adapter_folders(output_dir: str) -> Iterator[str]:

@@ -1,0 +1,41 @@
+"""The embedded default job leads somewhere (issue 14, item 2): its output folder holds the base model, a card with
+the real setup and metrics, and the run prints a load-and-generate snippet that works as printed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from neat_hf.hub.cli import main as hub_main
+from neat_hf.trainers.train import cli
+
+
+
+
+@pytest.mark.slow
+def test_default_job_output_is_usable(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["--max_steps", "40", "--max_train_samples", "256", "--max_eval_samples", "32"]) == 0
+    stdout = capsys.readouterr().out
+    out = tmp_path / "neat-output"
+    # The built-in base is saved as a plain transformers folder next to the adapter.
+    assert (out / "base_model" / "config.json").is_file() and (out / "base_model" / "model.safetensors").is_file()
+    # The card has the real setup and the before/after metrics, no placeholders.
+    card = (out / "README.md").read_text()
+    assert "BASE_MODEL_ID_OR_PATH" not in card and "PATH_OR_REPO_ID" not in card
+    assert "## Training setup" in card and "| max steps | 40 |" in card and "## Evaluation" in card
+    assert "exact match before training" in card and "exact_match" in card
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["global_step"] == 40 and info["learning_rate"] == 0.01 and info["dataset"] == "builtin:number-words"
+    # The printed snippet runs as printed, from the folder the user ran neat-train in.
+    snippet = stdout.split("Use it from Python:", 1)[1].strip()
+    assert "format_instruction_prompt" in snippet and "neat-output/base_model" in snippet
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("the correct answer is")
+    # neat-hub merge takes the saved base.
+    assert hub_main(["merge", str(out / "base_model"), str(out), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()
