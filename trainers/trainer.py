@@ -216,9 +216,20 @@ class NeatTrainer(NeatHubMixin, Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
               ignore_keys_for_eval: list[str] | None = None, **kwargs: Any) -> Any:
         """[`~transformers.Trainer.train`], refusing to start from scratch over an adapter or checkpoints that were
-        in `output_dir` before this trainer was built (pass `resume_from_checkpoint`, or set `overwrite_output_dir`)."""
+        in `output_dir` before this trainer was built (pass `resume_from_checkpoint`, or set `overwrite_output_dir`).
+
+        `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint (one whose save finished), saying
+        in one line which newer, interrupted ones it skipped. See `neat_hf.trainers.checkpoints`.
+
+        Raises:
+            NeatError: `output_dir` held trained work before this trainer was built and this is a new run.
+            TrainerSetupError: no complete checkpoint to resume from, or the folder given is incomplete.
+        """
         if not resume_from_checkpoint and self._work_before_init:
             self.args.check_output_dir(None, new_run=True)
+        resume_from_checkpoint = resolve_resume(
+            resume_from_checkpoint, self.args.output_dir, announce=self.is_world_process_zero()
+        )
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ------------------------------------------------------------------ model
@@ -504,18 +515,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
             reissue_pt_warnings(caught_warnings)
 
     # ------------------------------------------------------------------ checkpoints: whole or ignored
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        """`Trainer.train`; `resume_from_checkpoint=True` resumes from the newest *complete* checkpoint (one whose save
-        finished), saying in one line which newer, interrupted ones it skipped. See `neat_hf.trainers.checkpoints`.
-
-        Raises:
-            TrainerSetupError: no complete checkpoint to resume from, or the folder given is incomplete.
-        """
-        resume_from_checkpoint = resolve_resume(
-            resume_from_checkpoint, self.args.output_dir, announce=self.is_world_process_zero()
-        )
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """`Trainer._save_checkpoint`, bracketed by the "incomplete" marker: written (by the main process, after
         clearing what an interrupted save left) before any file, removed once every process has written its files."""
