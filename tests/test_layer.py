@@ -11,23 +11,13 @@ from torch import nn
 from neat_hf import NeatConfig
 from neat_hf.activations import get_activation
 from neat_hf.layer import NeatLayer
+from testing_common import dense_delta
 
 
 def dense_reference(layer: NeatLayer, x: torch.Tensor, adapter: str = "default") -> torch.Tensor:
-    """y = W0 x + b + s·x·H·Bᵀ with the dense H built straight from the definition (independent of NeatLayer)."""
-    act = get_activation(layer.act_fn[adapter])
-    w0 = layer.base_weight().double()
-    a = layer.peanut_A[adapter].weight.double()
-    h = act(w0.t() @ a.t())  # in×r
-    residuals = []
-    for encoder in layer.peanut_encoders[adapter]:
-        residuals.append(h)
-        h = act(h @ encoder.weight.double().t())
-    for i, decoder in enumerate(layer.peanut_decoders[adapter]):
-        h = act(h @ decoder.weight.double().t()) + residuals[len(residuals) - 1 - i]
-    delta_w_t = layer.scaling[adapter] * h @ layer.peanut_B[adapter].weight.double().t()  # in×out
+    """y = W0 x + b + s·x·H·Bᵀ with the dense ΔW built straight from the definition (independent of NeatLayer)."""
     bias = layer.base_layer.bias
-    y = x.double() @ w0.t() + x.double() @ delta_w_t
+    y = x.double() @ (layer.base_weight().double() + dense_delta(layer, adapter)).t()
     return y + (bias.double() if bias is not None else 0)
 
 

@@ -10,25 +10,12 @@ import pytest
 import torch
 from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama
 from safetensors.torch import load_file
+from testing_common import assert_logits_differ, randomize_adapter
 
 from neat_hf import NeatConfig, NeatLayer, NeatModel, get_neat_model
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 
 peft = pytest.importorskip("peft")
-
-
-
-def randomize_adapter(model: NeatModel, seed: int = 3) -> None:
-    """Make every adapter tensor non-trivial (B included), as PEFT's tests do before numeric comparisons."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "peanut_" in name or "modules_to_save" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-
-
-def assert_logits_differ(a, b):
-    assert (a - b).abs().max() > 1e-3, "the adapter has no effect, so this comparison would pass trivially"
 
 
 # ---------------------------------------------------------------------------------------------- PEFT interop
