@@ -10,18 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
-from transformers import AutoConfig
-
-from neat_hf.config import read_adapter_config
-from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
-from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.io import is_hub_id, resolve_adapter_file
+from neat_hf.errors import NeatError
+from neat_hf.io import is_hub_id
 from neat_hf.lora_export import DTYPES
 from neat_hf.model import NeatModel
 
-from .merge import _head_kwargs, resolve_model_class
+from .merge import adapter_load_plan
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +56,10 @@ def export_lora(
     """
     if dtype != "auto" and dtype not in DTYPES:
         raise NeatError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}.")
-    hub = {"revision": adapter_revision, "token": token}
-    config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub))
-    weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
-    config_dict = config.to_dict()
-    cls = resolve_model_class(config_dict, auto_class)
-    load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
-    if load_kwargs:
-        load_kwargs["ignore_mismatched_sizes"] = True
-    _check_model_type(base, adapter, cls, revision=revision, token=token)
+    plan = adapter_load_plan(
+        base, adapter, auto_class=auto_class, adapter_revision=adapter_revision, base_revision=revision, token=token
+    )
+    cls, load_kwargs = plan.model_class, plan.load_kwargs
     logger.info("Loading base %s with %s in %s", os.fspath(base), cls.__name__, dtype)
     base_model = cls.from_pretrained(
         os.fspath(base), revision=revision, token=token, dtype=dtype, use_safetensors=True, trust_remote_code=False,
@@ -86,17 +76,3 @@ def export_lora(
         exported_from=source + (f" at revision {adapter_revision}" if adapter_revision else ""),
         repo_id=repo_id,
     )
-
-
-def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
-    """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
-    class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
-    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
-    if not expected:  # an Auto class: it follows the base's own config
-        return
-    model_type = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, **hub).model_type
-    if model_type != expected:
-        raise AdapterMismatchError(
-            f"Adapter {os.fspath(adapter)!r} was saved from {cls.__name__} ({expected} models) but {os.fspath(base)!r} "
-            f"is a {model_type!r} model: the adapter does not fit it. Pass the base it was trained on."
-        )

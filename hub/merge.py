@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,11 @@ import torch
 import transformers
 from transformers.models.auto.auto_factory import _BaseAutoModelClass
 from safetensors import safe_open
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX
-from neat_hf.errors import NeatError
+from neat_hf.errors import AdapterMismatchError, NeatError
 from neat_hf.io import resolve_adapter_file
 from neat_hf.model import NeatModel
 from neat_hf.quantization import bnb_config_from_kwargs
@@ -61,6 +62,58 @@ def resolve_model_class(adapter_config: dict[str, Any], auto_class: str | None =
             "'AutoModelForSequenceClassification' or a class like 'ViTForImageClassification'."
         )
     return cls
+
+
+@dataclass(frozen=True)
+class AdapterLoadPlan:
+    """How to load the base an adapter was trained on: its config, weights file, transformers class and kwargs."""
+
+    config: dict[str, Any]
+    weights_path: str
+    model_class: type
+    load_kwargs: dict[str, Any]
+
+
+def adapter_load_plan(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    *,
+    auto_class: str | None = None,
+    adapter_revision: str | None = None,
+    base_revision: str | None = None,
+    token: str | bool | None = None,
+) -> AdapterLoadPlan:
+    """Read `adapter`'s config, pick the class to load `base` with (and the kwargs a trained head needs), and refuse a
+    base of another architecture before it is loaded. Shared by `neat-hub merge` and `neat-hub export-lora`.
+
+    Raises:
+        AdapterLoadError: the adapter cannot be read.
+        AdapterMismatchError: `base` is of another architecture than the class the adapter was saved from.
+        NeatError: bad `auto_class`.
+    """
+    hub = {"revision": adapter_revision, "token": token}
+    config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub)).to_dict()
+    weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
+    cls = resolve_model_class(config, auto_class)
+    load_kwargs: dict[str, Any] = _head_kwargs(config, weights_path, cls.__name__)
+    if load_kwargs:
+        load_kwargs["ignore_mismatched_sizes"] = True
+    _check_model_type(base, adapter, cls, revision=base_revision, token=token)
+    return AdapterLoadPlan(config, weights_path, cls, load_kwargs)
+
+
+def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
+    """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
+    class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
+    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if not expected:  # an Auto class: it follows the base's own config
+        return
+    model_type = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, **hub).model_type
+    if model_type != expected:
+        raise AdapterMismatchError(
+            f"Adapter {os.fspath(adapter)!r} was saved from {cls.__name__} ({expected} models) but {os.fspath(base)!r} "
+            f"is a {model_type!r} model: the adapter does not fit it. Pass the base it was trained on."
+        )
 
 
 def _head_kwargs(adapter_config: dict[str, Any], weights_path: str, cls_name: str) -> dict[str, Any]:
@@ -140,14 +193,10 @@ def export_merged(
             f"Output folder {os.fspath(out)!r} exists and is not empty; pick another or pass overwrite=True."
         )
 
-    hub = {"revision": adapter_revision, "token": token}
-    config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub))
-    weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
-    config_dict = config.to_dict()
-    cls = resolve_model_class(config_dict, auto_class)
-    load_kwargs: dict[str, Any] = _head_kwargs(config_dict, weights_path, cls.__name__)
-    if load_kwargs:
-        load_kwargs["ignore_mismatched_sizes"] = True
+    plan = adapter_load_plan(
+        base, adapter, auto_class=auto_class, adapter_revision=adapter_revision, base_revision=base_revision, token=token
+    )
+    config_dict, weights_path, cls, load_kwargs = plan.config, plan.weights_path, plan.model_class, plan.load_kwargs
     bnb_config = bnb_config_from_kwargs(dict(quantization or {}))
     if bnb_config is not None:  # bitsandbytes places the weights while loading: on the GPU if there is one
         device = "cuda:0" if torch.cuda.is_available() else "cpu"

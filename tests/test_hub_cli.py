@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama, tiny_vit_classifier
+from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_gpt2, tiny_llama, tiny_vit_classifier
 from hub_fixtures import LM_EVAL_RESULTS, assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
 from huggingface_hub import ModelCard, metadata_load
 from neat_hf.hub.cli import main
@@ -135,6 +135,19 @@ def test_merge_command_matches_live_adapter_and_pushes(hub_server, tmp_path, cap
     # Refuses to overwrite a non-empty output folder.
     assert main(["merge", str(base_dir), str(adapter_dir), str(out_dir)]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+def test_merge_command_refuses_a_base_of_another_architecture_before_loading_it(tmp_path, capsys):
+    """An adapter saved from LlamaForCausalLM and a GPT-2 base: one line, nothing written (loading the GPT-2 folder with
+    the LLaMA class would build LLaMA's default, 7B-sized model first)."""
+    base_dir, adapter_dir, _ = _saved_base_and_adapter(tmp_path, tiny_llama, NeatConfig(r=4))
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["auto_mapping"]["base_model_class"] == "LlamaForCausalLM"
+    gpt2_dir = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(gpt2_dir)
+    assert main(["merge", str(gpt2_dir), str(adapter_dir), str(tmp_path / "merged")]) == 1
+    assert "is a 'gpt2' model: the adapter does not fit it" in capsys.readouterr().err
+    assert not (tmp_path / "merged").exists()
+    assert main(["merge", str(base_dir), str(adapter_dir), str(tmp_path / "merged")]) == 0  # its own base still merges
 
 
 @pytest.mark.slow
