@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .card_rows import cell, eval_rows, fmt_number, hyperparameter_rows, training_rows
-from .config import read_adapter_config
+from .config import read_adapter_config, with_neat_only_settings
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME
 from .errors import AdapterLoadError, NeatError
 from .io import atomic_write_text, count_adapter_parameters, is_hub_id
 from .quantization import quantization_settings
 from .task_types import model_class_for, pipeline_tag_for
-from .training_info import load_training_info, sanitize_training_info, save_training_info
+from .training_info import current_training_info, describes_other_weights, sanitize_training_info, save_training_info
 
 if TYPE_CHECKING:
     from .config import NeatConfig
@@ -226,12 +226,16 @@ def write_model_card(
     training_info: Mapping[str, Any] | None = None,
     eval_results: Sequence[EvalResult] | None = None,
     keep_eval_results: bool = True,
+    config: NeatConfig | None = None,
     **card_kwargs: Any,
 ) -> Path:
-    """Write `README.md` for the adapter saved in `save_directory` (atomically), and `training_info.json` if given.
+    """Write `README.md` for the adapter saved in `save_directory`, then its `training_info.json` (both atomically).
 
     Call it after `save_pretrained(save_directory)`: the card is built from the files there, so it always describes
-    what is saved.
+    what is saved. `training_info.json` is written last and stamped with the digest of the weights it describes, so a
+    card update killed halfway leaves the folder loadable, with the card at least as new as the record; the record and
+    the card's evaluation results of *other* weights (an earlier adapter saved into the folder) are dropped, not
+    carried over.
 
     Args:
         save_directory (`str` or `os.PathLike`):
@@ -247,6 +251,9 @@ def write_model_card(
             New evaluation results; merged with the ones of the existing card (same task and metric replaced).
         keep_eval_results (`bool`, *optional*, defaults to `True`):
             Keep the existing card's `model-index`; set False for a freshly trained adapter.
+        config ([`NeatConfig`], *optional*):
+            The config being saved; `save_pretrained` passes it because it writes `adapter_config.json` last (after
+            the card). Read from the folder when not given.
         card_kwargs:
             Passed to [`build_model_card`] (`base_model`, `datasets`, `license`, `language`, `pipeline_tag`, `tags`,
             `model_name`).
@@ -260,15 +267,17 @@ def write_model_card(
     """
     directory = Path(save_directory)
     config_path, weights_path = directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
-    for path in (config_path, weights_path):
+    for path in (weights_path,) if config is not None else (config_path, weights_path):
         if not path.is_file():
             raise AdapterLoadError(
                 f"No {path.name} in {os.fspath(directory)!r}; write the adapter with save_pretrained() before its card."
             )
-    config = read_adapter_config(config_path)  # validates every field
+    if config is None:
+        config = read_adapter_config(config_path)  # validates every field
     num_adapter = count_adapter_parameters(weights_path)
 
-    info = dict(load_training_info(directory) or {})
+    same_weights = not describes_other_weights(directory)
+    info = with_neat_only_settings(current_training_info(directory), config.neat_only_settings())
     if training_info:
         info.update(sanitize_training_info(training_info))
     if model is not None:
@@ -280,11 +289,10 @@ def write_model_card(
         quantization = quantization_settings(model)
         if quantization:
             info["base_model_quantization"] = quantization
-    if training_info or (model is not None and "base_model_parameters" in info):
-        save_training_info(directory, info)
 
     card_path = directory / MODEL_CARD_NAME
-    results = merge_eval_results(existing_eval_results(card_path) if keep_eval_results else [], eval_results)
+    kept = existing_eval_results(card_path) if keep_eval_results and same_weights else []
+    results = merge_eval_results(kept, eval_results)
     card = build_model_card(
         config,
         repo_id=repo_id,
@@ -295,6 +303,7 @@ def write_model_card(
         **card_kwargs,
     )
     atomic_write_text(card_path, str(card))
+    save_training_info(directory, info)  # last: it stamps the weights that the card and the record describe
     return card_path
 
 

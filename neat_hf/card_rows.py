@@ -10,10 +10,12 @@ from typing import Any
 
 from huggingface_hub import EvalResult
 
-from .io import is_hub_id
+from .io import WEIGHTS_STAMP_KEY, is_hub_id
 
 #: training_info keys that feed the card without a row of their own.
-INTERNAL_KEYS = {"base_model_parameters", "framework_versions", "license", "adapter_path", "base_model_path"}
+INTERNAL_KEYS = {
+    "base_model_parameters", "framework_versions", "license", "adapter_path", "base_model_path", WEIGHTS_STAMP_KEY
+}
 
 # (key, label) of the training-setup table, in display order.
 _TRAINING_ROWS = (

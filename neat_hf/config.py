@@ -15,13 +15,14 @@ import logging
 import math
 import os
 from dataclasses import InitVar, dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from .activations import available_activations, is_peft_compatible_activation
-from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES
+from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
 from .io import atomic_write_text, resolve_adapter_file
-from .training_info import load_training_info, save_training_info
+from .training_info import current_training_info, load_training_info, save_training_info
 
 logger = logging.getLogger(__name__)
 
@@ -284,19 +285,25 @@ def _stored_neat_only_settings(directory: str) -> dict[str, Any]:
     return {name: info[name] for name in NEAT_ONLY_FIELDS if name in info}
 
 
+def with_neat_only_settings(info: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`info` (a training_info dict) with its neat-only fields replaced by `settings` (the non-default ones)."""
+    updated = {key: value for key, value in info.items() if key not in NEAT_ONLY_FIELDS}
+    updated.update(settings)
+    return updated
+
+
 def store_neat_only_settings(directory: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Record `settings` in `directory/training_info.json` (and drop stale ones), leaving its other keys as they are."""
+    """Record `settings` in `directory/training_info.json`, after the adapter weights are saved there and before their
+    config. An existing record is kept (its neat-only fields replaced) when it describes these weights, dropped when
+    it describes others (`neat_hf.training_info.current_training_info`); without a record and settings nothing is
+    written."""
     try:
-        info = load_training_info(directory) or {}
+        info = current_training_info(directory)
     except AdapterLoadError:
         info = {}
-    stale = [name for name in NEAT_ONLY_FIELDS if name in info and name not in settings]
-    if not settings and not stale:
+    if not settings and not os.path.exists(os.path.join(directory, TRAINING_INFO_NAME)):
         return
-    for name in stale:
-        del info[name]
-    info.update(settings)
-    save_training_info(directory, info)
+    save_training_info(directory, with_neat_only_settings(info, settings))
 
 
 def _check_int(value: Any, name: str, *, minimum: int, rule: str, maximum: int | None = None) -> None:

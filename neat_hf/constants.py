@@ -12,6 +12,8 @@ LIBRARY_VERSION = "0.1.0"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
+#: neat-hf's record of how an adapter was trained, next to its config (stock PEFT does not read it).
+TRAINING_INFO_NAME = "training_info.json"
 
 #: `peft_type` written into adapter_config.json. Stock PEFT dispatches on it.
 PEFT_TYPE = "PEANUT"

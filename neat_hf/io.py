@@ -20,7 +20,7 @@ from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .constants import ADAPTER_WEIGHTS_NAME
+from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from .errors import AdapterLoadError
 from .hub_errors import hub_errors
 
@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 #: `save_pretrained` writes the weights first and the config last, so a kill in between leaves new weights next to
 #: the old config; loading compares the two and refuses such a mix instead of computing neither adapter.
 CONFIG_SHA_KEY = "neat_hf.adapter_config_sha256"
+#: safetensors metadata key of adapter_model.safetensors holding the sha256 of its tensors ([`tensors_sha256`]). The
+#: card's `training_info.json` records the same value (`WEIGHTS_STAMP_KEY`), so a card or training record left by an
+#: earlier save (a kill between the weights and them) is told apart from one written for these weights.
+WEIGHTS_SHA_KEY = "neat_hf.adapter_weights_sha256"
+#: Key of `training_info.json` naming the weights it (and the card written with it) describes.
+WEIGHTS_STAMP_KEY = "adapter_weights_sha256"
 
 #: Prefix of the temporary files of atomic writes (cleaned from a folder by the next save into it).
 TMP_PREFIX = ".tmp-"
@@ -103,6 +109,30 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of `tensors` (in name order): the identity of one save's
+    weights, stored in their file's metadata (`WEIGHTS_SHA_KEY`). Equal tensors give equal digests on every save."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (read from its header only).
+
+    Raises:
+        AdapterLoadError: the file is not readable safetensors.
+    """
+    try:
+        with safe_open(os.fspath(weights_path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(weights_path)!r}: corrupt or not safetensors ({err}).") from err
+
+
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
     """Delete the `.tmp-*` files that an interrupted atomic write left in `directory`; returns their names.
 
@@ -124,29 +154,48 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
 
 
 def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:
-    """Refuse an adapter folder whose weights and config come from two different saves (a save killed halfway).
+    """Refuse an adapter folder whose files come from two different saves (a save killed halfway).
 
-    Weights saved by neat-hf carry the sha256 of their config (`CONFIG_SHA_KEY`); files without it (stock PEFT, older
-    neat-hf) are accepted as they are.
+    `save_pretrained` writes the weights first, then the card (`README.md`) and `training_info.json`, and the config
+    last. Weights saved by neat-hf carry the sha256 of their config (`CONFIG_SHA_KEY`) and of their own tensors
+    (`WEIGHTS_SHA_KEY`), which `training_info.json` repeats (`WEIGHTS_STAMP_KEY`). A config or a `training_info.json`
+    that does not match was left by an earlier save: new weights would load with old settings, or under a card and a
+    training record (dropout included) of other weights. Files without these keys (stock PEFT, older neat-hf) are
+    accepted as they are.
 
     Raises:
-        AdapterLoadError: the config on disk is not the one saved with the weights.
+        AdapterLoadError: the config or the training_info.json next to the weights is not the one saved with them.
     """
-    try:
-        with safe_open(os.fspath(weights_path), framework="pt") as handle:
-            expected = (handle.metadata() or {}).get(CONFIG_SHA_KEY)
-    except Exception as err:  # safetensors raises its own error types
-        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(weights_path)!r}: corrupt or not safetensors ({err}).") from err
-    if expected is None:
-        return
-    with open(config_path, "rb") as handle:
-        actual = hashlib.sha256(handle.read()).hexdigest()
-    if actual != expected:
+    metadata = read_weights_metadata(weights_path)
+    expected = metadata.get(CONFIG_SHA_KEY)
+    if expected is not None:
+        with open(config_path, "rb") as handle:
+            actual = hashlib.sha256(handle.read()).hexdigest()
+        if actual != expected:
+            raise AdapterLoadError(
+                f"{os.fspath(weights_path)!r} was saved with another adapter_config.json than the one next to it: the "
+                "save that wrote this folder was interrupted between the two files. Save the adapter again (or restore "
+                "the folder); it is refused rather than loaded with a config that does not describe its weights."
+            )
+    stamp = recorded_weights_stamp(os.path.join(os.path.dirname(os.fspath(config_path)), TRAINING_INFO_NAME))
+    if metadata.get(WEIGHTS_SHA_KEY) is not None and stamp is not None and stamp != metadata[WEIGHTS_SHA_KEY]:
         raise AdapterLoadError(
-            f"{os.fspath(weights_path)!r} was saved with another adapter_config.json than the one next to it: the "
-            "save that wrote this folder was interrupted between the two files. Save the adapter again (or restore "
-            "the folder); it is refused rather than loaded with a config that does not describe its weights."
+            f"The {TRAINING_INFO_NAME} and model card next to {os.fspath(weights_path)!r} describe other weights: the "
+            "save that wrote this folder was interrupted after the weights. Save the adapter again (or restore the "
+            "folder); it is refused rather than loaded with the settings and card of another save."
         )
+
+
+def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
+    """The `WEIGHTS_STAMP_KEY` recorded in a `training_info.json` (None when the file, or the key, is missing or the
+    file is unreadable: `neat_hf.training_info` reports unreadable files where it reads them)."""
+    try:
+        with open(training_info_path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    stamp = data.get(WEIGHTS_STAMP_KEY) if isinstance(data, dict) else None
+    return stamp if isinstance(stamp, str) else None
 
 
 def _silent_remove(path: str) -> None:

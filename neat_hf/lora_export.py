@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -221,6 +222,7 @@ def save_as_lora(
         "neat_act_fn": neat.act_fn,
         "neat_scaling": neat.scaling,
     }
+    _remove_stale_staging(out)
     with _staging_directory(out) as staging:
         atomic_save_safetensors(tensors, staging / ADAPTER_WEIGHTS_NAME)
         atomic_write_text(staging / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -229,9 +231,25 @@ def save_as_lora(
     return out
 
 
+def _remove_stale_staging(out: Path) -> list[str]:
+    """Delete the sibling folders of `out` that a killed export left (its staging folder, or the previous export
+    moved aside while the new one took its place); returns their names. Called before each export into `out`, which
+    replaces whatever they held."""
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}-(old-)?[A-Za-z0-9_]{{8}}")
+    removed = [p.name for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    for name in removed:
+        shutil.rmtree(out.parent / name, ignore_errors=True)
+    if removed:
+        logger.info("Removed %d folders left by an interrupted export next to %s: %s", len(removed), out, removed)
+    return removed
+
+
 @contextlib.contextmanager
 def _staging_directory(out: Path) -> Iterator[Path]:
-    """A temporary sibling of `out` that replaces `out` when the block succeeds and is removed when it fails."""
+    """A temporary sibling of `out` that replaces `out` when the block succeeds and is removed when it fails. A kill
+    leaves `out` old, new or absent (between the two renames), never a mix; the next export cleans up."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

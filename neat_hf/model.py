@@ -34,6 +34,7 @@ from .errors import AdapterLoadError, AdapterMismatchError, NeatError, Unsupport
 from .hub_commit import push_to_hub as push_adapter_to_hub
 from .io import (
     CONFIG_SHA_KEY,
+    WEIGHTS_SHA_KEY,
     atomic_save_safetensors,
     atomic_write_text,
     check_saved_together,
@@ -41,6 +42,7 @@ from .io import (
     read_tensor_shapes,
     remove_stale_temporaries,
     resolve_adapter_file,
+    tensors_sha256,
     text_sha256,
 )
 from .layer import NeatLayer, layer_features
@@ -516,19 +518,21 @@ class NeatModel(nn.Module):
             tensors = self.get_adapter_state_dict(state_dict, name)
             os.makedirs(directory, exist_ok=True)
             remove_stale_temporaries(directory)
-            # Weights first, carrying the sha256 of their config, then the config: a save killed in between leaves a
-            # folder that loading refuses (see `neat_hf.io.check_saved_together`), never one that loads as a mix.
+            # Weights first, carrying the digests of their config and of themselves; then the card and
+            # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
+            # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that loads
+            # as a mix of two saves.
             config = self._config_for_saving(name)
             config_text = config.to_json_string()
-            atomic_save_safetensors(
-                tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata={CONFIG_SHA_KEY: text_sha256(config_text)}
-            )
-            # neat-only settings (dropout) live in training_info.json, which stock PEFT does not read.
-            store_neat_only_settings(directory, config.neat_only_settings())
-            atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
+            metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
+            atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
             if name == self.active_adapter:
-                # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
-                write_model_card(directory, model=self)
+                # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save. The
+                # neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
+                write_model_card(directory, model=self, config=config)
+            else:
+                store_neat_only_settings(directory, config.neat_only_settings())
+            atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         """{state_dict key: tensor} of every adapter, in the same (sorted) order on every rank."""

@@ -9,6 +9,10 @@ NeatTrainer (or [`save_training_info`]) writes a flat JSON object with the setup
 scalar keys are shown as they are. Three keys feed the card without a row: `base_model_parameters` (for the trainable
 share), `framework_versions` (`{package: version}` of the training run) and `license`.
 
+[`save_training_info`] also records which weights the file describes (`adapter_weights_sha256`, the digest that
+`adapter_model.safetensors` carries in its metadata): a save killed after the weights leaves a record of other weights,
+which loading refuses (`neat_hf.io.check_saved_together`) and the next save drops ([`current_training_info`]).
+
 Keys that look like credentials (`*token*`, `*secret*`, `*password*`, `*api_key*`) and values that look like Hub tokens
 are dropped, never written.
 """
@@ -23,12 +27,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import atomic_write_text
+from .io import WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_weights_metadata, recorded_weights_stamp
 
 logger = logging.getLogger(__name__)
-
-TRAINING_INFO_NAME = "training_info.json"
 
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)($|_)", re.IGNORECASE)
 _TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
@@ -104,9 +107,42 @@ def load_training_info(directory: str | os.PathLike) -> dict[str, Any] | None:
         raise AdapterLoadError(f"Invalid {os.fspath(path)!r}: {err}") from err
 
 
+def current_training_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """`training_info.json` of `directory` if it describes the weights saved there now, else `{}`.
+
+    A record stamped for other weights (an earlier adapter saved into the same folder) says nothing true about the
+    new one: how it was trained, its evaluation, its dropout. Unstamped records (older neat-hf) are kept.
+
+    Raises:
+        AdapterLoadError: the file exists but is not a valid JSON object.
+    """
+    if describes_other_weights(directory):
+        logger.info("Dropping %s of %s: it describes other weights than the ones saved there now.", TRAINING_INFO_NAME, directory)
+        return {}
+    return load_training_info(directory) or {}
+
+
+def describes_other_weights(directory: str | os.PathLike) -> bool:
+    """Whether `directory/training_info.json` (and the card written with it) is stamped for other weights than the
+    `adapter_model.safetensors` saved in `directory` now."""
+    stamp = recorded_weights_stamp(Path(directory) / TRAINING_INFO_NAME)
+    current = _weights_digest(directory)
+    return stamp is not None and current is not None and stamp != current
+
+
+def _weights_digest(directory: str | os.PathLike) -> str | None:
+    weights = Path(directory) / ADAPTER_WEIGHTS_NAME
+    return read_weights_metadata(weights).get(WEIGHTS_SHA_KEY) if weights.is_file() else None
+
+
 def save_training_info(directory: str | os.PathLike, info: Mapping[str, Any]) -> Path:
-    """Write `info` (scrubbed by [`sanitize_training_info`]) to `directory/training_info.json` atomically."""
+    """Write `info` (scrubbed by [`sanitize_training_info`]) to `directory/training_info.json` atomically, stamped
+    with the digest of the adapter weights saved in `directory` (`adapter_weights_sha256`; none without weights)."""
     clean = sanitize_training_info(info)
+    clean.pop(WEIGHTS_STAMP_KEY, None)
+    digest = _weights_digest(directory)
+    if digest is not None:
+        clean[WEIGHTS_STAMP_KEY] = digest
     os.makedirs(directory, exist_ok=True)
     path = Path(directory) / TRAINING_INFO_NAME
     atomic_write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")

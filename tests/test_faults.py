@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
-from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
 from neat_hf.io import CONFIG_SHA_KEY, text_sha256
 
@@ -232,10 +233,11 @@ def _outputs_of(folder: Path) -> torch.Tensor:
     return model_output(NeatModel.from_pretrained(tiny_llama(), folder), model_inputs("llama"))
 
 
-def test_adapter_save_killed_at_every_step_is_old_new_or_refused_then_recovers(tmp_path):
+def test_adapter_save_killed_at_every_step_is_old_or_refused_then_recovers(tmp_path):
     """Kill `save_pretrained` over an existing adapter at each of its file operations: the folder then loads as the
-    old adapter or the new one, or is refused with the 'interrupted' error (never a silent mix); the next save
-    succeeds and leaves no temporary file."""
+    old adapter or is refused with the 'interrupted' error (the config is the last file, so a save that did not
+    finish never loads as the new one, and never as a silent mix); the next save succeeds and leaves no temporary
+    file."""
     old_out = _outputs_of(_saved_adapter(tmp_path / "old"))
     new = _new_adapter()
     new_dir = tmp_path / "new"
@@ -262,7 +264,100 @@ def test_adapter_save_killed_at_every_step_is_old_new_or_refused_then_recovers(t
         new.save_pretrained(trial)
         assert not [p.name for p in trial.iterdir() if p.name.startswith(".tmp-")]
         assert torch.allclose(_outputs_of(trial), new_out)
-    assert {"old", "refused", "new"} <= set(outcomes), outcomes
+    assert set(outcomes) == {"old", "refused"}, outcomes
+    assert outcomes[-1] == "refused"  # killed just before the config is moved into place
+
+
+def _card_and_info(folder: Path) -> tuple[str, dict]:
+    return (folder / "README.md").read_text(), json.loads((folder / TRAINING_INFO_NAME).read_text())
+
+
+def test_save_and_card_killed_at_every_step_never_mix_two_saves(tmp_path):
+    """A Trainer-style final save over an earlier adapter *with the same config* (so the config digest cannot tell
+    them apart): `save_pretrained`, then the card update with the run's training info. Killed at each file operation,
+    the folder is the old adapter with its own card, training_info.json and evaluation results, or the new weights
+    with a card and record that never mention the old run, or refused."""
+    from huggingface_hub import EvalResult
+
+    from neat_hf.card import write_model_card
+
+    def trained(seed: int, dropout: float) -> NeatModel:
+        model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, dropout=dropout))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param))
+        return model
+
+    def save_run(model: NeatModel, folder: Path, dataset: str, score: float) -> None:
+        model.save_pretrained(folder)
+        result = EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=dataset,
+                            metric_type="accuracy", metric_value=score)
+        write_model_card(folder, model=model, training_info={"dataset": dataset}, eval_results=[result],
+                         keep_eval_results=False)
+
+    old_model, new_model = trained(1, dropout=0.25), trained(2, dropout=0.0)
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    save_run(old_model, old_dir, "old-run-data", 0.111)
+    steps = kill_at_step(lambda: save_run(new_model, new_dir, "new-run-data", 0.999), new_dir, 0)
+    old_out, new_out = _outputs_of(old_dir), _outputs_of(new_dir)
+    old_card, old_info = _card_and_info(old_dir)
+    assert "old-run-data" in old_card and "0.111" in old_card and old_info["dropout"] == 0.25
+    assert (old_dir / ADAPTER_CONFIG_NAME).read_bytes() == (new_dir / ADAPTER_CONFIG_NAME).read_bytes()
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        trial = tmp_path / f"trial{kill_at}"
+        save_run(old_model, trial, "old-run-data", 0.111)
+        assert kill_at_step(lambda: save_run(new_model, trial, "new-run-data", 0.999), trial, kill_at) == kill_at
+        try:
+            out = _outputs_of(trial)
+        except AdapterLoadError as err:
+            assert "interrupted" in str(err), err
+            outcomes.append("refused")
+            continue
+        card, info = _card_and_info(trial)
+        if torch.allclose(out, old_out):
+            assert (card, info) == (old_card, old_info), f"kill at step {kill_at}: old weights under a new card"
+            outcomes.append("old")
+        else:
+            assert torch.allclose(out, new_out), f"kill at step {kill_at} left a mixed adapter"
+            assert "old-run-data" not in card + json.dumps(info) and "0.111" not in card, (kill_at, card)
+            assert "dropout" not in info  # the new adapter has none; the old 0.25 must not be carried over
+            outcomes.append("new")
+    assert set(outcomes) == {"old", "refused", "new"}, outcomes
+
+
+def test_lora_export_killed_at_every_step_is_old_new_or_absent_then_recovers(tmp_path):
+    """`save_as_lora` over an earlier export, killed at each file operation: the export folder is the old one, the new
+    one or absent (between the two renames), never a mix; the next export succeeds and leaves no stale folder."""
+    old_model, new_model = _new_adapter(), get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "lora"
+    old_model.save_as_lora(tmp_path / "old")
+    new_model.save_as_lora(tmp_path / "new")
+    old_weights, new_weights = (load_file(tmp_path / n / ADAPTER_WEIGHTS_NAME) for n in ("old", "new"))
+    old_model.save_as_lora(out)
+    steps = kill_at_step(lambda: new_model.save_as_lora(out), work, 0)  # counted over an existing export
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        shutil.rmtree(work)
+        work.mkdir()
+        old_model.save_as_lora(out)
+        assert kill_at_step(lambda: new_model.save_as_lora(out), work, kill_at) == kill_at
+        if not out.exists():
+            outcomes.append("absent")
+        else:
+            weights = load_file(out / ADAPTER_WEIGHTS_NAME)
+            same = [all(torch.equal(weights[k], ref[k]) for k in ref) for ref in (old_weights, new_weights)]
+            assert any(same), f"kill at step {kill_at} left a mixed export"
+            outcomes.append("old" if same[0] else "new")
+        new_model.save_as_lora(out)
+        assert sorted(p.name for p in work.iterdir()) == ["lora"], kill_at
+        weights = load_file(out / ADAPTER_WEIGHTS_NAME)
+        assert all(torch.equal(weights[k], new_weights[k]) for k in new_weights)
+    assert set(outcomes) == {"old", "absent", "new"}, outcomes
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints killed mid-save
