@@ -40,7 +40,7 @@ from .config import read_adapter_config
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, LIBRARY_VERSION, MODEL_CARD_NAME
 from .errors import AdapterLoadError, NeatError
 from .hub_errors import hub_errors
-from .io import read_tensor_shapes
+from .io import check_saved_together, read_tensor_shapes
 from .training_info import TRAINING_INFO_NAME
 
 if TYPE_CHECKING:
@@ -440,6 +440,7 @@ def validate_adapter_folder(folder: Path) -> list[Path]:
         weights = directory / ADAPTER_WEIGHTS_NAME
         if not weights.is_file():
             raise AdapterLoadError(f"{os.fspath(directory)!r} has {ADAPTER_CONFIG_NAME} but no {ADAPTER_WEIGHTS_NAME}.")
+        check_saved_together(directory / ADAPTER_CONFIG_NAME, weights)  # never publish what a killed save left
         check_adapter_keys(weights)
     return dirs
 

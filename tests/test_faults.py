@@ -328,6 +328,20 @@ def test_save_and_card_killed_at_every_step_never_mix_two_saves(tmp_path):
     assert set(outcomes) == {"old", "refused", "new"}, outcomes
 
 
+def test_push_refuses_a_folder_left_by_an_interrupted_save(hub_server, tmp_path):
+    """`neat-hub push` / `push_adapter_folder` check the folder like loading does: what a killed save left (new
+    weights, card and training record under the old config) is refused before anything is uploaded."""
+    folder = _saved_adapter(tmp_path / "adapter")
+    steps = kill_at_step(lambda: _new_adapter().save_pretrained(tmp_path / "count"), tmp_path / "count", 0)
+    kill_at_step(lambda: _new_adapter().save_pretrained(folder), folder, steps)  # just before the config
+    with pytest.raises(AdapterLoadError, match="interrupted"):
+        push_adapter_folder(folder, HUB_REPO)
+    assert hub_server.request_count() == 0
+    _new_adapter().save_pretrained(folder)  # the next save repairs the folder, which then goes up
+    push_adapter_folder(folder, HUB_REPO)
+    assert hub_server.files(HUB_REPO)[ADAPTER_WEIGHTS_NAME] == (folder / ADAPTER_WEIGHTS_NAME).read_bytes()
+
+
 def test_lora_export_killed_at_every_step_is_old_new_or_absent_then_recovers(tmp_path):
     """`save_as_lora` over an earlier export, killed at each file operation: the export folder is the old one, the new
     one or absent (between the two renames), never a mix; the next export succeeds and leaves no stale folder."""
