@@ -13,7 +13,7 @@ share), `framework_versions` (`{package: version}` of the training run) and `lic
 `adapter_model.safetensors` carries in its metadata): a save killed after the weights leaves a record of other weights,
 which loading refuses (`neat_hf.io.check_saved_together`) and the next save drops ([`current_training_info`]).
 
-Keys that look like credentials (`*token*`, `*secret*`, `*password*`, `*api_key*`) and values that look like Hub tokens
+Keys that look like credentials (`*_token`, `*secret*`, `*password*`, `*api_key*`) and values that look like Hub tokens
 are dropped, never written.
 """
 
@@ -33,7 +33,13 @@ from .io import WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_weig
 
 logger = logging.getLogger(__name__)
 
-_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)($|_)", re.IGNORECASE)
+#: A key is credential-like when its last word is token/auth/api key/secret/password, or it has the word secret,
+#: password or api key anywhere (`hub_token`, `HF_TOKEN`, `api_key_file`); `eval_token_accuracy` or `max_new_tokens`
+#: are metrics and settings, not credentials.
+_SECRET_KEY = re.compile(
+    r"(^|[\W_])(token|auth|api_?key|secret|password|passwd)$|(^|[\W_])(secret|password|passwd|api_?key)([\W_]|$)",
+    re.IGNORECASE,
+)
 _TOKEN_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 
 

@@ -86,11 +86,19 @@ def test_training_info_is_scrubbed_and_validated(tmp_path, caplog):
         "hub_token": DUMMY_TOKEN,
         "api_key": "secret",
         "note": f"pushed with {DUMMY_TOKEN}",
+        "access_token": "secret",
+        "HF_TOKEN": "secret",
         "max_new_tokens": 32,  # not a credential
+        "eval_token_accuracy before training": 0.25,  # a metric neat-train records, not a credential
         "learning_rates": {"adapter": 1e-3},
     }
     clean = sanitize_training_info(info)
-    assert clean == {"dataset": "yahma/alpaca-cleaned", "max_new_tokens": 32, "learning_rates": {"adapter": 1e-3}}
+    assert clean == {
+        "dataset": "yahma/alpaca-cleaned",
+        "max_new_tokens": 32,
+        "eval_token_accuracy before training": 0.25,
+        "learning_rates": {"adapter": 1e-3},
+    }
     assert DUMMY_TOKEN not in caplog.text
     with pytest.raises(NeatError, match=r"training_info\['nested'\]"):
         sanitize_training_info({"nested": {"a": {"b": 1}}})

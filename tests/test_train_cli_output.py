@@ -13,8 +13,6 @@ from neat_hf.hub.cli import main as hub_main
 from neat_hf.trainers.train import cli
 
 
-
-
 @pytest.mark.slow
 def test_default_job_output_is_usable(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -28,6 +26,7 @@ def test_default_job_output_is_usable(tmp_path, capsys, monkeypatch):
     assert "BASE_MODEL_ID_OR_PATH" not in card and "PATH_OR_REPO_ID" not in card
     assert "## Training setup" in card and "| max steps | 40 |" in card and "## Evaluation" in card
     assert "exact match before training" in card and "exact_match" in card
+    assert "token accuracy before training" in card  # a metric, not dropped as a credential-like key
     info = json.loads((out / "training_info.json").read_text())
     assert info["global_step"] == 40 and info["learning_rate"] == 0.01 and info["dataset"] == "builtin:number-words"
     # The printed snippet runs as printed, from the folder the user ran neat-train in.
