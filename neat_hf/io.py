@@ -36,6 +36,8 @@ CONFIG_SHA_KEY = "neat_hf.adapter_config_sha256"
 WEIGHTS_SHA_KEY = "neat_hf.adapter_weights_sha256"
 #: Key of `training_info.json` naming the weights it (and the card written with it) describes.
 WEIGHTS_STAMP_KEY = "adapter_weights_sha256"
+#: Largest `training_info.json` that is read (a training record is a few KB; a bigger file is not one).
+MAX_TRAINING_INFO_BYTES = 1 << 20
 
 #: Prefix of the temporary files of atomic writes (cleaned from a folder by the next save into it).
 TMP_PREFIX = ".tmp-"
@@ -190,9 +192,11 @@ def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
     """The `WEIGHTS_STAMP_KEY` recorded in a `training_info.json` (None when the file, or the key, is missing or the
     file is unreadable: `neat_hf.training_info` reports unreadable files where it reads them)."""
     try:
+        if os.path.getsize(training_info_path) > MAX_TRAINING_INFO_BYTES:
+            return None
         with open(training_info_path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
     stamp = data.get(WEIGHTS_STAMP_KEY) if isinstance(data, dict) else None
     return stamp if isinstance(stamp, str) else None

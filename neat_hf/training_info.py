@@ -29,7 +29,7 @@ from typing import Any
 
 from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_weights_metadata, recorded_weights_stamp
+from .io import MAX_TRAINING_INFO_BYTES, WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_weights_metadata, recorded_weights_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +98,22 @@ def load_training_info(directory: str | os.PathLike) -> dict[str, Any] | None:
     """Read `training_info.json` from an adapter folder; None if there is none.
 
     Raises:
-        AdapterLoadError: the file exists but is not a valid JSON object.
+        AdapterLoadError: the file exists but is larger than `MAX_TRAINING_INFO_BYTES` (1 MiB) or not a valid UTF-8
+            JSON object.
     """
     path = Path(directory) / TRAINING_INFO_NAME
     if not path.is_file():
         return None
+    size = path.stat().st_size
+    if size > MAX_TRAINING_INFO_BYTES:
+        raise AdapterLoadError(
+            f"{os.fspath(path)!r} is {size:,d} bytes; at most {MAX_TRAINING_INFO_BYTES:,d} are read. This is not a "
+            "training record."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
     try:
         return sanitize_training_info(data)
     except NeatError as err:

@@ -197,6 +197,27 @@ def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
         assert handle.metadata()["format"] == "pt" and CONFIG_SHA_KEY in handle.metadata()
 
 
+@pytest.mark.parametrize(
+    "content,fragment",
+    [(b'{"note": "' + b"x" * (5 << 20) + b'"}', "at most"), (b'{"dropout": 0.1, "note": "\xff\xfe"}', "UTF-8"),
+     (b"not json", "JSON")],
+    ids=["5MB", "not_utf8", "not_json"],
+)
+def test_hostile_training_info_is_ignored_with_a_warning(tmp_path, caplog, content, fragment):
+    """training_info.json is neat-hf's own record (stock PEFT ignores it): an oversized, undecodable or non-JSON one
+    costs no more than a stat and a bounded read, and the adapter loads without its neat-only settings, with a warning
+    naming the file."""
+    folder = _saved_adapter(tmp_path / "adapter")
+    reference = _outputs_of(folder)
+    (folder / TRAINING_INFO_NAME).write_bytes(content)
+    start = time.perf_counter()
+    with caplog.at_level("WARNING", logger="neat_hf.config"):
+        out = _outputs_of(folder)
+    assert time.perf_counter() - start < 5
+    assert torch.equal(out, reference)
+    assert TRAINING_INFO_NAME in caplog.text and fragment in caplog.text
+
+
 def test_nonfinite_opt_out_loads_for_debugging(tmp_path):
     folder = _saved_adapter(tmp_path / "adapter")
     _edit_weights(folder, _nan)
