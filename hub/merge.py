@@ -190,7 +190,7 @@ def export_merged(
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise NeatError(
-            f"Output folder {os.fspath(out)!r} exists and is not empty; pick another or pass overwrite=True."
+            f"Output folder {os.fspath(out)!r} exists and is not empty; pick another or pass overwrite=True (neat-hub merge --overwrite)."
         )
 
     plan = adapter_load_plan(
