@@ -1,10 +1,13 @@
 """Training data checked before the first step: bad files, null fields and out-of-range labels get one line naming the
-file, the row and the column (issue 16, item 6)."""
+file, the row and the column (issue 16, item 6). Files are checked however they are given: `--train_file`, or
+`--dataset_name` as a file, a local folder or a Hub dataset (served by the loopback Hub of `hub_server.py`, so
+`datasets` runs its real resolution and download code)."""
 
 from __future__ import annotations
 
+import datasets.config
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, constants
 from hub_fixtures import hub_server  # noqa: F401  (pytest finds fixtures imported into a test module)
 from train_cli_helpers import COMMONSENSE_ROWS, SST2_ROWS, save_tiny_bert, write_jsonl
 
@@ -185,10 +188,9 @@ def test_what_datasets_refuses_for_a_folder_is_one_line(tmp_path, files, kwargs,
 @pytest.fixture
 def dataset_hub(hub_server, monkeypatch):
     """The loopback Hub, also for `datasets` (which copied `HF_ENDPOINT` into `datasets.config` at import)."""
-    import datasets.config
-
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_server.endpoint)
-    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub_server.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    url = hub_server.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", url)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     return hub_server
 
@@ -229,11 +231,19 @@ def test_good_hub_dataset_loads_and_each_file_is_downloaded_once(dataset_hub, tm
     assert "'hf://datasets/neat-tester/good-data/train.csv' line 2 has 3 fields" in _one_line(info)
 
 
-def test_unknown_hub_dataset_is_one_line(dataset_hub, tmp_path):
+def test_unknown_or_unreachable_hub_dataset_is_one_line(dataset_hub, tmp_path, monkeypatch):
     with pytest.raises(DatasetError) as info:
         _load_name("neat-tester/no-such-data", tmp_path)
     message = _one_line(info)
     assert "dataset 'neat-tester/no-such-data'" in message and "doesn't exist" in message, message
+
+    repo_id = _hub_dataset(dataset_hub, "never-fetched", {"train.jsonl": GOOD_JSONL})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetError) as info:  # offline, and neither datasets' cache nor the Hub cache holds it
+        _load_name(repo_id, tmp_path)
+    message = _one_line(info)
+    assert f"dataset {repo_id!r}" in message and "Couldn't reach" in message, message
 
 
 def test_neat_train_refuses_a_bad_folder_dataset_before_training(tmp_path, capsys):

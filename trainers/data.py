@@ -64,8 +64,8 @@ GLUE_TASK_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 
 _EXTENSION_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-#: Data files [`check_data_file`] reads, by the `datasets` builder config that will read them (Parquet: only that it is
-#: not empty); other files (compressed, Arrow, images) are left to `datasets`, whose errors still become one line.
+#: Data files [`check_data_file`] reads, by the `datasets` builder config that will read them (Parquet: its footer
+#: only); other files (compressed, Arrow, images) are left to `datasets`, whose errors still become one line.
 _CHECKED_SUFFIXES: dict[type, tuple[str, ...]] = {
     JsonConfig: (".json", ".jsonl", ".ndjson"),
     CsvConfig: (".csv", ".tsv"),
@@ -326,7 +326,7 @@ def _load_checked(
     files, a Hub dataset's files at the resolved commit), so the checks see exactly what will be read.
 
     What `datasets` still refuses (a generation error, an unknown dataset or config, a data-file pattern matching
-    nothing) becomes one line naming `described` and the root cause.
+    nothing, a Hub it cannot reach) becomes one line naming `described` and the root cause.
 
     Raises:
         DatasetError: a data file is bad (file and line named), or `datasets` cannot read the dataset.
@@ -340,7 +340,7 @@ def _load_checked(
         return builder.as_dataset(in_memory=is_small_dataset(builder.info.dataset_size))
     except DatasetError:
         raise
-    except (DatasetGenerationError, FileNotFoundError, ValueError, TypeError) as err:
+    except (DatasetGenerationError, FileNotFoundError, ConnectionError, ValueError, TypeError) as err:
         cause = err
         while cause.__cause__ is not None:
             cause = cause.__cause__
