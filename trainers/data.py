@@ -23,9 +23,16 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
+import pyarrow
+import pyarrow.parquet
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, DownloadConfig, DownloadManager, load_dataset_builder
+from datasets.builder import DatasetBuilder
 from datasets.exceptions import DatasetGenerationError
+from datasets.packaged_modules.csv.csv import CsvConfig
+from datasets.packaged_modules.json.json import JsonConfig
+from datasets.packaged_modules.parquet.parquet import ParquetConfig
+from datasets.utils.info_utils import is_small_dataset
 
 from neat_hf.errors import DatasetError, MissingColumnsError, TrainingArgumentError
 from neat_hf.trainers import default_job
@@ -57,6 +64,13 @@ GLUE_TASK_COLUMNS: dict[str, tuple[str, str | None]] = {
 }
 
 _EXTENSION_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+#: Data files [`check_data_file`] reads, by the `datasets` builder config that will read them (Parquet: its footer
+#: only); other files (compressed, Arrow, images) are left to `datasets`, whose errors still become one line.
+_CHECKED_SUFFIXES: dict[type, tuple[str, ...]] = {
+    JsonConfig: (".json", ".jsonl", ".ndjson"),
+    CsvConfig: (".csv", ".tsv"),
+    ParquetConfig: (".parquet",),
+}
 _EVAL_SPLIT_CANDIDATES = ("validation", "validation_matched", "valid", "dev")
 
 
@@ -204,18 +218,30 @@ def _data_file_builder(path: str) -> tuple[str, dict[str, Any]]:
     return _EXTENSION_BUILDERS[suffix], kwargs
 
 
-def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True) -> None:
+def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True, shown_as: str | None = None) -> None:
     """Read a local data file once before `datasets` does, so that a bad file gets one line naming the file and the
     line: empty, not UTF-8, a JSON line that does not parse or is not an object, a CSV/TSV row with another number
-    of fields than the header.
+    of fields than the header, a Parquet file whose footer does not parse.
+
+    Args:
+        path (`str`): the local file (for a Hub dataset, its copy in the Hub cache).
+        delimiter (`str`): the CSV/TSV field separator.
+        has_header (`bool`): whether the first CSV/TSV row names the columns.
+        shown_as (`str`, *optional*): the name the user knows the file by in messages (e.g.
+            `hf://datasets/org/name/train.jsonl` for a Hub file); defaults to `path`.
 
     Raises:
         DatasetError: naming the file, the line (1-based) and what is wrong.
     """
     suffix = os.path.splitext(path)[1].lower()
+    shown = shown_as or path
     if suffix == ".parquet":
         if os.path.getsize(path) == 0:
-            raise DatasetError(f"Data file {path!r} is empty.")
+            raise DatasetError(f"Data file {shown!r} is empty.")
+        try:  # the footer only: what `datasets` reads first; the rows and their schema are its to check
+            pyarrow.parquet.read_metadata(path)
+        except (pyarrow.ArrowInvalid, OSError) as err:
+            raise DatasetError(f"Data file {shown!r} is not a readable Parquet file: {err}") from None
         return
     with open(path, "rb") as handle:
         raw = handle.read()
@@ -224,21 +250,21 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DatasetError(
-            f"Data file {path!r} is not UTF-8: line {line} holds the byte {raw[err.start:err.start + 1]!r} "
+            f"Data file {shown!r} is not UTF-8: line {line} holds the byte {raw[err.start:err.start + 1]!r} "
             f"(offset {err.start}). Re-save it as UTF-8."
         ) from None
     if not text.strip():
-        raise DatasetError(f"Data file {path!r} is empty; it needs at least one row.")
-    if suffix in (".json", ".jsonl"):
+        raise DatasetError(f"Data file {shown!r} is empty; it needs at least one row.")
+    if suffix in (".json", ".jsonl", ".ndjson"):
         stripped = text.lstrip()
         if suffix == ".json" and stripped.startswith(("[", "{")) and not _is_json_lines(stripped):
             try:
                 data = json.loads(stripped)
             except json.JSONDecodeError as err:
-                raise DatasetError(f"Data file {path!r} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}.") from None
+                raise DatasetError(f"Data file {shown!r} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}.") from None
             rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
             if isinstance(rows, list) and not rows:
-                raise DatasetError(f"Data file {path!r} holds no rows.")
+                raise DatasetError(f"Data file {shown!r} holds no rows.")
             return
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -247,12 +273,12 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True)
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DatasetError(
-                    f"Data file {path!r} line {number} is not valid JSON ({err.msg} at column {err.colno}); every line "
+                    f"Data file {shown!r} line {number} is not valid JSON ({err.msg} at column {err.colno}); every line "
                     "of a JSON-lines file must be one JSON object."
                 ) from None
             if not isinstance(row, dict):
                 raise DatasetError(
-                    f"Data file {path!r} line {number} is a JSON {type(row).__name__}, not an object with column names."
+                    f"Data file {shown!r} line {number} is a JSON {type(row).__name__}, not an object with column names."
                 )
         return
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
@@ -265,12 +291,12 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True)
             continue
         if len(row) != width:
             raise DatasetError(
-                f"Data file {path!r} line {reader.line_num} has {len(row)} fields where the "
+                f"Data file {shown!r} line {reader.line_num} has {len(row)} fields where the "
                 f"{'header' if has_header else 'first row'} has {width} (delimiter {delimiter!r}); quote fields "
                 "that contain the delimiter."
             )
     if width is None or (has_header and reader.line_num <= 1):
-        raise DatasetError(f"Data file {path!r} holds {'a header but ' if width else ''}no data rows.")
+        raise DatasetError(f"Data file {shown!r} holds {'a header but ' if width else ''}no data rows.")
 
 
 def _is_json_lines(text: str) -> bool:
@@ -284,20 +310,78 @@ def _is_json_lines(text: str) -> bool:
     return True
 
 
-def _load_dataset_files(builder: str, files: dict[str, str], cache_dir: str | None, **kwargs: Any) -> DatasetDict:
-    """`load_dataset` on local files, each checked first with [`check_data_file`]; what `datasets` still refuses
-    becomes one line naming the files."""
-    for path in files.values():
-        has_header = "column_names" not in kwargs
-        check_data_file(path, delimiter=kwargs.get("delimiter", ","), has_header=has_header)
+def _load_checked(
+    path: str,
+    name: str | None = None,
+    *,
+    described: str,
+    data_files: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    **config_kwargs: Any,
+) -> DatasetDict:
+    """`load_dataset(path, name, data_files=, revision=, cache_dir=, **config_kwargs)` in its three documented steps
+    (`load_dataset_builder`, `download_and_prepare`, `as_dataset`), with [`check_data_file`] run on every data file
+    between the first two: the files are the ones `datasets` resolved for the builder (local files, a local folder's
+    files, a Hub dataset's files at the resolved commit), so the checks see exactly what will be read.
+
+    What `datasets` still refuses (a generation error, an unknown dataset or config, a data-file pattern matching
+    nothing, a Hub it cannot reach) becomes one line naming `described` and the root cause.
+
+    Raises:
+        DatasetError: a data file is bad (file and line named), or `datasets` cannot read the dataset.
+    """
     try:
-        return load_dataset(builder, data_files=files, cache_dir=cache_dir, **kwargs)
-    except (DatasetGenerationError, ValueError, TypeError) as err:
+        builder = load_dataset_builder(
+            path, name, data_files=data_files, revision=revision, cache_dir=cache_dir, **config_kwargs
+        )
+        _check_builder_files(builder, revision=revision)
+        builder.download_and_prepare()
+        return builder.as_dataset(in_memory=is_small_dataset(builder.info.dataset_size))
+    except DatasetError:
+        raise
+    except (DatasetGenerationError, FileNotFoundError, ConnectionError, ValueError, TypeError) as err:
         cause = err
         while cause.__cause__ is not None:
             cause = cause.__cause__
         reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-        raise DatasetError(f"Could not read {sorted(set(files.values()))} as {builder}: {reason}") from err
+        raise DatasetError(f"Could not read {described}: {reason}") from err
+
+
+def _check_builder_files(builder: DatasetBuilder, *, revision: str | None) -> None:
+    """Runs [`check_data_file`] on each JSON/CSV/Parquet data file of `builder`'s config (local paths, or `hf://`
+    files of a Hub dataset, fetched with `datasets`' own `DownloadManager` into the Hub cache, where
+    `download_and_prepare` finds them again: nothing is downloaded twice). Compressed files, other formats and
+    other remote URLs are left to `datasets`."""
+    config = builder.config
+    suffixes = next((s for config_class, s in _CHECKED_SUFFIXES.items() if isinstance(config, config_class)), ())
+    urls = [str(url) for files in (config.data_files or {}).values() for url in files]
+    # local files and Hub dataset files only (other URLs would be fetched into another cache than the builder's)
+    urls = [
+        url for url in urls
+        if os.path.splitext(url)[1].lower() in suffixes and ("://" not in url or url.startswith("hf://datasets/"))
+    ]
+    if not urls:
+        return
+    csv_kwargs = (
+        {"delimiter": config.delimiter or config.sep, "has_header": config.column_names is None and config.names is None}
+        if isinstance(config, CsvConfig)
+        else {}
+    )
+    download = DownloadConfig(token=builder.token, storage_options=builder.storage_options)
+    local = DownloadManager(download_config=download, record_checksums=False).download(urls)
+    for url, local_path in zip(urls, local):
+        check_data_file(str(local_path), shown_as=_shown_name(url, builder.repo_id, revision), **csv_kwargs)
+
+
+def _shown_name(url: str, repo_id: str | None, revision: str | None) -> str:
+    """A Hub data file as the user knows it, `hf://datasets/<repo id>[@<revision asked for>]/<path in repo>` (datasets
+    pins the resolved commit into the URL); local paths unchanged."""
+    prefix = f"hf://datasets/{repo_id}@"
+    if not repo_id or not url.startswith(prefix):
+        return url
+    path_in_repo = url[len(prefix) :].split("/", 1)[-1]
+    return f"hf://datasets/{repo_id}{'@' + revision if revision else ''}/{path_in_repo}"
 
 
 def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
@@ -319,7 +403,8 @@ def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
         if builder != "csv":
             raise TrainingArgumentError("--column_names only applies to headerless .csv/.tsv files.")
         kwargs["column_names"] = [c.strip() for c in data_args.column_names.split(",")]
-    return _load_dataset_files(builder, files, cache_dir, **kwargs)
+    described = f"{sorted(set(files.values()))} as {builder}"
+    return _load_checked(builder, described=described, data_files=files, cache_dir=cache_dir, **kwargs)
 
 
 def _load_builtin(data_args: DataArguments, seed: int) -> DatasetDict:
@@ -348,13 +433,21 @@ def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: st
     elif default_job.is_builtin(data_args.dataset_name):
         loaded = _load_builtin(data_args, seed)
     elif data_args.dataset_name:
-        if os.path.isfile(data_args.dataset_name):
-            builder, kwargs = _data_file_builder(data_args.dataset_name)
-            loaded = _load_dataset_files(builder, {"train": data_args.dataset_name}, cache_dir, **kwargs)
+        name = data_args.dataset_name
+        if os.path.isfile(name):
+            builder, kwargs = _data_file_builder(name)
+            described = f"{[name]} as {builder}"
+            loaded = _load_checked(builder, described=described, data_files={"train": name}, cache_dir=cache_dir, **kwargs)
         else:
-            loaded = load_dataset(
-                data_args.dataset_name,
+            described = f"dataset {name!r}" + "".join(
+                f" ({label} {value!r})"
+                for label, value in (("config", data_args.dataset_config_name), ("revision", data_args.dataset_revision))
+                if value
+            )
+            loaded = _load_checked(
+                name,
                 data_args.dataset_config_name,
+                described=described,
                 revision=data_args.dataset_revision,
                 cache_dir=cache_dir,
             )
