@@ -107,7 +107,7 @@ def push_to_hub(model: NeatModel, repo_id: str, **kwargs: Any) -> CommitInfo:
         model ([`NeatModel`]): the model whose adapter(s) to push.
         repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
         kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
-            `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
+            `delete_conflicting`, `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
             `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
 
     Returns:
