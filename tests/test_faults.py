@@ -332,6 +332,25 @@ def _pushed_folder(tmp_path: Path, seed: int) -> Path:
     return folder
 
 
+def _checkpoint_pushing_trainer(tmp_path: Path):
+    """A NeatTrainer of 4 steps that saves and pushes (`every_save`) at steps 2 and 4."""
+    from transformers import TrainingArguments
+
+    from neat_hf.trainers import NeatTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(8):
+        ids = torch.randint(0, 128, (8,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
+        hub_strategy="every_save",
+    )
+    return NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=rows)
+
+
 @pytest.mark.parametrize("fault,fragment", [("500", "HTTP 500"), ("drop_before", "connection failed")])
 def test_failed_push_is_one_line_and_changes_nothing(hub_server, tmp_path, fault, fragment):
     push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
@@ -445,16 +464,7 @@ def test_conflicting_files_of_an_adapter_repo(path, conflicting):
 
 
 def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
-    from transformers import TrainingArguments
-
-    from neat_hf.trainers import NeatTrainer
-
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
-        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
-        hub_strategy="every_save",
-    )
-    trainer = NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=_token_rows())
+    trainer = _checkpoint_pushing_trainer(tmp_path)
     # The first listing is refused (a 500 or a dropped connection would do too, but the client retries those for
     # about 20 s before giving up).
     hub_server.inject_fault("403", path_contains="/tree/", method="GET")
@@ -468,26 +478,9 @@ def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishe
     assert (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").is_file()
 
 
-def _token_rows(n: int = 8) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(n):
-        ids = torch.randint(0, 128, (8,), generator=generator)
-        rows.append({"input_ids": ids, "labels": ids})
-    return rows
-
 
 def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
-    from transformers import TrainingArguments
-
-    from neat_hf.trainers import NeatTrainer
-
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
-        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
-        hub_strategy="every_save",
-    )
-    trainer = NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=_token_rows())
+    trainer = _checkpoint_pushing_trainer(tmp_path)
     hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
     with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
         trainer.train()
