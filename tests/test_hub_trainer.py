@@ -194,7 +194,7 @@ def _push_all(tmp_path, strategy, **hub_args):
     return ["End of training"] if strategy == "end" else ["Training in progress, step 4", "Training in progress, step 2"]
 
 
-@pytest.mark.parametrize("strategy", ["end", "every_save"])
+@pytest.mark.parametrize("strategy", ["end", "every_save", "checkpoint"])
 def test_trainer_push_lists_another_adapters_files_once_and_leaves_them(hub_server, tmp_path, caplog, strategy):
     planted = _plant_another_adapter(hub_server)
     listed_in = []
@@ -213,6 +213,7 @@ def test_trainer_push_lists_another_adapters_files_once_and_leaves_them(hub_serv
     assert len(hub_server.history(REPO)) == planted + len(titles)
     files = hub_server.files(REPO)
     assert STALE <= set(files), "without hub_delete_conflicting nothing is deleted"
+    assert ("last-checkpoint/optimizer.pt" in files) == (strategy == "checkpoint")  # a pickle we push: never listed
     assert json.loads(files["adapter_config.json"])["peft_type"] == "PEANUT", "the LoRA config is replaced by ours"
     warnings = _hub_warnings(caplog)
     left = [w for w in warnings if "left in place" in w]
