@@ -107,8 +107,8 @@ def push_to_hub(model: NeatModel, repo_id: str, **kwargs: Any) -> CommitInfo:
         model ([`NeatModel`]): the model whose adapter(s) to push.
         repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
         kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
-            `delete_conflicting`, `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
-            `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
+            `delete_conflicting`, `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`,
+            `language`, `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
 
     Returns:
         `huggingface_hub.CommitInfo` of the commit (with `pr_url` when `create_pr=True`).
@@ -515,10 +515,11 @@ def _in_checkpoint_folder(path: str) -> bool:
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
-    """`data` parsed as a JSON object, or None when it is not one (bytes that are not UTF-8 or JSON, a list, ...)."""
+    """`data` parsed as a JSON object, or None when it is not one (bytes that are not UTF-8 or JSON, a list, nesting
+    too deep for the parser, ...)."""
     try:
         value = json.loads(data)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     return value if isinstance(value, dict) else None
 

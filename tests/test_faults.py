@@ -403,9 +403,10 @@ def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tm
         (b"{not json", ["not a readable JSON object"]),
         (b"\xff\xfe\x00", ["not a readable JSON object"]),
         (b"[1, 2]", ["not a readable JSON object"]),
+        (b"[" * 200_000, ["not a readable JSON object"]),  # deeper than the JSON parser's recursion
         (b" " * (MAX_CONFIG_BYTES + 1), ["not an adapter config that can be read", "1,048,577 bytes"]),
     ],
-    ids=["lora", "no-peft-type", "other-base", "invalid-json", "not-utf8", "not-an-object", "too-large"],
+    ids=["lora", "no-peft-type", "other-base", "invalid-json", "not-utf8", "not-an-object", "too-deep", "too-large"],
 )
 def test_push_names_another_adapters_config_that_it_replaces(hub_server, tmp_path, caplog, remote, fragments):
     folder = tmp_path / "ours"
