@@ -152,7 +152,7 @@ class NeatConfig:
         _check_int(self.r, "r", minimum=1, maximum=MAX_R, rule="a positive integer (e.g. 8, 16, 32)")
         _check_int(self.depth, "depth", minimum=0, maximum=MAX_DEPTH, rule="a non-negative integer (0 = A and B only)")
         if not isinstance(self.act_fn, str) or self.act_fn not in available_activations():
-            raise NeatError(f"Unknown act_fn {_short(self.act_fn)}. Must be one of {available_activations()}.")
+            raise NeatError(f"Unknown act_fn {short_repr(self.act_fn)}. Must be one of {available_activations()}.")
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)) or not math.isfinite(self.scaling):
             raise NeatError(f"scaling must be a finite float, got {type(self.scaling).__name__} {self.scaling!r}.")
         self.scaling = float(self.scaling)
@@ -168,16 +168,16 @@ class NeatConfig:
             raise NeatError("layers_pattern is only used with layers_to_transform; set layers_to_transform too.")
         for name in ("init_weights", "inference_mode"):
             if not isinstance(getattr(self, name), bool):
-                raise NeatError(f"{name} must be a bool, got {_short(getattr(self, name))}.")
+                raise NeatError(f"{name} must be a bool, got {short_repr(getattr(self, name))}.")
         if self.task_type is not None and self.task_type not in TASK_TYPES:
-            raise NeatError(f"task_type must be one of {sorted(TASK_TYPES)} or None (PEFT's task types), got {_short(self.task_type)}.")
+            raise NeatError(f"task_type must be one of {sorted(TASK_TYPES)} or None (PEFT's task types), got {short_repr(self.task_type)}.")
         for name in ("task_type", "base_model_name_or_path", "revision"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise NeatError(f"{name} must be a string or null, got {type(value).__name__} {_short(value)}.")
+                raise NeatError(f"{name} must be a string or null, got {type(value).__name__} {short_repr(value)}.")
             _check_sizes(value, name)
         if self.auto_mapping is not None and not isinstance(self.auto_mapping, dict):
-            raise NeatError(f"auto_mapping must be an object or null, got {_short(self.auto_mapping)}.")
+            raise NeatError(f"auto_mapping must be an object or null, got {short_repr(self.auto_mapping)}.")
         for name in ("auto_mapping", "target_modules", "exclude_modules", "modules_to_save", "layers_pattern"):
             _check_sizes(getattr(self, name), name)
 
@@ -308,12 +308,12 @@ def store_neat_only_settings(directory: str | os.PathLike, settings: dict[str, A
 
 def _check_int(value: Any, name: str, *, minimum: int, rule: str, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise NeatError(f"{name} must be {rule}, got {_short(value)}.")
+        raise NeatError(f"{name} must be {rule}, got {short_repr(value)}.")
     if maximum is not None and value > maximum:
         raise NeatError(f"{name} must be at most {maximum} (neat_hf.config.MAX_{name.upper()}), got {value}.")
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """repr of `value`, cut to a readable length (hostile configs may hold megabytes)."""
     text = repr(value)
     return text if len(text) <= 200 else f"{text[:200]}… ({len(text):,d} characters)"
@@ -344,7 +344,7 @@ def _names_or_regex(
         items = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
         return list(dict.fromkeys(items))
     accepted = "a list of module names" + (" or a regex string" if allow_regex else "")
-    raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {_short(value)}.")
+    raise NeatError(f"{name} must be {accepted}, got {type(value).__name__} {short_repr(value)}.")
 
 
 def _layer_indices(value: Any) -> list[int] | None:
@@ -354,7 +354,7 @@ def _layer_indices(value: Any) -> list[int] | None:
     if not isinstance(values, (list, tuple)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
     ):
-        raise NeatError(f"layers_to_transform must be a non-negative int or a list of them, got {_short(value)}.")
+        raise NeatError(f"layers_to_transform must be a non-negative int or a list of them, got {short_repr(value)}.")
     if len(values) > MAX_LIST_ITEMS:
         raise NeatError(f"layers_to_transform has {len(values):,d} entries; at most {MAX_LIST_ITEMS} are accepted.")
     return list(values)

@@ -22,6 +22,7 @@ logged; before uploading, the staged files and the commit message are checked no
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,15 +30,25 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, EvalResult, HfApi, get_token
 from huggingface_hub.errors import RevisionNotFoundError
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils.sha import git_hash
 
 from .card import write_model_card
-from .config import read_adapter_config
-from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, LIBRARY_VERSION, MODEL_CARD_NAME
+from .config import MAX_CONFIG_BYTES, read_adapter_config, short_repr
+from .constants import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    FILE_KEY_PREFIX,
+    LIBRARY_VERSION,
+    MODEL_CARD_NAME,
+    PEFT_TYPE,
+)
 from .errors import AdapterLoadError, NeatError
 from .hub_errors import hub_errors
 from .io import check_saved_together, read_tensor_shapes
@@ -96,8 +107,8 @@ def push_to_hub(model: NeatModel, repo_id: str, **kwargs: Any) -> CommitInfo:
         model ([`NeatModel`]): the model whose adapter(s) to push.
         repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
         kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
-            `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`, `language`,
-            `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
+            `delete_conflicting`, `training_info`, `eval_results` and the card's `base_model`, `datasets`, `license`,
+            `language`, `pipeline_tag`, `tags`, `model_name`; see [`push_adapter_folder`].
 
     Returns:
         `huggingface_hub.CommitInfo` of the commit (with `pr_url` when `create_pr=True`).
@@ -160,8 +171,10 @@ def push_adapter_folder(
             its evaluation results), so it names `repo_id` and matches the weights.
         delete_conflicting (`bool`, *optional*, defaults to `False`):
             The repo may already hold files that contradict an adapter repo (pickles such as an old
-            `adapter_model.bin`, full-model weights such as `model.safetensors`; see [`conflicting_files`]). They are
-            listed in a warning; with `True` they are deleted in the same commit.
+            `adapter_model.bin`, full-model weights such as `model.safetensors`, weights in another format; see
+            [`conflicting_files`]). They are listed in a warning; with `True` they are deleted in the same commit.
+            An `adapter_config.json` of another adapter (another PEFT type or base model, see
+            [`foreign_adapter_configs`]) is replaced by this push either way, with a warning naming what it was.
         training_info (`dict`, *optional*):
             Training setup for the card (dataset, epochs, learning rates, ...); merged over the folder's
             training_info.json and uploaded with it.
@@ -230,8 +243,9 @@ def push_staged(
     `rewrite_card(full_repo_id)` is called when the Hub resolved `repo_id` to another name (a bare name gets the
     token's namespace), so the card's snippets name the real repo. Files ending in `exclude_suffixes` are skipped
     with a warning. Nothing reaches the Hub when a check fails. With `adapter_repo=True` the repo's files that
-    contradict an adapter repo are listed (and deleted with `delete_conflicting=True`, see [`conflict_operations`]).
-    The other arguments are [`push_adapter_folder`]'s.
+    contradict an adapter repo are listed (and deleted with `delete_conflicting=True`), and another adapter whose
+    config the push replaces is named (see [`conflict_operations`]). The other arguments are
+    [`push_adapter_folder`]'s.
     """
     root = Path(staging)
     files = sorted(
@@ -255,13 +269,11 @@ def push_staged(
         rewrite_card(full_id)  # the card's snippets name the repo with its namespace
         check_no_token(root, secret, [], [root / MODEL_CARD_NAME])
     ensure_branch(api, full_id, revision, token=token)
-    operations: list[CommitOperation] = list(commit_operations(root, files, token=token))
-    if adapter_repo:
-        staged = [op.path_in_repo for op in operations]
-        operations += conflict_operations(api, full_id, staged, revision=revision, token=token, delete=delete_conflicting)
+    operations = commit_operations(root, files, token=token)
     return commit(
         api, full_id, operations, commit_message=commit_message, token=token, revision=revision,
         commit_description=commit_description, create_pr=create_pr,
+        conflicts=ConflictCheck(delete=delete_conflicting) if adapter_repo else None,
     )
 
 
@@ -319,9 +331,15 @@ def commit(
     commit_description: str | None = None,
     create_pr: bool = False,
     blocking: bool = True,
+    conflicts: ConflictCheck | None = None,
 ) -> CommitInfo | Future:
     """One `create_commit` of `operations` to `repo_id` (a `Future` of it with `blocking=False`, whose failure is
-    logged as a warning), Hub errors translated by [`hub_errors`]."""
+    logged as a warning), Hub errors translated by [`hub_errors`].
+
+    With `conflicts` (pushes into an adapter repo), the repo's files are checked first by [`conflict_operations`]
+    (and its deletions join the commit). With `blocking=False` that check runs inside the same future: listing the
+    repo never holds up training, and its failure is logged like a failed commit.
+    """
     operations = list(operations)
     logger.info("Pushing %d file(s) to %s (%s)", len(operations), repo_id, commit_message)
     kwargs = dict(
@@ -330,16 +348,27 @@ def commit(
     )
     if not blocking:
         # A background push (Trainer checkpoints) fails where nobody waits for it: log its reason as a warning.
-        future = api.run_as_future(_commit_now, api, repo_id, operations, kwargs)
+        future = api.run_as_future(_commit_now, api, repo_id, operations, kwargs, conflicts)
         future.add_done_callback(lambda done: _warn_if_failed(done, repo_id, commit_message))
         return future
-    return _commit_now(api, repo_id, operations, kwargs)
+    return _commit_now(api, repo_id, operations, kwargs, conflicts)
 
 
-def _commit_now(api: HfApi, repo_id: str, operations: list[CommitOperation], kwargs: dict[str, Any]) -> CommitInfo:
-    """`create_commit`, errors translated. The client first asks the Hub for the sha of every file (preupload) and
-    leaves out files whose content is already there, making no commit at all when nothing changed: so a push retried
-    after a dropped answer (the commit had landed) makes no duplicate commit."""
+def _commit_now(
+    api: HfApi,
+    repo_id: str,
+    operations: list[CommitOperation],
+    kwargs: dict[str, Any],
+    conflicts: ConflictCheck | None = None,
+) -> CommitInfo:
+    """[`conflict_operations`] (with `conflicts`), then `create_commit`, errors translated. The client first asks the
+    Hub for the sha of every file (preupload) and leaves out files whose content is already there, making no commit
+    at all when nothing changed: so a push retried after a dropped answer (the commit had landed) makes no duplicate
+    commit."""
+    if conflicts is not None:
+        operations = operations + conflict_operations(
+            api, repo_id, operations, revision=kwargs["revision"], token=kwargs["token"], check=conflicts
+        )
     with hub_errors("push to", repo_id, revision=kwargs["revision"]):
         info = api.create_commit(repo_id, operations, **kwargs)
     logger.info("Pushed %d file(s) to %s: %s", len(operations), repo_id, info.pr_url or info.commit_url)
@@ -355,43 +384,158 @@ def _warn_if_failed(future: Future, repo_id: str, commit_message: str) -> None:
         )
 
 
+@dataclass
+class ConflictCheck:
+    """How one pusher treats repo files that contradict an adapter repo (see [`conflict_operations`]).
+
+    Args:
+        delete (`bool`, defaults to `False`): delete the [`conflicting_files`] in the same commit (else only list
+            them in a warning).
+        warned (`set[str]`): what was already warned about. A trainer keeps one `ConflictCheck` for all its pushes,
+            so a file left in place is named once, not at every checkpoint push.
+    """
+
+    delete: bool = False
+    warned: set[str] = field(default_factory=set)
+
+
 def conflicting_files(remote: Iterable[str], staged: Iterable[str]) -> list[str]:
-    """Files of an adapter repo that contradict it and that the push would not replace: pickles (`*.bin`, `*.pt`,
-    ...: e.g. an old `adapter_model.bin`, which loaders may prefer or trip on) and full-model weights
-    (`model.safetensors`, ...). Trainer checkpoint folders (`last-checkpoint/`, `checkpoint-*/`) are left alone."""
+    """Files of an adapter repo that contradict it and that the push would not replace.
+
+    - pickles (`*.bin`, `*.pt`, ...): e.g. an old `adapter_model.bin` (another adapter's weights, which loaders may
+      prefer or trip on), `pytorch_adapter.bin`, `training_args.bin`;
+    - full-model weights (`model.safetensors`, `pytorch_model-00001-of-00002.bin`, `tf_model.h5`, ...);
+    - weights in another format: `*.gguf` files (llama.cpp exports of a model or of a LoRA), and any `*.safetensors`
+      at the repo root other than `adapter_model.safetensors` (diffusers' `pytorch_lora_weights.safetensors`,
+      kohya-style LoRA files, weights under another name). A PEFT adapter repo holds nothing else at the root.
+
+    Another adapter's `adapter_config.json` / `adapter_model.safetensors` at a path this push writes are replaced, not
+    listed here (see [`foreign_adapter_configs`]). Trainer checkpoint folders (`last-checkpoint/`, `checkpoint-*/`)
+    and the safetensors files of other sub-folders (named adapters) are left alone.
+    """
     staged = set(staged)
     found = []
     for path in remote:
-        first = path.split("/", 1)[0]
-        if path in staged or first == "last-checkpoint" or first.startswith("checkpoint-"):
+        if path in staged or _in_checkpoint_folder(path):
             continue
         name = path.rsplit("/", 1)[-1]
-        if name.endswith(PICKLE_SUFFIXES) or _FULL_WEIGHTS.match(name):
+        root_weights = "/" not in path and name.endswith(".safetensors") and name != ADAPTER_WEIGHTS_NAME
+        other_format = name.endswith(".gguf") or root_weights
+        if name.endswith(PICKLE_SUFFIXES) or _FULL_WEIGHTS.match(name) or other_format:
             found.append(path)
     return sorted(found)
 
 
+def foreign_adapter_configs(
+    api: HfApi,
+    repo_id: str,
+    remote: Mapping[str, RepoFile],
+    operations: Iterable[CommitOperation],
+    *,
+    revision: str | None,
+    token: str | bool | None,
+) -> dict[str, str]:
+    """The remote `adapter_config.json` files this push replaces that belong to another adapter: `{path: what}`.
+
+    For each staged `adapter_config.json` (outside checkpoint folders) whose path the repo already holds, the remote
+    file is downloaded and compared with ours; not downloaded when its git sha is the staged file's (our own config,
+    the usual case for checkpoint pushes), nor above `MAX_CONFIG_BYTES` (then it counts as unreadable). Another
+    adapter means: another `peft_type` (a LoRA, an AdapterHub config without `peft_type`, ...), another
+    `base_model_name_or_path` (when both name one), or a file that is not a JSON object. An earlier NEAT adapter for
+    the same base is an older version of this one: not listed.
+    """
+    found = {}
+    for op in operations:
+        path = op.path_in_repo
+        if not isinstance(op, CommitOperationAdd) or path.rsplit("/", 1)[-1] != ADAPTER_CONFIG_NAME:
+            continue
+        theirs_file = remote.get(path)
+        if theirs_file is None or _in_checkpoint_folder(path):
+            continue
+        with op.as_file() as handle:
+            ours_bytes = handle.read()
+        if theirs_file.blob_id == git_hash(ours_bytes):
+            continue  # byte-identical to the config we push
+        if theirs_file.size > MAX_CONFIG_BYTES:
+            found[path] = f"not an adapter config that can be read ({theirs_file.size:,d} bytes)"
+            continue
+        with tempfile.TemporaryDirectory(prefix="neat-remote-config-") as local:
+            downloaded = api.hf_hub_download(repo_id, path, revision=revision, token=token, local_dir=local)
+            theirs = _json_object(Path(downloaded).read_bytes())
+        what = _other_adapter(theirs, _json_object(ours_bytes) or {})
+        if what is not None:
+            found[path] = what
+    return found
+
+
 def conflict_operations(
-    api: HfApi, repo_id: str, staged: Iterable[str], *, revision: str | None, token: str | bool | None, delete: bool
+    api: HfApi,
+    repo_id: str,
+    operations: Sequence[CommitOperation],
+    *,
+    revision: str | None,
+    token: str | bool | None,
+    check: ConflictCheck,
 ) -> list[CommitOperationDelete]:
-    """Warn about (and with `delete=True`, return deletions of) the [`conflicting_files`] already in the repo."""
+    """Check the repo before a push of `operations` into it: warn about the [`conflicting_files`] it holds (and with
+    `check.delete`, return their deletions for the same commit), and name another adapter whose config the push
+    replaces ([`foreign_adapter_configs`]). What `check.warned` holds already is not warned about again."""
     with hub_errors("list the files of", repo_id, revision=revision):
         try:
-            remote = api.list_repo_files(repo_id, revision=revision, token=token)
+            tree = api.list_repo_tree(repo_id, revision=revision, recursive=True, token=token)
+            remote = {item.path: item for item in tree if isinstance(item, RepoFile)}
         except RevisionNotFoundError:
             return []  # a branch about to be created holds nothing
-    found = conflicting_files(remote, staged)
+        replaced = foreign_adapter_configs(api, repo_id, remote, operations, revision=revision, token=token)
+    described = {f"{path} is {what}" for path, what in replaced.items()}
+    if described - check.warned:
+        check.warned |= described
+        logger.warning("%s holds another adapter, which this push replaces: %s.", repo_id, "; ".join(sorted(described)))
+    found = conflicting_files(remote, [op.path_in_repo for op in operations])
     if not found:
         return []
-    if delete:
+    if check.delete:
         logger.warning("Deleting %d file(s) that contradict a NEAT adapter repo from %s: %s", len(found), repo_id, found)
         return [CommitOperationDelete(path_in_repo=path) for path in found]
-    logger.warning(
-        "%s already holds %d file(s) that contradict a NEAT adapter repo and are left in place: %s. Delete them in the "
-        "same commit with delete_conflicting=True (neat-hub push --delete-conflicting).",
-        repo_id, len(found), found,
-    )
+    if set(found) - check.warned:
+        check.warned.update(found)
+        logger.warning(
+            "%s already holds %d file(s) that contradict a NEAT adapter repo and are left in place: %s. Delete them in "
+            "the same commit with delete_conflicting=True (neat-hub push --delete-conflicting; Trainer: "
+            "hub_delete_conflicting=True, neat-train --hub_delete_conflicting).",
+            repo_id, len(found), found,
+        )
     return []
+
+
+def _in_checkpoint_folder(path: str) -> bool:
+    """`path` lies in a Trainer checkpoint folder (`last-checkpoint/`, `checkpoint-*/`) pushed with its resume state."""
+    first, _, rest = path.partition("/")
+    return bool(rest) and (first == "last-checkpoint" or first.startswith("checkpoint-"))
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """`data` parsed as a JSON object, or None when it is not one (bytes that are not UTF-8 or JSON, a list, nesting
+    too deep for the parser, ...)."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _other_adapter(theirs: dict[str, Any] | None, ours: Mapping[str, Any]) -> str | None:
+    """What the remote adapter config `theirs` is, when it is not an earlier version of `ours`; else None."""
+    if theirs is None:
+        return "not a readable JSON object"
+    peft_type, base = theirs.get("peft_type"), theirs.get("base_model_name_or_path")
+    ours_base = ours.get("base_model_name_or_path")
+    facts = f"peft_type {short_repr(peft_type)}, base model {short_repr(base)}"
+    if peft_type != ours.get("peft_type", PEFT_TYPE):
+        return f"another adapter ({facts})"
+    if base and ours_base and base != ours_base:
+        return f"an adapter for another base model ({facts})"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- what may go up

@@ -233,6 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault["kind"] == "500":
                 self._json(500, {"error": "loopback hub: injected internal error"})
                 return
+            elif fault["kind"] == "403":
+                self._json(403, {"error": "loopback hub: injected refusal"}, {"X-Error-Message": "injected refusal"})
+                return
             elif fault["kind"] == "drop_before":
                 self._drop_connection()
                 return
@@ -718,10 +721,11 @@ class HubServer:
     def inject_fault(
         self, kind: str, *, path_contains: str = "/commit/", method: str = "POST", times: int = 1, seconds: float = 0.0
     ) -> None:
-        """Make the next `times` matching requests fail: `"500"` (an internal error, nothing done), `"drop_before"`
-        (connection closed before the request is handled), `"drop_after"` (handled, e.g. the commit lands, then the
-        connection is closed without an answer), or `"delay"` (answered after `seconds`)."""
-        if kind not in ("500", "drop_before", "drop_after", "delay"):
+        """Make the next `times` matching requests fail: `"500"` (an internal error, nothing done), `"403"` (refused,
+        nothing done; unlike a 500 or a dropped connection the client does not retry it), `"drop_before"` (connection
+        closed before the request is handled), `"drop_after"` (handled, e.g. the commit lands, then the connection is
+        closed without an answer), or `"delay"` (answered after `seconds`)."""
+        if kind not in ("500", "403", "drop_before", "drop_after", "delay"):
             raise ValueError(f"unknown fault {kind!r}")
         with self.state.lock:
             self.state.faults.append(

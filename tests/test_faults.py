@@ -451,7 +451,7 @@ def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_
 
 from hub_fixtures import hub_server, make_adapter  # noqa: E402,F401 (fixture)
 from neat_hf.errors import HubError  # noqa: E402
-from neat_hf.hub_commit import push_adapter_folder  # noqa: E402
+from neat_hf.hub_commit import conflicting_files, push_adapter_folder  # noqa: E402
 
 HUB_REPO = "neat-tester/faulty"
 
@@ -460,6 +460,25 @@ def _pushed_folder(tmp_path: Path, seed: int) -> Path:
     folder = tmp_path / f"adapter{seed}"
     make_adapter(seed=seed).save_pretrained(folder)
     return folder
+
+
+def _checkpoint_pushing_trainer(tmp_path: Path):
+    """A NeatTrainer of 4 steps that saves and pushes (`every_save`) at steps 2 and 4."""
+    from transformers import TrainingArguments
+
+    from neat_hf.trainers import NeatTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(8):
+        ids = torch.randint(0, 128, (8,), generator=generator)
+        rows.append({"input_ids": ids, "labels": ids})
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
+        hub_strategy="every_save",
+    )
+    return NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=rows)
 
 
 @pytest.mark.parametrize("fault,fragment", [("500", "HTTP 500"), ("drop_before", "connection failed")])
@@ -502,22 +521,97 @@ def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tm
     assert len(hub_server.history(HUB_REPO)) == commits + 1  # the new adapter and the deletions: one commit
 
 
+@pytest.mark.parametrize(
+    "remote,fragments",
+    [
+        (json.dumps({"peft_type": "LORA", "r": 8}).encode(), ["another adapter", "peft_type 'LORA'"]),
+        (json.dumps({"adapter_type": "bottleneck"}).encode(), ["another adapter", "peft_type None"]),  # AdapterHub
+        (
+            json.dumps({"peft_type": "PEANUT", "base_model_name_or_path": "someone/other-base"}).encode(),
+            ["an adapter for another base model", "'someone/other-base'"],
+        ),
+        (b"{not json", ["not a readable JSON object"]),
+        (b"\xff\xfe\x00", ["not a readable JSON object"]),
+        (b"[1, 2]", ["not a readable JSON object"]),
+        (b"[" * 200_000, ["not a readable JSON object"]),  # deeper than the JSON parser's recursion
+        (b" " * (MAX_CONFIG_BYTES + 1), ["not an adapter config that can be read", "1,048,577 bytes"]),
+    ],
+    ids=["lora", "no-peft-type", "other-base", "invalid-json", "not-utf8", "not-an-object", "too-deep", "too-large"],
+)
+def test_push_names_another_adapters_config_that_it_replaces(hub_server, tmp_path, caplog, remote, fragments):
+    folder = tmp_path / "ours"
+    model = make_adapter(seed=0)
+    model.peft_config["default"].base_model_name_or_path = "neat-tester/tiny-llama"
+    model.save_pretrained(folder)
+    push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
+    hub_server.add_file(HUB_REPO, ADAPTER_CONFIG_NAME, remote)
+    before = len(hub_server.requests)
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        push_adapter_folder(folder, HUB_REPO)
+    warned = [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub_commit"]
+    assert len(warned) == 1 and "holds another adapter, which this push replaces" in warned[0], warned
+    assert all(fragment in warned[0] for fragment in fragments), warned[0]
+    assert hub_server.files(HUB_REPO)[ADAPTER_CONFIG_NAME] == (folder / ADAPTER_CONFIG_NAME).read_bytes()
+    downloads = [r for r in hub_server.requests[before:] if r["method"] == "GET" and "/resolve/" in r["path"]]
+    assert len(downloads) == (0 if len(remote) > MAX_CONFIG_BYTES else 1)  # a config over the bound is not fetched
+
+
+def test_push_over_an_earlier_version_of_the_same_adapter_warns_nothing(hub_server, tmp_path, caplog):
+    push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
+    other_rank = tmp_path / "r2"
+    make_adapter(seed=1, r=2).save_pretrained(other_rank)  # another config file, same PEFT type and base
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        push_adapter_folder(other_rank, HUB_REPO)
+        push_adapter_folder(_pushed_folder(tmp_path, 2), HUB_REPO)
+    assert [r for r in caplog.records if r.name == "neat_hf.hub_commit"] == []
+
+
+@pytest.mark.parametrize(
+    "path,conflicting",
+    [
+        ("adapter_model.bin", True),
+        ("pytorch_adapter.bin", True),
+        ("training_args.bin", True),
+        ("model.safetensors", True),
+        ("model-00001-of-00002.safetensors", True),
+        ("model.safetensors.index.json", True),
+        ("tf_model.h5", True),
+        ("pytorch_lora_weights.safetensors", True),  # diffusers LoRA
+        ("my-style-lora.safetensors", True),  # kohya-style LoRA
+        ("model-q4_k_m.gguf", True),
+        ("gguf/adapter-f16.gguf", True),
+        ("old/pytorch_model.bin", True),
+        ("adapter_model.safetensors", False),  # the PEFT adapter file: replaced, or an adapter of ours
+        ("named/adapter_model.safetensors", False),  # a named adapter's folder
+        ("tokenizer.json", False),
+        ("adapter_config.json", False),
+        ("last-checkpoint/optimizer.pt", False),
+        ("checkpoint-500/model.safetensors", False),
+    ],
+)
+def test_conflicting_files_of_an_adapter_repo(path, conflicting):
+    assert conflicting_files([path], staged=[]) == ([path] if conflicting else [])
+    assert conflicting_files([path], staged=[path]) == []  # what the push writes is replaced, not listed
+
+
+def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
+    trainer = _checkpoint_pushing_trainer(tmp_path)
+    # The first listing is refused (a 500 or a dropped connection would do too, but the client retries those for
+    # about 20 s before giving up).
+    hub_server.inject_fault("403", path_contains="/tree/", method="GET")
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        trainer.train()
+    failed = [r.getMessage() for r in caplog.records if "Background push" in r.getMessage()]
+    assert len(failed) == 1 and "'Training in progress, step 2'" in failed[0], caplog.text
+    assert "Cannot list the files of" in failed[0] and "(403)" in failed[0], failed[0]
+    assert [c.title for c in hub_server.history(HUB_REPO)][0] == "Training in progress, step 4"
+    assert trainer.state.global_step == 4
+    assert (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").is_file()
+
+
+
 def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
-    from transformers import TrainingArguments
-
-    from neat_hf.trainers import NeatTrainer
-
-    generator = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(8):
-        ids = torch.randint(0, 128, (8,), generator=generator)
-        rows.append({"input_ids": ids, "labels": ids})
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=4, save_steps=2, per_device_train_batch_size=4, report_to="none",
-        use_cpu=True, remove_unused_columns=False, push_to_hub=True, hub_model_id=HUB_REPO, hub_always_push=True,
-        hub_strategy="every_save",
-    )
-    trainer = NeatTrainer(model=make_adapter(init_weights=True), args=args, train_dataset=rows)
+    trainer = _checkpoint_pushing_trainer(tmp_path)
     hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
     with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
         trainer.train()

@@ -7,11 +7,13 @@ repo root; checkpoint strategies add the resume state under last-checkpoint/ or 
 from __future__ import annotations
 
 import json
+import threading
 
+import pytest
 import torch
 from conftest import model_inputs, model_output, tiny_llama
 from hub_fixtures import assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
 from neat_hf.trainers.hub_mixin import NeatHubMixin
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
 from safetensors import safe_open
@@ -32,9 +34,9 @@ def _dataset(n=8):
     return rows
 
 
-def _train(tmp_path, **hub_args):
-    model = make_adapter(init_weights=True)  # B = 0: training must move it
-    args = TrainingArguments(
+def _train(tmp_path, model=None, args_class=TrainingArguments, **hub_args):
+    model = model if model is not None else make_adapter(init_weights=True)  # B = 0: training must move it
+    args = args_class(
         output_dir=str(tmp_path / "out"),
         max_steps=4,
         save_steps=2,
@@ -163,3 +165,87 @@ def test_neat_trainer_uses_the_hub_mixin():
     assert issubclass(NeatTrainer, NeatHubMixin)
     assert NeatTrainer.push_to_hub is NeatHubMixin.push_to_hub
     assert NeatTrainer._push_from_checkpoint is NeatHubMixin._push_from_checkpoint
+
+
+# ---------------------------------------------------------------------------------------------- conflicting repo files
+LORA_CONFIG = {"peft_type": "LORA", "base_model_name_or_path": "someone/other-base", "r": 8, "lora_alpha": 16}
+STALE = {"adapter_model.bin", "model.safetensors"}
+
+
+def _plant_another_adapter(hub_server) -> int:
+    """A repo holding another adapter: a pickle, full-model weights and a LoRA config; returns its commit count."""
+    HfApi().create_repo(REPO)
+    hub_server.add_file(REPO, "adapter_model.bin", b"an old pickled adapter")
+    hub_server.add_file(REPO, "model.safetensors", b"full weights")
+    hub_server.add_file(REPO, "adapter_config.json", json.dumps(LORA_CONFIG).encode())
+    return len(hub_server.history(REPO))
+
+
+def _hub_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub_commit" and r.levelname == "WARNING"]
+
+
+def _push_all(tmp_path, strategy, **hub_args):
+    """Train with `strategy`; for "end", push once at the end as `trainer.push_to_hub()` does. Returns the titles of the
+    commits made."""
+    trainer, _ = _train(tmp_path, hub_strategy=strategy, **hub_args)
+    if strategy == "end":
+        trainer.push_to_hub()
+    return ["End of training"] if strategy == "end" else ["Training in progress, step 4", "Training in progress, step 2"]
+
+
+@pytest.mark.parametrize("strategy", ["end", "every_save", "checkpoint"])
+def test_trainer_push_lists_another_adapters_files_once_and_leaves_them(hub_server, tmp_path, caplog, strategy):
+    planted = _plant_another_adapter(hub_server)
+    listed_in = []
+    list_repo_tree = HfApi.list_repo_tree
+
+    def recording(self, *args, **kwargs):
+        listed_in.append(threading.current_thread() is threading.main_thread())
+        return list_repo_tree(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        patch.setattr(HfApi, "list_repo_tree", recording)
+        titles = _push_all(tmp_path, strategy)
+    # Every push checked the repo: the end push on the caller's thread, checkpoint pushes in their background job.
+    assert listed_in == ([True] if strategy == "end" else [False, False])
+    assert [c.title for c in hub_server.history(REPO)[: len(titles)]] == titles
+    assert len(hub_server.history(REPO)) == planted + len(titles)
+    files = hub_server.files(REPO)
+    assert STALE <= set(files), "without hub_delete_conflicting nothing is deleted"
+    assert ("last-checkpoint/optimizer.pt" in files) == (strategy == "checkpoint")  # a pickle we push: never listed
+    assert json.loads(files["adapter_config.json"])["peft_type"] == "PEANUT", "the LoRA config is replaced by ours"
+    warnings = _hub_warnings(caplog)
+    left = [w for w in warnings if "left in place" in w]
+    assert len(left) == 1, warnings  # once per trainer, not at every checkpoint push
+    assert "'adapter_model.bin'" in left[0] and "'model.safetensors'" in left[0] and "hub_delete_conflicting" in left[0]
+    replaced = [w for w in warnings if "another adapter" in w]
+    assert len(replaced) == 1 and "'LORA'" in replaced[0] and "'someone/other-base'" in replaced[0], warnings
+    assert len(warnings) == 2, warnings
+
+
+@pytest.mark.parametrize("strategy", ["end", "every_save"])
+def test_trainer_push_deletes_conflicting_files_in_the_same_commit(hub_server, tmp_path, caplog, strategy):
+    planted = _plant_another_adapter(hub_server)
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        titles = _push_all(tmp_path, strategy, args_class=NeatTrainingArguments, hub_delete_conflicting=True)
+    history = hub_server.history(REPO)
+    assert len(history) == planted + len(titles)  # no separate commit for the deletions
+    first_push, before = history[len(titles) - 1], history[len(titles)]
+    assert STALE <= set(before.files) and not STALE & set(first_push.files)
+    assert json.loads(first_push.files["adapter_config.json"])["peft_type"] == "PEANUT"
+    assert first_push.files["adapter_model.safetensors"] != before.files.get("adapter_model.safetensors")
+    assert not STALE & set(hub_server.files(REPO))
+    assert any("Deleting 2 file(s)" in w for w in _hub_warnings(caplog))
+
+
+def test_trainer_push_into_a_clean_repo_or_over_our_own_adapter_warns_nothing(hub_server, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+        _push_all(tmp_path / "first", "every_save")
+        before = len(hub_server.requests)
+        # Another NEAT run (another rank, so another config file) over the first one's adapter, pushed at the end.
+        _push_all(tmp_path / "second", "end", model=make_adapter(init_weights=True, r=2))
+    assert _hub_warnings(caplog) == []
+    assert json.loads(hub_server.files(REPO)["adapter_config.json"])["r"] == 2
+    downloads = [r["path"] for r in hub_server.requests[before:] if r["method"] == "GET" and "/resolve/" in r["path"]]
+    assert any(path.endswith("/adapter_config.json") for path in downloads), "our earlier config was read and compared"

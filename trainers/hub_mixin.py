@@ -19,6 +19,12 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
   DeepSpeed's `global_step*/` folders are never uploaded, and every adapter file is checked to hold adapter tensors
   only.
 
+Every push first checks the repo, as `neat-hub push` does (`neat_hf.hub_commit.conflict_operations`): pickles,
+full-model weights and weights in other formats already there are listed in a warning (once per trainer) and, with
+`hub_delete_conflicting=True` ([`NeatTrainingArguments`]), deleted in the same commit; another adapter's
+`adapter_config.json` (another PEFT type or base model) that the push replaces is named. For checkpoint pushes the
+check runs in the background job with the commit, so a failure to list the repo is logged like a failed push.
+
 Use it as the first base class: `class NeatTrainer(NeatHubMixin, Trainer)`. Files are read into memory when a push is
 queued, so the next save cannot change a file while it is being uploaded. As in the Trainer, checkpoint pushes are
 asynchronous (`trainer.push_in_progress`); `train()` waits for them before returning.
@@ -48,6 +54,7 @@ from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME
 from neat_hf.hub_commit import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
+    ConflictCheck,
     adapter_root_files,
     checkpoint_files,
     commit,
@@ -286,6 +293,15 @@ class NeatHubMixin:
             api = self._neat_hub_api = hub_api()
         return api
 
+    def _neat_conflicts(self) -> ConflictCheck:
+        """The repo check of this trainer's pushes: one for all of them, so each conflicting file is warned about
+        once. Deletes with `args.hub_delete_conflicting` (absent from plain `TrainingArguments`: then only lists)."""
+        check = getattr(self, "_neat_conflict_check", None)
+        if check is None:
+            check = self._neat_conflict_check = ConflictCheck()
+        check.delete = bool(getattr(self.args, "hub_delete_conflicting", False))
+        return check
+
     def _neat_operations(
         self, folder: Path, *, prefix: str, token: str | None, whole_checkpoint: bool = False
     ) -> list[CommitOperationAdd]:
@@ -304,4 +320,5 @@ class NeatHubMixin:
             token=token,
             revision=revision,
             blocking=blocking,
+            conflicts=self._neat_conflicts(),
         )

@@ -74,6 +74,16 @@ class NeatTrainingArguments(TrainingArguments):
             written, so earlier work is never silently replaced; an adapter for another base model is refused even
             when resuming.
 
+    Parameters that control Hub pushes (besides `push_to_hub`, `hub_model_id`, `hub_strategy`, ...):
+
+        hub_delete_conflicting (`bool`, *optional*, defaults to `False`):
+            Every push (end of training and checkpoints) first lists the repo's files that contradict an adapter repo:
+            pickles such as an old `adapter_model.bin`, full-model weights such as `model.safetensors`, `*.gguf`
+            files, other `*.safetensors` at the root (see `neat_hf.hub_commit.conflicting_files`). By default they
+            are named in a warning (once per trainer) and left in place; with `True` they are deleted in the same
+            commit as the adapter. Checkpoint folders in the repo are never touched. An `adapter_config.json` of
+            another adapter (another PEFT type or base model) is replaced by the push either way, with a warning.
+
     > [!NOTE]
     > These defaults differ from [`~transformers.TrainingArguments`]:
     > - `learning_rate` defaults to `3e-4` instead of `5e-5` (the paper's LLaMA setting, Table 10; adapters need a
@@ -113,6 +123,16 @@ class NeatTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "Allow an output_dir that already holds a trained adapter or checkpoints (they get replaced)."
+        },
+    )
+
+    # --- Hub pushes ---
+    hub_delete_conflicting: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete, in the same commit as each Hub push, files of the repo that contradict an adapter repo "
+            "(pickles such as an old adapter_model.bin, full-model weights such as model.safetensors, *.gguf, other "
+            "root *.safetensors). Without it they are only listed in a warning."
         },
     )
 
