@@ -1,5 +1,6 @@
 """Shared by the multi-process tests (tests/test_deepspeed.py, tests/test_fsdp.py): launch a driver, read its report,
-compare the adapters (and merged weights) two runs saved."""
+compare the adapters (and merged weights) two runs saved; and, inside the drivers (tests/ds_driver.py,
+tests/fsdp_driver.py), the base of their gather counters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+from typing import Any
 
 import pytest
 import torch
@@ -59,3 +61,36 @@ def assert_same_merge(folder, reference) -> None:
     assert set(got) == set(expected) and len(expected) == 10
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], **TOLERANCE)
+
+
+class TrainingStepCounter:
+    """Base of the drivers' gather counters: subclasses patch library functions to count calls (recording each
+    original in `_restore`), and count only while `active`, i.e. inside `trainer.training_step` (forward + backward of
+    one micro-batch), after `start_step` has set up that step's counts."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def start_step(self) -> None:
+        """Set up the counts of the training step about to run."""
+        raise NotImplementedError
+
+    def count_training_steps(self, trainer) -> None:
+        """Wrap `trainer.training_step` so that each call starts a step and counts only while it runs."""
+        training_step = trainer.training_step
+
+        def counted_training_step(*args, **kwargs):
+            self.start_step()
+            self.active = True
+            try:
+                return training_step(*args, **kwargs)
+            finally:
+                self.active = False
+
+        trainer.training_step = counted_training_step
+
+    def uninstall(self) -> None:
+        """Put back every patched function."""
+        for owner, name, original in self._restore:
+            setattr(owner, name, original)
