@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neat_hf.layer import register_zero3_parameters
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import apply_method, build_llama, get_preset, random_batch  # noqa: E402
@@ -134,8 +136,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         config = ds_config("shipped", preset.hidden_size, preset.batch_size, world)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params, config=config)
         if method == "neat":
-            from neat_hf.distributed import register_zero3_parameters
-
             register_zero3_parameters(engine.module)  # as NeatTrainer does after deepspeed.initialize
         counter = Zero3GatherCounter(engine.module)
         backward, step = engine.backward, engine.step
