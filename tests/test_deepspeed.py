@@ -18,7 +18,7 @@ import pytest
 import torch
 from multiprocess_helpers import assert_same_adapter as _assert_same_adapter
 from multiprocess_helpers import assert_same_merge as _assert_same_merge
-from multiprocess_helpers import free_port, run_launcher
+from multiprocess_helpers import free_port, remove_deepspeed_shm, run_launcher
 from multiprocess_helpers import read_report as _report
 from safetensors.torch import load_file
 
@@ -94,7 +94,10 @@ def _launch(
             str(Path(sys.executable).with_name("accelerate")), "launch", "--use_deepspeed", "--num_processes", "2",
             "--num_machines", "1", "--deepspeed_config_file", resolve_deepspeed_config(config), "--main_process_port", port,
         ]
-    return run_launcher(command + [DRIVER, *driver_args], timeout=timeout, env=env, expect_failure=expect_failure)
+    try:
+        return run_launcher(command + [DRIVER, *driver_args], timeout=timeout, env=env, expect_failure=expect_failure)
+    finally:
+        remove_deepspeed_shm(port)
 
 
 @pytest.fixture(scope="module")
