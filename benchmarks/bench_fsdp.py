@@ -24,11 +24,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from neat_hf.layer import register_zero3_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,23 +37,16 @@ from bench_models import apply_method, build_llama, get_preset, random_batch  # 
 from bench_zero3 import GatherCounter as Zero3GatherCounter  # noqa: E402
 from bench_zero3 import ds_config  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS_DIR,
-    atomic_write_json,
-    command_line,
     environment,
     fmt_bytes,
-    format_env,
-    interleaved,
-    load_average,
     markdown_table,
     peak_rss_bytes,
     result_stem,
-    run_config,
-    run_worker,
     setup_logging,
     summarize,
     write_outputs,
 )
+import multirank  # noqa: E402
 
 logger = logging.getLogger("neat_hf.benchmarks.fsdp")
 
@@ -107,8 +101,6 @@ def _zero3_counts(snapshot: dict[str, dict[str, int]]) -> dict[str, dict[str, in
 
 def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     """One engine × method on every rank of a gloo group (runs under torch.distributed.run)."""
-    import time
-
     import torch
     import torch.distributed as dist
 
@@ -131,49 +123,35 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         counter: Any = Fsdp2GatherCounter()
         engine = model
+
+        def backward(loss: torch.Tensor) -> None:
+            loss.backward()
+
+        def step() -> None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4)
         config = ds_config("shipped", preset.hidden_size, preset.batch_size, world)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params, config=config)
         if method == "neat":
-            from neat_hf.distributed import register_zero3_parameters
-
             register_zero3_parameters(engine.module)  # as NeatTrainer does after deepspeed.initialize
         counter = Zero3GatherCounter(engine.module)
+        backward, step = engine.backward, engine.step
     input_ids = random_batch(preset, "cpu", spec["seed"] + rank)
-    times, per_step = [], []
-    for i in range(spec["warmup"] + spec["steps"]):
-        counter.reset()
-        dist.barrier()
-        t0 = time.perf_counter()
-        counter.phase = "forward"
-        loss = engine(input_ids=input_ids, labels=input_ids).loss
-        counter.phase = "backward"
-        if engine_name == "zero3":
-            engine.backward(loss)
-            counter.phase = "step"
-            engine.step()
-        else:
-            loss.backward()
-            counter.phase = "step"
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        counter.phase = "idle"
-        dist.barrier()
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-            snap = counter.snapshot()
-            per_step.append(_zero3_counts(snap) if engine_name == "zero3" else snap)
-    result = {
-        "engine": engine_name, "method": method, "world_size": world, "step_times_s": times,
-        "gathers_per_step": per_step, "peak_rss_bytes": peak_rss_bytes(),
+    steps = multirank.timed_steps(
+        spec, counter, lambda: engine(input_ids=input_ids, labels=input_ids).loss, backward, step
+    )
+    per_step = steps["gathers_per_step"]
+    return multirank.rank0_result({
+        "engine": engine_name, "method": method, "world_size": world, "step_times_s": steps["step_times_s"],
+        "gathers_per_step": [_zero3_counts(snap) for snap in per_step] if engine_name == "zero3" else per_step,
+        "peak_rss_bytes": peak_rss_bytes(),
         "held_param_bytes": _held_param_bytes(engine.module if engine_name == "zero3" else engine),
         "model_param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-        "threads_per_rank": torch.get_num_threads(), "loss": float(loss.detach()),
-    }
-    dist.barrier()
-    return result if rank == 0 else None
+        "threads_per_rank": torch.get_num_threads(), "loss": steps["loss"],
+    })
 
 
 def _fmt_small_bytes(n: int) -> str:
@@ -198,85 +176,47 @@ def render_markdown(report: dict[str, Any]) -> str:
     table = markdown_table(
         ["engine", "method", "step (median)", "range over rounds (ms)", "peak RSS (rank 0)",
          "parameters held per rank", "all-gathers / step", "elements gathered / step"], rows)
-    cfg, p = report["config"], report["preset"]
     return (
-        f"### FSDP2 vs ZeRO-3 — preset `{cfg['preset']}`, 2 CPU ranks (gloo), fp32\n\n"
-        f"hidden {p['hidden_size']}, {p['num_hidden_layers']} layers, seq {p['seq_len']} × batch {p['batch_size']} per "
-        f"rank, r={p['r']}; {cfg['rounds']} round(s) × {cfg['steps']} steps after {cfg['warmup']} warm-up, "
-        f"{report['threads_per_rank']} thread(s) per rank. ZeRO-3 = `deepspeed_configs/zero3.json` with its autos "
-        f"filled (`shipped` in bench_zero3.py).\n\n{table}\n\n"
-        f"Command: `{report['command']}`\n\nEnvironment: {format_env(report['environment'])}; load average at end "
-        f"{report['load_avg_end']}.\n"
+        f"### FSDP2 vs ZeRO-3 — preset `{report['config']['preset']}`, 2 CPU ranks (gloo), fp32\n\n"
+        f"{multirank.run_description(report)} ZeRO-3 = `deepspeed_configs/zero3.json` with its autos filled "
+        f"(`shipped` in bench_zero3.py).\n\n{table}\n\n{multirank.provenance(report)}"
     )
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--nproc", type=int, default=2, help="ranks (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
+    return multirank.make_parser(__doc__, METHODS, "engines", ENGINES)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = make_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.worker is not None:
-        result = measure(json.loads(args.worker))
-        if result is not None:
-            atomic_write_json(args.result_file, result)
+    if multirank.run_worker_if_asked(args, measure):
         return None
-    methods = [m for m in args.methods.split(",") if m]
-    engines = [e for e in args.engines.split(",") if e]
-    if not methods or not engines or not set(methods) <= set(METHODS) or not set(engines) <= set(ENGINES):
-        raise SystemExit(f"--methods must be a subset of {METHODS} and --engines of {ENGINES}.")
+    methods, engines = multirank.grid(args, METHODS, "engines", ENGINES)
     preset = get_preset(args.preset)
     env = environment("cpu")
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc)]
-    combos = [(e, m) for e in engines for m in methods]
-    runs: dict[str, list[dict[str, Any]]] = {f"{e}/{m}": [] for e, m in combos}
-    for rnd, (engine, method) in interleaved(combos, args.rounds):
-        spec = {"engine": engine, "method": method, "preset": args.preset, "seed": args.seed,
-                "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
-        res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout, launcher=launcher)
-        logger.info("round %d/%d %-5s %-5s median step %.1f ms, all-gathers/step %.0f", rnd + 1, args.rounds, engine,
-                    method, summarize(res["step_times_s"])["median"] * 1e3, _gathers(res, "collectives"))
-        runs[f"{engine}/{method}"].append(res)
+    runs = multirank.run_rounds(
+        __file__,
+        [(e, m) for e in engines for m in methods],
+        args,
+        spec=lambda engine, method: {"engine": engine, "method": method},
+        describe=lambda engine, method, res: (
+            f"{engine:<5} {method:<5} median step {summarize(res['step_times_s'])['median'] * 1e3:.1f} ms, "
+            f"all-gathers/step {_gathers(res, 'collectives'):.0f}"
+        ),
+        log=logger,
+    )
     summary = {}
     for key, rs in runs.items():
-        st = summarize([summarize(r["step_times_s"])["median"] for r in rs])
         last = rs[-1]
         summary[key] = {
-            "step_s_median": st["median"], "step_s_rounds_min": st["min"], "step_s_rounds_max": st["max"],
+            **multirank.step_time_summary(rs),
             "peak_rss_bytes": max(r["peak_rss_bytes"] for r in rs), "held_param_bytes": last["held_param_bytes"],
             "all_gathers_per_step": _gathers(last, "collectives"), "gathered_numel_per_step": _gathers(last, "numel"),
             "gathers_by_phase": last["gathers_per_step"][-1] if last["gathers_per_step"] else {},
         }
-    report = {
-        "benchmark": "fsdp",
-        "command": command_line("bench_fsdp.py", argv),
-        "config": run_config(args),
-        "preset": {**preset.__dict__},
-        "methods": methods,
-        "engines": engines,
-        "environment": env,
-        "threads_per_rank": next(iter(runs.values()))[0]["threads_per_rank"],
-        "load_avg_end": load_average(),
-        "summary": summary,
-        "runs": runs,
-    }
+    axes = {"methods": methods, "engines": engines}
+    report = multirank.build_report("fsdp", argv, args, preset, axes, env, summary, runs)
     write_outputs(args.output_dir, result_stem("fsdp", args.preset, tag=args.tag), report, render_markdown(report))
     return report
 

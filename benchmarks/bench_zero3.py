@@ -46,21 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import apply_method, build_llama, get_preset, random_batch  # noqa: E402
 from common import (  # noqa: E402
     REPO_ROOT,
-    RESULTS_DIR,
     atomic_write_json,
-    command_line,
     environment,
-    format_env,
-    interleaved,
-    load_average,
     markdown_table,
     result_stem,
-    run_config,
-    run_worker,
     setup_logging,
     summarize,
     write_outputs,
 )
+import multirank  # noqa: E402
 
 
 logger = logging.getLogger("neat_hf.benchmarks.zero3")
@@ -152,8 +146,6 @@ class GatherCounter:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     """One method × setting on every rank of a 2-process gloo group (runs under torch.distributed.run)."""
-    import time
-
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -175,33 +167,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
         registered = register_zero3_parameters(engine.module)
     counter = GatherCounter(engine.module)
     input_ids = random_batch(preset, "cpu", spec["seed"] + rank)  # each rank its own data, as in data parallel
-    times, cpu_times, per_step = [], [], []
-    for i in range(spec["warmup"] + spec["steps"]):
-        counter.reset()
-        dist.barrier()
-        t0, c0 = time.perf_counter(), time.process_time()
-        counter.phase = "forward"
-        loss = engine(input_ids=input_ids, labels=input_ids).loss
-        counter.phase = "backward"
-        engine.backward(loss)
-        counter.phase = "step"
-        engine.step()
-        counter.phase = "idle"
-        cpu = time.process_time() - c0
-        dist.barrier()
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(cpu)
-            per_step.append(counter.snapshot())
-    result = {
-        "method": spec["method"], "setting": spec["setting"], "world_size": world, "step_times_s": times,
-        "step_cpu_times_s": cpu_times,  # rank 0's CPU time (compute + gather work, not waiting)
-        "gathers_per_step": per_step, "n_target_layers": n_targets, "registered_external": registered,
+    steps = multirank.timed_steps(
+        spec, counter, lambda: engine(input_ids=input_ids, labels=input_ids).loss, engine.backward, engine.step
+    )
+    return multirank.rank0_result({
+        "method": spec["method"], "setting": spec["setting"], "world_size": world,
+        "step_times_s": steps["step_times_s"],
+        "step_cpu_times_s": steps["step_cpu_times_s"],  # rank 0's CPU time (compute + gather work, not waiting)
+        "gathers_per_step": steps["gathers_per_step"], "n_target_layers": n_targets, "registered_external": registered,
         "zero_config": config["zero_optimization"], "threads_per_rank": torch.get_num_threads(),
-        "loss": float(loss.detach()),
-    }
-    dist.barrier()
-    return result if rank == 0 else None
+        "loss": steps["loss"],
+    })
 
 
 def per_layer(result: dict[str, Any], phase: str, kind: str = "W0") -> float:
@@ -261,47 +237,24 @@ def render_markdown(report: dict[str, Any]) -> str:
          "rank-0 CPU time / step",
          "W0 gathers / layer / forward", "W0 gathers / layer / backward", "all gathers / step"], rows)
     extra = "\n".join(f"- {line}" for line in report["extra_cost"])
-    cfg, p = report["config"], report["preset"]
     return (
-        f"### ZeRO-3 — preset `{cfg['preset']}`, 2 CPU ranks (gloo), fp32\n\n"
-        f"hidden {p['hidden_size']}, {p['num_hidden_layers']} layers, seq {p['seq_len']} × batch {p['batch_size']} per "
-        f"rank, r={p['r']}; {cfg['rounds']} round(s) × {cfg['steps']} steps after {cfg['warmup']} warm-up, "
-        f"{report['threads_per_rank']} thread(s) per rank.\n\n{table}\n{extra}\n\n"
-        f"Command: `{report['command']}`\n\nEnvironment: {format_env(report['environment'])}; load average at end "
-        f"{report['load_avg_end']}.\n"
+        f"### ZeRO-3 — preset `{report['config']['preset']}`, 2 CPU ranks (gloo), fp32\n\n"
+        f"{multirank.run_description(report)}\n\n{table}\n{extra}\n\n{multirank.provenance(report)}"
     )
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"subset of {','.join(SETTINGS)}")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--nproc", type=int, default=2, help="ranks (processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = multirank.make_parser(__doc__, METHODS, "settings", SETTINGS)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--tag", default="")
-    parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--render", type=Path, default=None, help="rewrite the .md of an existing result JSON")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = make_parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.worker is not None:
-        result = measure(json.loads(args.worker))
-        if result is not None:
-            atomic_write_json(args.result_file, result)
+    if multirank.run_worker_if_asked(args, measure):
         return None
     if args.render is not None:
         report = json.loads(args.render.read_text(encoding="utf-8"))
@@ -309,32 +262,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         atomic_write_json(args.render, report)
         atomic_write_text(args.render.with_suffix(".md"), render_markdown(report))
         return report
-    methods = [m for m in args.methods.split(",") if m]
-    settings = [s for s in args.settings.split(",") if s]
-    if not set(methods) <= set(METHODS) or not set(settings) <= set(SETTINGS) or not methods or not settings:
-        raise SystemExit(f"--methods must be a subset of {METHODS} and --settings of {SETTINGS}.")
+    methods, settings = multirank.grid(args, METHODS, "settings", SETTINGS)
     overrides = {k: getattr(args, k) for k in ("seq_len", "batch_size") if getattr(args, k)}
     preset = get_preset(args.preset, **overrides)
     env = environment("cpu")
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc)]
-    combos = [(m, s) for s in settings for m in methods]
-    runs: dict[str, list[dict[str, Any]]] = {f"{m}/{s}": [] for m, s in combos}
-    for rnd, (method, setting) in interleaved(combos, args.rounds):
-        spec = {"method": method, "setting": setting, "preset": args.preset, "overrides": overrides,
-                "seed": args.seed, "warmup": args.warmup, "steps": args.steps, "threads": args.threads}
-        res = run_worker(Path(__file__).resolve(), spec, timeout=args.timeout, launcher=launcher)
-        logger.info("round %d/%d %-5s %-8s median step %.1f ms, W0 gathers/layer fwd %.2f bwd %.2f", rnd + 1,
-                    args.rounds, method, setting, summarize(res["step_times_s"])["median"] * 1e3,
-                    per_layer(res, "forward"), per_layer(res, "backward"))
-        runs[f"{method}/{setting}"].append(res)
+    runs = multirank.run_rounds(
+        __file__,
+        [(m, s) for s in settings for m in methods],
+        args,
+        spec=lambda method, setting: {"method": method, "setting": setting, "overrides": overrides},
+        describe=lambda method, setting, res: (
+            f"{method:<5} {setting:<8} median step {summarize(res['step_times_s'])['median'] * 1e3:.1f} ms, "
+            f"W0 gathers/layer fwd {per_layer(res, 'forward'):.2f} bwd {per_layer(res, 'backward'):.2f}"
+        ),
+        log=logger,
+    )
 
     summary = {}
     for key, rs in runs.items():
-        medians = [summarize(r["step_times_s"])["median"] for r in rs]
-        st = summarize(medians)
         last = rs[-1]
         summary[key] = {
-            "step_s_median": st["median"], "step_s_rounds_min": st["min"], "step_s_rounds_max": st["max"],
+            **multirank.step_time_summary(rs),
             "step_cpu_s_median": summarize([summarize(r["step_cpu_times_s"])["median"] for r in rs])["median"],
             "w0_gathers_per_layer": {ph: per_layer(last, ph) for ph in PHASES},
             "adapter_gathers_per_step": {ph: sum(s.get(ph, {}).get("adapter", 0) for s in last["gathers_per_step"])
@@ -344,21 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             / max(1, len(last["gathers_per_step"])),
             "n_target_layers": last["n_target_layers"],
         }
-    extra = extra_cost_lines(summary, settings)
-    report = {
-        "benchmark": "zero3",
-        "command": command_line("bench_zero3.py", argv),
-        "config": run_config(args),
-        "preset": {**preset.__dict__},
-        "methods": methods,
-        "settings": settings,
-        "environment": env,
-        "threads_per_rank": next(iter(runs.values()))[0]["threads_per_rank"],
-        "load_avg_end": load_average(),
-        "summary": summary,
-        "extra_cost": extra,
-        "runs": runs,
-    }
+    axes = {"methods": methods, "settings": settings}
+    report = multirank.build_report("zero3", argv, args, preset, axes, env, summary, runs,
+                                    extra_cost=extra_cost_lines(summary, settings))
     stem = result_stem("zero3", args.preset, tag=args.tag)
     write_outputs(args.output_dir, stem, report, render_markdown(report))
     return report

@@ -29,6 +29,9 @@ from .push import push_folder
 
 logger = logging.getLogger("neat_hf.hub")
 
+#: `--dtype` of `merge` and `export-lora`: "auto" keeps the checkpoint's dtype.
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -65,21 +68,18 @@ def make_parser() -> argparse.ArgumentParser:
     card.add_argument("--drop-eval-results", action="store_true", help="Forget the evaluation results of the old card.")
     _card_options(card)
 
-    merge = sub.add_parser("merge", help="Merge an adapter into its base model and save (or push) the full model.")
-    merge.add_argument("base", help="Base model folder or Hub id.")
-    merge.add_argument("adapter", help="Adapter folder or Hub repo id.")
+    model_output = [_adapter_on_base_options(), _push_output_options()]
+    merge = sub.add_parser(
+        "merge", parents=model_output, help="Merge an adapter into its base model and save (or push) the full model."
+    )
     merge.add_argument("out_dir", help="Output folder (must not exist or be empty, unless --overwrite).")
-    merge.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the merged model to this repo.")
-    merge.add_argument("--private", action="store_true", help="Create the pushed repo as private.")
-    merge.add_argument("--adapter-revision", help="Hub revision of the adapter.")
     merge.add_argument("--base-revision", help="Hub revision of the base model.")
     merge.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=DTYPES,
         help="dtype to load and save the base in (default: the checkpoint's).",
     )
-    merge.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
     merge.add_argument("--overwrite", action="store_true", help="Replace a non-empty OUT_DIR.")
     quantized = merge.add_argument_group(
         "quantized base", "Load the base as the adapter was trained on it (bitsandbytes, neat-hf[bnb]); the merged model "
@@ -88,30 +88,52 @@ def make_parser() -> argparse.ArgumentParser:
     quantized.add_argument("--load-in-4bit", action="store_true", help="Load the base in 4 bit.")
     quantized.add_argument("--load-in-8bit", action="store_true", help="Load the base in 8 bit (LLM.int8).")
     quantized.add_argument("--bnb-4bit-quant-type", choices=["nf4", "fp4"], help="4-bit data type (default: bitsandbytes').")
-    quantized.add_argument(
-        "--bnb-4bit-compute-dtype", choices=["float32", "bfloat16", "float16"], help="Compute dtype of the 4-bit layers."
-    )
+    quantized.add_argument("--bnb-4bit-compute-dtype", choices=DTYPES[1:], help="Compute dtype of the 4-bit layers.")
     quantized.add_argument("--bnb-4bit-use-double-quant", action="store_true", help="Double quantization.")
 
-    export = sub.add_parser("export-lora", help="Write a NEAT adapter as an exact LoRA adapter (for vLLM, SGLang, TGI).")
-    export.add_argument("base", help="Base model folder or Hub id: the base the LoRA will be served on.")
-    export.add_argument("adapter", help="NEAT adapter folder or Hub repo id.")
+    export = sub.add_parser(
+        "export-lora",
+        parents=model_output,
+        help="Write a NEAT adapter as an exact LoRA adapter (for vLLM, SGLang, TGI) for the base it will be served on.",
+    )
     export.add_argument("out_dir", help="LoRA adapter folder to write (new, empty, or an earlier export).")
+    export.add_argument("--revision", help="Hub revision of BASE the export is exact for.")
     export.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=DTYPES,
         help="dtype the base is served in (default: its stored dtype); the export is exact for that dtype.",
     )
-    export.add_argument("--revision", help="Hub revision of BASE the export is exact for.")
-    export.add_argument("--adapter-revision", help="Hub revision of the NEAT adapter.")
-    export.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
     export.add_argument(
         "--server", choices=["vllm", "sglang"], help="Fail (instead of warning) if this server would refuse the export."
     )
-    export.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push the exported LoRA to this repo.")
-    export.add_argument("--private", action="store_true", help="Create the pushed repo as private.")
     return parser
+
+
+def _adapter_on_base_options() -> argparse.ArgumentParser:
+    """The arguments of `merge` and `export-lora` that name a NEAT adapter and the base it applies to (the commands
+    add OUT_DIR after them)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("base", help="Base model folder or Hub id.")
+    parent.add_argument("adapter", help="NEAT adapter folder or Hub repo id.")
+    parent.add_argument("--adapter-revision", help="Hub revision of the adapter.")
+    parent.add_argument("--auto-class", help="transformers class for the base (default: from the adapter's task_type).")
+    return parent
+
+
+def _push_output_options() -> argparse.ArgumentParser:
+    """`--push-to-hub` / `--private` of the commands that write a model folder (see `_push_output`)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--push-to-hub", metavar="REPO_ID", help="Also push OUT_DIR to this repo.")
+    parent.add_argument("--private", action="store_true", help="Create the pushed repo as private.")
+    return parent
+
+
+def _push_output(args: argparse.Namespace, out: str, commit_message: str) -> None:
+    """Push the folder `merge` / `export-lora` wrote, when `--push-to-hub` asks for it, and print the commit URL."""
+    if args.push_to_hub:
+        info = push_folder(out, args.push_to_hub, private=True if args.private else None, commit_message=commit_message)
+        print(info.commit_url)
 
 
 def _card_options(parser: argparse.ArgumentParser) -> None:
@@ -172,14 +194,7 @@ def _run(args: argparse.Namespace) -> int:
             },
         )
         print(out)
-        if args.push_to_hub:
-            info = push_folder(
-                out,
-                args.push_to_hub,
-                private=True if args.private else None,
-                commit_message="Upload model merged with a NEAT adapter",
-            )
-            print(info.commit_url)
+        _push_output(args, out, "Upload model merged with a NEAT adapter")
         return 0
     if args.command == "export-lora":
         out = export_lora(
@@ -194,14 +209,7 @@ def _run(args: argparse.Namespace) -> int:
             repo_id=args.push_to_hub,
         )
         print(out)
-        if args.push_to_hub:
-            info = push_folder(
-                out,
-                args.push_to_hub,
-                private=True if args.private else None,
-                commit_message="Upload LoRA exported from a NEAT adapter",
-            )
-            print(info.commit_url)
+        _push_output(args, out, "Upload LoRA exported from a NEAT adapter")
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
 

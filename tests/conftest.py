@@ -1,15 +1,21 @@
 """Shared fixtures: tiny models built from configs (no downloads), seeded, in fp32.
 
 Every factory returns a fresh model with identical weights for the same seed, so a test can build a reference copy
-for stock PEFT next to the one it adapts with neat-hf.
+for stock PEFT next to the one it adapts with neat-hf. The multi-process tests (tests/test_deepspeed.py,
+tests/test_fsdp.py) share a tiny LLaMA saved to disk (`base_model`) and its single-process training run
+(`single_process`).
 """
 
 from __future__ import annotations
 
 import os
 
+import ds_driver
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -81,6 +87,19 @@ MODEL_FACTORIES = {
 }
 
 
+def lm_dataset(n: int = 16, length: int = 10, seed: int = 0, extra_column: bool = False):
+    """`n` random token sequences of `length` (labels = inputs) for the tiny models' 128-token vocabulary; with
+    `extra_column`, a text column the model does not take."""
+    from datasets import Dataset
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 128, (n, length), generator=generator).tolist()
+    data = {"input_ids": ids, "labels": ids}
+    if extra_column:
+        data["text"] = [f"row {i}" for i in range(n)]
+    return Dataset.from_dict(data)
+
+
 def model_inputs(kind: str, seed: int = 1) -> dict[str, torch.Tensor]:
     """A small deterministic batch for a model kind."""
     generator = torch.Generator().manual_seed(seed)
@@ -98,3 +117,25 @@ def model_output(model, inputs) -> torch.Tensor:
 @pytest.fixture
 def llama():
     return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory) -> str:
+    """A tiny LLaMA saved to disk, for the launched drivers to load."""
+    folder = tmp_path_factory.mktemp("base")
+    tiny_llama().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def single_process(base_model, tmp_path_factory) -> str:
+    """The reference of the multi-process runs: tests/ds_driver.py's training without DeepSpeed or FSDP, global batch
+    8 on one process (in this process)."""
+    out = str(tmp_path_factory.mktemp("single"))
+    ds_driver.run(ds_driver.parse_args(
+        ["--base_model", base_model, "--output_dir", out, "--per_device_train_batch_size", "8", "--merge_check"]
+    ))
+    trained = load_file(os.path.join(out, ADAPTER_WEIGHTS_NAME))
+    # B starts at zero: training moved it far beyond the comparison tolerance.
+    assert max(t.abs().max().item() for k, t in trained.items() if "peanut_B" in k) > 1e-2
+    return out

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 from fault_injection import install_from_env
+from multiprocess_helpers import TrainingStepCounter
 
 SEQ_LEN = 12
 NUM_SEQUENCES = 8
@@ -115,7 +116,7 @@ def run(ns: argparse.Namespace) -> dict[str, Any]:
     counter = GatherCounter(trainer.model) if ns.count_gathers else None
     if counter is not None:
         counter.install()
-        counter.attach(trainer)
+        counter.count_training_steps(trainer)
     trainer.train(resume_from_checkpoint=ns.resume_from_checkpoint)
     if counter is not None:
         counter.uninstall()
@@ -173,7 +174,7 @@ def _merged_weights(trainer, path: str) -> str:
     return "ok"
 
 
-class GatherCounter:
+class GatherCounter(TrainingStepCounter):
     """Counts, per NEAT-layer weight, how often ZeRO-3 gathers it in forward and in backward (first and last step).
 
     Hooks DeepSpeed internals (0.19): the coordinator's gather of a module's parameters (`fetch_sub_module`), and
@@ -182,13 +183,12 @@ class GatherCounter:
     """
 
     def __init__(self, model) -> None:
+        super().__init__()
         self.model = model
         self.counts: dict[tuple[str, str], int] = {}
         self.names: dict[int, str] = {}
         self.steps = 0
-        self._restore: list[tuple[Any, str, Any]] = []
         self.supported = True
-        self.active = False
         self.per_step: list[dict[tuple[str, str], int]] = []
 
     def install(self) -> None:
@@ -222,28 +222,13 @@ class GatherCounter:
         Init._all_gather = direct_gather
         self._restore = [(cls, coordinator_attr, original_coordinator), (Init, "_all_gather", original_direct)]
 
-    def attach(self, trainer) -> None:
-        """Count inside `trainer.training_step` (forward + backward) only, and keep the counts of the last step: the
-        first step also records DeepSpeed's module trace, and the optimizer step re-gathers the small persistent
-        weights (not a NEAT access)."""
-        counter = self
-        training_step = trainer.training_step
-
-        def counted_training_step(*args, **kwargs):
-            counter.counts = {}
-            counter.per_step.append(counter.counts)
-            counter.steps += 1
-            counter.active = True
-            try:
-                return training_step(*args, **kwargs)
-            finally:
-                counter.active = False
-
-        trainer.training_step = counted_training_step
-
-    def uninstall(self) -> None:
-        for owner, attr, original in self._restore:
-            setattr(owner, attr, original)
+    def start_step(self) -> None:
+        """Counted inside `trainer.training_step` (forward + backward) only, each step apart: the first step also
+        records DeepSpeed's module trace, and the optimizer step re-gathers the small persistent weights (not a NEAT
+        access)."""
+        self.counts = {}
+        self.per_step.append(self.counts)
+        self.steps += 1
 
     def _record(self, param, phase: str) -> None:
         if not self.active:

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import torch
 from ds_driver import _neat_layers, _shutdown_distributed, build_args, fixed_dataset, neat_config
+from multiprocess_helpers import TrainingStepCounter
 
 
 #: The prompt `--merge_check` runs `generate` on (token ids of the tiny LLaMA's 128-token vocabulary).
@@ -148,7 +149,7 @@ def _merged_weights(trainer, path: str) -> dict[str, Any]:
     return {"unmerge_restores_exactly": restored, "w0_is_dtensor": type(layers[0][1].base_layer.weight).__name__}
 
 
-class GatherCounter:
+class GatherCounter(TrainingStepCounter):
     """Counts the all-gathers of the last micro-batch (`training_step`): per FSDP unit and phase (forward / backward),
     from FSDP2's param-group unshard, next to every all-gather collective the process issues (c10d and functional), so
     a NEAT layer gathering W0 or an adapter weight on its own would show up as a surplus; and the gradient
@@ -159,12 +160,11 @@ class GatherCounter:
         from torch.distributed.fsdp._fully_shard import _fsdp_param_group as param_group
         from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
 
+        super().__init__()
         self.units: dict[str, dict[str, int]] = {}
         self.params: dict[str, dict[str, int]] = {}
         self.collectives = 0
-        self.active = False
         self.reduce_scatters: list[int] = []  # gradient reduce-scatters of every micro-batch of the run
-        self._restore: list[tuple[Any, str, Any]] = []
         counter = self
         original_gather = param_group.foreach_all_gather
         original_unshard = param_group.FSDPParamGroup.unshard
@@ -208,22 +208,12 @@ class GatherCounter:
             setattr(owner, name, counted)
             self._restore.append((owner, name, original))
 
-        training_step = trainer.training_step
+        self.count_training_steps(trainer)
 
-        def counted_training_step(*args, **kwargs):
-            # Forward + backward of one micro-batch; keep the last step's counts.
-            counter.units, counter.params, counter.collectives, counter.active = {}, {}, 0, True
-            counter.reduce_scatters.append(0)
-            try:
-                return training_step(*args, **kwargs)
-            finally:
-                counter.active = False
-
-        trainer.training_step = counted_training_step
-
-    def uninstall(self) -> None:
-        for owner, name, original in self._restore:
-            setattr(owner, name, original)
+    def start_step(self) -> None:
+        """Forward + backward of one micro-batch: keep the last step's gathers, every step's reduce-scatters."""
+        self.units, self.params, self.collectives = {}, {}, 0
+        self.reduce_scatters.append(0)
 
     def summary(self) -> dict[str, Any]:
         neat = {k: v for k, v in self.params.items() if k.endswith("base_layer.weight") or ".peanut_" in k}

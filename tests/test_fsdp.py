@@ -129,27 +129,6 @@ def _accelerate(driver_args: list[str], **kwargs) -> None:
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base")
-    tiny_llama().save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def single_process(base_model, tmp_path_factory):
-    """The reference: the same training without any sharding, global batch 8 on one process."""
-    import ds_driver
-
-    out = str(tmp_path_factory.mktemp("single"))
-    ds_driver.run(ds_driver.parse_args(
-        ["--base_model", base_model, "--output_dir", out, "--per_device_train_batch_size", "8", "--merge_check"]
-    ))
-    trained = load_file(os.path.join(out, ADAPTER_WEIGHTS_NAME))
-    assert max(t.abs().max().item() for k, t in trained.items() if "peanut_B" in k) > 1e-2  # far from B's zero init
-    return out
-
-
-@pytest.fixture(scope="module")
 def fsdp_run(base_model, tmp_path_factory):
     """FSDP2 through the training arguments, 2 gloo ranks, gradient accumulation, checkpoints every 2 steps, gathers
     counted, merge checked."""

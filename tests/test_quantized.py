@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import lm_dataset, tiny_llama
 from test_layer import _ALIASING_OPS, dense_reference
 from torch import nn
 
@@ -379,13 +379,6 @@ def test_prepare_model_for_kbit_training_matches_peft(llama_dir):
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _lm_dataset(n: int = 32):
-    from datasets import Dataset
-
-    rows = torch.randint(0, 128, (n, 10), generator=torch.Generator().manual_seed(0)).tolist()
-    return Dataset.from_dict({"input_ids": rows, "labels": rows})
-
-
 @pytest.mark.slow
 def test_neat_trainer_learns_on_a_4bit_base(llama_dir, tmp_path):
     from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
@@ -401,7 +394,7 @@ def test_neat_trainer_learns_on_a_4bit_base(llama_dir, tmp_path):
         use_cpu=True,
         save_strategy="no",
     )
-    trainer = NeatTrainer(model=model, args=args, train_dataset=_lm_dataset(), neat_config=NeatConfig(r=8))
+    trainer = NeatTrainer(model=model, args=args, train_dataset=lm_dataset(32), neat_config=NeatConfig(r=8))
     base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]

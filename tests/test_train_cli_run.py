@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from multiprocess_helpers import free_port, launch_env, remove_deepspeed_shm
 from train_cli_helpers import (
     COMMONSENSE_ROWS,
     METAMATHQA_ROWS,
@@ -34,12 +34,6 @@ from neat_hf.trainers.train import cli, main, parse_args, prepare, run
 SHRINK = ["--torch_dtype", "float32", "--bf16", "false", "--max_steps", "2", "--per_device_train_batch_size", "2",
           "--gradient_accumulation_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
           "--dataloader_num_workers", "0", "--warmup_steps", "0", "--logging_steps", "1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _safetensors_keys(folder) -> list[str]:
@@ -294,13 +288,17 @@ def test_torchrun_two_processes_on_cpu(tmp_path, stage):
     if stage:
         pytest.importorskip("deepspeed")
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = launch_env(HF_HUB_OFFLINE="1")
+    port = free_port()
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
         "-m", "neat_hf.trainers.train", "--max_steps", "3", "--output_dir", str(out),
         "--max_train_samples", "64", "--max_eval_samples", "32", *(["--deepspeed", stage] if stage else []),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    finally:
+        remove_deepspeed_shm(port)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Adapter saved to" in done.stdout
     assert done.stdout.count("Adapter saved to") == 1  # only rank 0 prints the summary

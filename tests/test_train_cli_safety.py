@@ -22,14 +22,8 @@ from neat_hf.errors import NeatError
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
 from neat_hf.trainers.train import cli
 
-import torch
-from conftest import tiny_llama
-from datasets import Dataset
+from conftest import lm_dataset, tiny_llama
 from train_cli_helpers import COMMONSENSE_ROWS, save_tiny_llama, write_jsonl
-
-def lm_dataset(n: int = 8) -> Dataset:
-    ids = torch.randint(0, 128, (n, 10), generator=torch.Generator().manual_seed(0)).tolist()
-    return Dataset.from_dict({"input_ids": ids, "labels": ids})
 
 
 SHRINK = ["--max_train_samples", "64", "--max_eval_samples", "16", "--logging_steps", "1"]
@@ -77,16 +71,16 @@ def test_neat_trainer_refuses_to_train_over_earlier_work(tmp_path):
     args = NeatTrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to="none", save_strategy="no")
     get_neat_model(tiny_llama(), NeatConfig(r=4)).save_pretrained(tmp_path)
     weights = (tmp_path / ADAPTER_WEIGHTS_NAME).read_bytes()
-    trainer = NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4), train_dataset=lm_dataset())
+    trainer = NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4), train_dataset=lm_dataset(8))
     with pytest.raises(NeatError, match="already holds trained work.*overwrite_output_dir"):
         trainer.train()
     assert (tmp_path / ADAPTER_WEIGHTS_NAME).read_bytes() == weights
     # overwrite_output_dir allows it; a trainer whose folder was empty may train (and save) repeatedly.
     args = NeatTrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to="none", save_strategy="no",
                                  overwrite_output_dir=True)
-    NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4), train_dataset=lm_dataset()).train()
+    NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4), train_dataset=lm_dataset(8)).train()
     fresh = NeatTrainingArguments(str(tmp_path / "fresh"), max_steps=1, use_cpu=True, report_to="none")
-    trainer = NeatTrainer(tiny_llama(), fresh, neat_config=NeatConfig(r=4), train_dataset=lm_dataset())
+    trainer = NeatTrainer(tiny_llama(), fresh, neat_config=NeatConfig(r=4), train_dataset=lm_dataset(8))
     trainer.train()
     trainer.train()
 

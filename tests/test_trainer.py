@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama, tiny_vit_classifier
+from conftest import lm_dataset, model_inputs, model_output, tiny_bert_classifier, tiny_llama, tiny_vit_classifier
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
@@ -30,15 +30,6 @@ BASE_FILES = {"model.safetensors", "pytorch_model.bin", "config.json", "training
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def lm_dataset(n: int = 16, length: int = 10, seed: int = 0, extra_column: bool = False) -> Dataset:
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 128, (n, length), generator=generator).tolist()
-    data = {"input_ids": ids, "labels": ids}
-    if extra_column:
-        data["text"] = [f"row {i}" for i in range(n)]
-    return Dataset.from_dict(data)
-
-
 def cls_dataset(n: int = 16, seed: int = 0) -> Dataset:
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 128, (n, 8), generator=generator).tolist()
