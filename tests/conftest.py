@@ -8,6 +8,7 @@ tests/test_fsdp.py) share a tiny LLaMA saved to disk (`base_model`) and its sing
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ds_driver
@@ -18,6 +19,16 @@ from safetensors.torch import load_file
 from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _restore_neat_hf_log_level():
+    """`neat-train`'s `cli()` sets the `neat_hf` logger to INFO for its progress lines; in-process CLI tests must not
+    change what later tests' caplog sees."""
+    package_logger = logging.getLogger("neat_hf")
+    level = package_logger.level
+    yield
+    package_logger.setLevel(level)
 
 
 def tiny_llama(seed: int = 0, **overrides):
