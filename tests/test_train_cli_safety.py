@@ -135,7 +135,10 @@ def test_user_data_with_the_builtin_model_is_refused(tmp_path, capsys, no_loadin
     get_neat_model(tiny_llama(), NeatConfig(r=4, base_model_name_or_path="builtin:tiny-llama")).save_pretrained(tmp_path / "o")
     assert cli(["--train_file", train, "--output_dir", str(tmp_path / "o")]) == 2
     line = _one_error_line(capsys)
-    assert "mydata.jsonl" in line and "builtin:tiny-llama" in line and "--model_name_or_path" in line
+    assert f"--train_file {train!r}" in line and "builtin:tiny-llama" in line and "--model_name_or_path" in line
+    assert cli(["--dataset_name", "someone/their-data", "--output_dir", str(tmp_path / "p")]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("neat-train: error: --dataset_name 'someone/their-data' without --model_name_or_path"), line
 
 
 @pytest.mark.parametrize("name", ["./no-such-model", "models/llama/7b", "~/no-such-model-14"])

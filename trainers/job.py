@@ -169,10 +169,15 @@ def _check_before_loading(
             raise TrainingArgumentError(f"Unknown built-in model {name!r}. Built-in models: {list(default_job.BUILTIN_MODELS)}.")
         if model_args.task != "causal-lm":
             raise TrainingArgumentError(f"{name} is a causal LM; it cannot be used with --task {model_args.task}.")
-        user_data = data_args.train_file or (data_args.dataset_name and not default_job.is_builtin(data_args.dataset_name))
+        if data_args.train_file:
+            user_data = f"--train_file {data_args.train_file!r}"
+        elif data_args.dataset_name and not default_job.is_builtin(data_args.dataset_name):
+            user_data = f"--dataset_name {data_args.dataset_name!r}"
+        else:
+            user_data = None
         if user_data:
             raise TrainingArgumentError(
-                f"{user_data!r} without --model_name_or_path would train the built-in toy model {name} (its word-level "
+                f"{user_data} without --model_name_or_path would train the built-in toy model {name} (its word-level "
                 "tokenizer only knows the words of builtin:number-words). Pass --model_name_or_path with a Hub id or a "
                 "model folder for your data."
             )
