@@ -37,7 +37,7 @@ from .errors import AdapterLoadError, NeatError
 from .io import atomic_write_text, count_adapter_parameters, is_hub_id
 from .quantization import quantization_settings
 from .task_types import model_class_for, pipeline_tag_for
-from .training_info import current_training_info, describes_other_weights, sanitize_training_info, save_training_info
+from .training_info import describes_other_weights, load_training_info, sanitize_training_info, save_training_info
 
 if TYPE_CHECKING:
     from .config import NeatConfig
@@ -276,8 +276,9 @@ def write_model_card(
         config = read_adapter_config(config_path)  # validates every field
     num_adapter = count_adapter_parameters(weights_path)
 
-    same_weights = not describes_other_weights(directory)
-    info = with_neat_only_settings(current_training_info(directory), config.neat_only_settings())
+    same_weights = not describes_other_weights(directory)  # else the record and card results are another save's
+    stored = (load_training_info(directory) or {}) if same_weights else {}
+    info = with_neat_only_settings(stored, config.neat_only_settings())
     if training_info:
         info.update(sanitize_training_info(training_info))
     if model is not None:
