@@ -21,7 +21,7 @@ from typing import Any
 from .activations import available_activations, is_peft_compatible_activation
 from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import atomic_write_text, resolve_adapter_file
+from .io import atomic_write_text, read_json_file, resolve_adapter_file
 from .training_info import current_training_info, load_training_info, save_training_info
 
 logger = logging.getLogger(__name__)
@@ -259,17 +259,7 @@ def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
     Raises:
         AdapterLoadError: the file is not UTF-8 JSON, or a field is invalid (named).
     """
-    size = os.path.getsize(path)
-    if size > MAX_CONFIG_BYTES:
-        raise AdapterLoadError(
-            f"{os.fspath(path)!r} is {size:,d} bytes; an adapter_config.json is about 1 KB and at most "
-            f"{MAX_CONFIG_BYTES:,d} bytes are read. This is not an adapter config."
-        )
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
+    data = read_json_file(path, max_bytes=MAX_CONFIG_BYTES, what="an adapter config (about 1 KB)")
     if isinstance(data, dict):
         data = {**_stored_neat_only_settings(os.path.dirname(os.fspath(path))), **data}
     return NeatConfig.from_dict(data, source=os.fspath(path))

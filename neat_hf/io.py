@@ -15,6 +15,8 @@ import os
 import re
 import tempfile
 
+from typing import Any
+
 import torch
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError, safe_open
@@ -192,14 +194,29 @@ def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
     """The `WEIGHTS_STAMP_KEY` recorded in a `training_info.json` (None when the file, or the key, is missing or the
     file is unreadable: `neat_hf.training_info` reports unreadable files where it reads them)."""
     try:
-        if os.path.getsize(training_info_path) > MAX_TRAINING_INFO_BYTES:
-            return None
-        with open(training_info_path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        data = read_json_file(training_info_path, max_bytes=MAX_TRAINING_INFO_BYTES, what="a training record")
+    except (OSError, AdapterLoadError):
         return None
     stamp = data.get(WEIGHTS_STAMP_KEY) if isinstance(data, dict) else None
     return stamp if isinstance(stamp, str) else None
+
+
+def read_json_file(path: str | os.PathLike, *, max_bytes: int, what: str) -> Any:
+    """Parse a small JSON file of an adapter folder (`adapter_config.json`, `training_info.json`): its size is checked
+    before it is read, it must be UTF-8, and nesting too deep for the parser is an error like any other.
+
+    Raises:
+        AdapterLoadError: the file is larger than `max_bytes` ("this is not `what`"), not UTF-8, or not JSON.
+        OSError: the file cannot be opened.
+    """
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is {size:,d} bytes; at most {max_bytes:,d} are read. This is not {what}.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
 
 
 def _silent_remove(path: str) -> None:

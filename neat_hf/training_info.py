@@ -29,7 +29,7 @@ from typing import Any
 
 from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import MAX_TRAINING_INFO_BYTES, WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_weights_metadata, recorded_weights_stamp
+from .io import MAX_TRAINING_INFO_BYTES, WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_json_file, read_weights_metadata, recorded_weights_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +104,7 @@ def load_training_info(directory: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(directory) / TRAINING_INFO_NAME
     if not path.is_file():
         return None
-    size = path.stat().st_size
-    if size > MAX_TRAINING_INFO_BYTES:
-        raise AdapterLoadError(
-            f"{os.fspath(path)!r} is {size:,d} bytes; at most {MAX_TRAINING_INFO_BYTES:,d} are read. This is not a "
-            "training record."
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
+    data = read_json_file(path, max_bytes=MAX_TRAINING_INFO_BYTES, what="a training record")
     try:
         return sanitize_training_info(data)
     except NeatError as err:

@@ -29,6 +29,7 @@ from conftest import model_inputs, model_output, tiny_llama
 from fault_injection import kill_at_step
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from testing_common import randomize_adapter
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
@@ -112,6 +113,8 @@ HOSTILE_ADAPTERS = [
     ("int8_weight", lambda f: _edit_weights(f, lambda t: t.to(torch.int8)), AdapterLoadError, ["torch.int8", "refused rather than cast"]),
     ("bool_weight", lambda f: _edit_weights(f, lambda t: t > 0), AdapterLoadError, ["torch.bool"]),
     ("config_from_other_save", lambda f: _edit_config(f, _resign=False, scaling=3.0), AdapterLoadError, ["interrupted"]),
+    # deeper than the JSON parser's recursion limit (was a raw RecursionError)
+    ("config_too_deep", lambda f: (f / ADAPTER_CONFIG_NAME).write_text("[" * 200_000), AdapterLoadError, ["not valid UTF-8 JSON"]),
 ]
 
 
@@ -201,8 +204,8 @@ def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
 @pytest.mark.parametrize(
     "content,fragment",
     [(b'{"note": "' + b"x" * (5 << 20) + b'"}', "at most"), (b'{"dropout": 0.1, "note": "\xff\xfe"}', "UTF-8"),
-     (b"not json", "JSON")],
-    ids=["5MB", "not_utf8", "not_json"],
+     (b"not json", "JSON"), (b"[" * 200_000, "JSON")],
+    ids=["5MB", "not_utf8", "not_json", "too_deep"],
 )
 def test_hostile_training_info_is_ignored_with_a_warning(tmp_path, caplog, content, fragment):
     """training_info.json is neat-hf's own record (stock PEFT ignores it): an oversized, undecodable or non-JSON one
@@ -241,14 +244,15 @@ def test_regex_targets_still_match_like_re(tmp_path):
 # ---------------------------------------------------------------------------------------------- saves killed at each step
 
 
-def _new_adapter() -> NeatModel:
-    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, scaling=2.0))
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param))
+def _random_adapter(seed: int, **config_kwargs) -> NeatModel:
+    model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, **config_kwargs))
+    randomize_adapter(model, seed)
     return model
+
+
+def _new_adapter() -> NeatModel:
+    """An adapter of another config (scaling) and other weights than `_saved_adapter`'s."""
+    return _random_adapter(7, scaling=2.0)
 
 
 def _outputs_of(folder: Path) -> torch.Tensor:
@@ -303,15 +307,6 @@ def test_save_and_card_killed_at_every_step_never_mix_two_saves(tmp_path):
 
     from neat_hf.card import write_model_card
 
-    def trained(seed: int, dropout: float) -> NeatModel:
-        model = get_neat_model(tiny_llama(), NeatConfig(r=2, target_modules=TARGETS, init_weights=False, dropout=dropout))
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for param in model.parameters():
-                if param.requires_grad:
-                    param.add_(torch.randn_like(param))
-        return model
-
     def save_run(model: NeatModel, folder: Path, dataset: str, score: float) -> None:
         model.save_pretrained(folder)
         result = EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=dataset,
@@ -319,7 +314,7 @@ def test_save_and_card_killed_at_every_step_never_mix_two_saves(tmp_path):
         write_model_card(folder, model=model, training_info={"dataset": dataset}, eval_results=[result],
                          keep_eval_results=False)
 
-    old_model, new_model = trained(1, dropout=0.25), trained(2, dropout=0.0)
+    old_model, new_model = _random_adapter(1, dropout=0.25), _random_adapter(2, dropout=0.0)
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
     save_run(old_model, old_dir, "old-run-data", 0.111)
     steps = kill_at_step(lambda: save_run(new_model, new_dir, "new-run-data", 0.999), new_dir, 0)
