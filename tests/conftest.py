@@ -8,6 +8,7 @@ tests/test_fsdp.py) share a tiny LLaMA saved to disk (`base_model`) and its sing
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -29,6 +30,21 @@ def _restore_neat_hf_log_level():
     level = package_logger.level
     yield
     package_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def stock_peft():
+    """Unpatched PEFT inside the block (PEANuT's own dense layer), for the tests that check what stock PEFT does with
+    neat-hf's files; the patch is back afterwards whatever happened."""
+    from neat_hf.peft_patch import apply_neat_to_peft, is_neat_applied, revert_neat_to_peft
+
+    applied = is_neat_applied()
+    revert_neat_to_peft()
+    try:
+        yield
+    finally:
+        if applied:
+            apply_neat_to_peft()
 
 
 def tiny_llama(seed: int = 0, **overrides):
