@@ -6,6 +6,8 @@ A preset fixes the model shape, the batch and the rank; a method decides what is
   pass still runs through every layer (the cost any adapter method pays at minimum).
 - ``lora``: PEFT LoRA, same ``r`` and targets, ``lora_alpha = r``, dropout 0.
 - ``peanut``: PEFT PEANuT (the same function as NEAT, computed with a dense out×in ΔW every step), depth 0, relu.
+- ``peanut_patched``: the same `peft.get_peft_model(model, PeanutConfig(...))` after `neat_hf.apply_neat_to_peft()`,
+  which builds neat-hf's factored layers (it must cost what ``neat`` costs).
 - ``neat``: neat-hf NEAT, depth 0, relu, scaling 1 (factored: ``y = W0 x + (x·relu(W0ᵀAᵀ))·Bᵀ``).
 
 For generation the ``*_merged`` variants merge the adapter into W0 first (``merge_and_unload``); ``neat_lora`` is the
@@ -26,7 +28,13 @@ from typing import Any
 
 from common import LLAMA_TARGETS
 
-from neat_hf import NeatConfig, get_neat_model, prepare_model_for_kbit_training
+from neat_hf import (
+    NeatConfig,
+    apply_neat_to_peft,
+    get_neat_model,
+    prepare_model_for_kbit_training,
+    revert_neat_to_peft,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +68,9 @@ PRESETS: dict[str, Preset] = {
     "7b": Preset(4096, 32, 11008, 32, 32, 32000, 1024, 2, 32, "7B (LLaMA-2-7B dims)", 128, 128, 1),
 }
 
-TRAIN_METHODS = ("floor", "lora", "peanut", "neat")
+#: `peanut` is stock PEFT PEANuT; `peanut_patched` is the same `get_peft_model(model, PeanutConfig(...))` call after
+#: `neat_hf.apply_neat_to_peft()`, which must cost what `neat` costs.
+TRAIN_METHODS = ("floor", "lora", "peanut", "peanut_patched", "neat")
 GENERATE_METHODS = ("base", "lora", "lora_merged", "neat", "neat_merged", "peanut", "neat_lora", "neat_mixed4",
                     "lora_mixed4")
 #: Adapter names of the ``*_mixed4`` variants: one per row of their batch.
@@ -167,9 +177,10 @@ def apply_method(model: Any, method: str, preset: Preset, seed: int, *, init_wei
         cfg = LoraConfig(r=preset.r, lora_alpha=preset.r, lora_dropout=0.0, target_modules=targets, bias="none",
                          init_lora_weights=init_weights)
         out = get_peft_model(model, cfg)
-    elif base_method == "peanut":
+    elif base_method in ("peanut", "peanut_patched"):
         from peft import PeanutConfig, get_peft_model
 
+        (apply_neat_to_peft if base_method == "peanut_patched" else revert_neat_to_peft)()
         cfg = PeanutConfig(r=preset.r, depth=0, act_fn="relu", scaling=1.0, target_modules=targets,
                            init_weights=init_weights)
         out = get_peft_model(model, cfg)

@@ -25,7 +25,8 @@ from peft.utils import PeftType
 from .activations import available_activations, is_peft_compatible_activation
 from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import atomic_write_text, read_json_file, resolve_adapter_file
+from .io import atomic_write_text, fetch_companion_file, read_json_file, resolve_adapter_file
+from .peft_patch import apply_neat_to_peft
 from .training_info import current_training_info, load_training_info, save_training_info
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,6 @@ class NeatConfig(PeanutConfig):
         # Then PEFT's common part (peft_version); not PeanutConfig's own checks, which turn lists into sets and refuse
         # act_fn="sin" (neat-hf computes it; `is_peft_compatible` says stock PEFT cannot).
         PeftConfigMixin.__post_init__(self)
-        from .peft_patch import apply_neat_to_peft
-
         apply_neat_to_peft()
 
     # ------------------------------------------------------------------ validation
@@ -239,8 +238,10 @@ class NeatConfig(PeanutConfig):
         """The exact text `save_pretrained` writes to adapter_config.json."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write adapter_config.json into `save_directory` atomically."""
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write adapter_config.json into `save_directory` atomically (and the neat-only settings into
+        training_info.json). `PeftModel.save_pretrained`'s extra arguments (`auto_mapping_dict`, ...) are accepted and
+        not written: stock PEFT loads the file without them."""
         os.makedirs(save_directory, exist_ok=True)
         store_neat_only_settings(save_directory, self.neat_only_settings())
         atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), self.to_json_string())
@@ -256,14 +257,9 @@ class NeatConfig(PeanutConfig):
         local_files_only: bool | None = None,
     ) -> NeatConfig:
         """Read adapter_config.json from a local folder or a Hub repo (through huggingface_hub's cache)."""
-        path = resolve_adapter_file(
-            path_or_repo_id,
-            ADAPTER_CONFIG_NAME,
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-        )
+        hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+        path = resolve_adapter_file(path_or_repo_id, ADAPTER_CONFIG_NAME, **hub)
+        fetch_companion_file(path_or_repo_id, TRAINING_INFO_NAME, **hub)  # the neat-only settings live there
         return read_adapter_config(path)
 
 

@@ -261,6 +261,17 @@ def resolve_adapter_file(
     return _hub_download(location, filename, revision, subfolder, token, cache_dir, local_files_only)
 
 
+def fetch_companion_file(path_or_repo_id: str | os.PathLike, filename: str, **hub: Any) -> None:
+    """Bring an optional file of a Hub adapter (`training_info.json`) into the cache folder next to its config, so that
+    what is read from a folder is read from the Hub too; a repo without it is fine. Local folders need nothing."""
+    if os.path.isdir(os.fspath(path_or_repo_id)):
+        return
+    try:
+        resolve_adapter_file(path_or_repo_id, filename, **hub)
+    except AdapterLoadError as err:
+        logger.debug("No %s for %s: %s", filename, os.fspath(path_or_repo_id), err)
+
+
 def _hub_download(
     repo_id: str,
     filename: str,

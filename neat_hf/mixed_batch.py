@@ -2,7 +2,8 @@
 
 Follows PEFT's design (`peft/tuners/tuners_utils.py::BaseTuner._enable_peft_forward_hooks` and
 `peft/tuners/lora/layer.py::LoraLayer._mixed_batch_forward`): for the duration of one `forward`/`generate` call,
-forward pre-hooks inject `adapter_names` into every NEAT layer and every `modules_to_save` wrapper; each layer runs
+forward pre-hooks inject `adapter_names` into every NEAT layer and every `modules_to_save` wrapper (PEFT's, which
+picks each row's trained copy itself); each layer runs
 the frozen base once on the whole batch, then adds each adapter's factored output (x·s·Hᵀ)·Bᵀ to its own rows only,
 grouping the rows per adapter (one pair of thin matmuls per adapter present, never a dense ΔW). `"__base__"` marks a
 row that gets no adapter. Like PEFT, it is refused in training mode and while an adapter is merged.
@@ -120,19 +121,3 @@ def neat_mixed_forward(layer: NeatLayer, x: torch.Tensor, adapter_names: Sequenc
         delta = F.linear(F.linear(sub, h_t), layer.peanut_B[name].weight.to(x.dtype)).to(result.dtype)
         result = result.index_add_(0, rows, delta) if in_place else result.index_add(0, rows, delta)
     return result
-
-
-def modules_to_save_mixed_forward(wrapper: nn.Module, adapter_names: Sequence[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """A `modules_to_save` wrapper's forward with one adapter's trained copy per row (PEFT's
-    `AuxiliaryTrainingWrapper._mixed_batch_forward`); rows of `"__base__"` or of an adapter without a copy get the
-    original module."""
-    if x.shape[0] != len(adapter_names):
-        raise NeatError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} rows.")
-    out = None
-    for name, rows in row_groups(adapter_names, x.device).items():
-        module = wrapper.modules_to_save[name] if name in wrapper.modules_to_save and not wrapper.disable_adapters else wrapper.original_module
-        part = module(x.index_select(0, rows), *args, **kwargs)
-        if out is None:
-            out = part.new_empty((x.shape[0], *part.shape[1:]))
-        out[rows] = part
-    return out

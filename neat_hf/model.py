@@ -1,8 +1,8 @@
 """`NeatModel` and `get_neat_model`: inject NEAT into a transformers model, train, save, load, merge.
 
-The API mirrors PEFT's `PeftModel` (`get_peft_model`, `save_pretrained`, `from_pretrained`, `merge_and_unload`,
-`disable_adapter`, …) so users can switch with a rename. Files are PEFT's PEANUT format: stock `peft` >= 0.19 loads
-what we save, and we load what it saves.
+`NeatModel` is a `peft.PeftModel` (`get_neat_model` is `get_peft_model`, for NEAT), so users switch with a rename and
+tools that know PEFT take it as it is. Files are PEFT's PEANUT format: stock `peft` >= 0.19 loads what we save, and
+we load what it saves.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ import contextlib
 import copy
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer, set_adapter
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -28,6 +30,7 @@ from .constants import (
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
+    TRAINING_INFO_NAME,
 )
 from .dtensor import copy_into, full_tensor, is_dtensor
 from .errors import AdapterLoadError, AdapterMismatchError, NeatError, UnsupportedQuantizationError
@@ -38,6 +41,7 @@ from .io import (
     atomic_save_safetensors,
     atomic_write_text,
     check_saved_together,
+    fetch_companion_file,
     read_adapter_weights,
     read_tensor_shapes,
     remove_stale_temporaries,
@@ -48,45 +52,59 @@ from .io import (
 from .layer import NeatLayer, layer_features
 from .lora_export import save_as_lora
 from .mixed_batch import adapter_names_hooks
-from .modules_to_save import ModulesToSaveWrapper
+from .peft_patch import apply_neat_to_peft
 from .quantization import (
     check_quantized_model,
     dequantize_model,
     dequantize_weight,
-    prepare_quantized_model,
     requantize_layer,
 )
 from .targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
 
-#: transformers' PEFT integration (PeftAdapterMixin) methods that must not be reached through NeatModel's attribute
-#: fall-through, with what to use instead.
-_PEFT_MIXIN_METHODS = {
-    "enable_adapters": "adapters are active by default; use `with model.disable_adapter():` to switch them off",
-    "disable_adapters": "use `with model.disable_adapter():`",
-    "active_adapters_names": "use model.active_adapter",
-    "get_adapter_state_dict_peft": "use model.get_adapter_state_dict()",
-    "add_adapter_peft": "use model.add_adapter(name, NeatConfig(...))",
-}
+
+def _check_adapter_name(adapter_name: Any) -> None:
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+        raise NeatError(f"Adapter names must be non-empty strings without '.', got {adapter_name!r}.")
 
 
-def _numel(param: torch.Tensor) -> int:
-    # Under ZeRO-3 a parameter is a 0-element placeholder; DeepSpeed records the real size in ds_numel.
-    if type(param).__name__ == "Params4bit":  # bitsandbytes packs several 4-bit values per storage element (PEFT)
-        return param.numel() * 2 * param.element_size()
-    return getattr(param, "ds_numel", param.numel())
+def _checked_config(model: nn.Module, config: NeatConfig) -> NeatConfig:
+    """A copy of `config` checked against `model` (which is not changed), its targets resolved: neat-hf's presets
+    for `target_modules=None`, the task head added to `modules_to_save`, the base model's name filled in. PEFT then
+    injects exactly these modules.
 
+    Raises:
+        NoTargetModulesError, UnsupportedModuleError, NeatError: see `neat_hf.targets.plan_injection`.
+    """
+    if not isinstance(config, NeatConfig):
+        raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
+    config = copy.deepcopy(config)
+    config._validate()  # fields may have been changed after construction
+    check_quantized_model(model)
+    plan = plan_injection(model, config)
+    config.target_modules = plan.target_modules
+    config.modules_to_save = plan.modules_to_save_names
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
+    return config
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    # Under ZeRO-3 a parameter is a 0-element placeholder; DeepSpeed records the real shape in ds_shape.
     return tuple(getattr(tensor, "ds_shape", tensor.shape))
 
 
-class NeatModel(nn.Module):
-    """A transformers model with NEAT adapters injected; PEFT's `PeftModel`, for NEAT.
+class NeatModel(PeftModel):
+    """A `peft.PeftModel` whose PEANuT adapters are neat-hf's factored NEAT layers, with neat-hf's checks on top.
 
-    Use [`get_neat_model`] to create one and [`NeatModel.from_pretrained`] to load a saved adapter. Unknown attributes
-    and `forward`/`generate` go to the wrapped model, so a `NeatModel` can be used wherever the base model was.
+    Built on PEFT's machinery (`PeftModel` holding a [`NeatTuner`](neat_hf.tuner.NeatTuner), PEFT's `BaseTuner`):
+    target matching, `modules_to_save`, forward, generate, parameter counts and the Trainer/TRL/Accelerate integrations
+    are PEFT's, so every tool that checks `isinstance(model, peft.PeftModel)` takes it. What neat-hf adds: a config is
+    checked against the model before anything changes (bounded target regexes, neat-hf's per-architecture presets,
+    one-line errors), loading is bounded and checked (shapes from the file header, NaN/inf, whole-or-refused folders),
+    saving is atomic with a model card, merging works on bitsandbytes bases, and the LoRA export.
+
+    Use [`get_neat_model`] to create one and [`NeatModel.from_pretrained`] to load a saved adapter.
 
     Args:
         model (`nn.Module`): the base model; its targets are replaced in place and its own weights frozen.
@@ -94,11 +112,9 @@ class NeatModel(nn.Module):
         adapter_name (`str`, *optional*, defaults to `"default"`): name of the adapter.
         autocast_adapter_dtype (`bool`, *optional*, defaults to `True`): keep adapter weights in fp32 when the base is
             fp16/bf16, as PEFT does.
+        low_cpu_mem_usage (`bool`, *optional*, defaults to `False`): PEFT's option (adapter weights on the meta device
+            until loaded).
     """
-
-    #: transformers' Trainer refuses to train a quantized model unless it carries adapters, which it recognises by this
-    #: flag of its PEFT integration (`trainer_utils.validate_quantization_for_training`); a NeatModel does.
-    _hf_peft_config_loaded = True
 
     def __init__(
         self,
@@ -107,77 +123,42 @@ class NeatModel(nn.Module):
         adapter_name: str = DEFAULT_ADAPTER_NAME,
         *,
         autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
     ) -> None:
-        super().__init__()
-        if any(isinstance(m, (NeatLayer, ModulesToSaveWrapper)) for m in model.modules()):
+        if any(isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper)) for m in model.modules()):
             raise NeatError(
-                f"This {type(model).__name__} already holds NEAT layers (it was passed to get_neat_model or "
-                "NeatModel.from_pretrained before). Add adapters through that NeatModel (add_adapter / load_adapter), "
-                "or start from a fresh base model."
+                f"This {type(model).__name__} already holds adapter layers (it was passed to get_neat_model, "
+                "NeatModel.from_pretrained or get_peft_model before). Add adapters through that model (add_adapter / "
+                "load_adapter), or start from a fresh base model."
             )
-        self.peft_config: dict[str, NeatConfig] = {}
-        self.active_adapter = adapter_name
-        self._autocast_adapter_dtype = autocast_adapter_dtype
-        self.base_model = model
-        self.add_adapter(adapter_name, config, _freeze_base=True)
-
-    # ------------------------------------------------------------------ delegation to the wrapped model
-    @property
-    def hf_device_map(self) -> dict[str, Any]:
-        """The base model's device map. Also where a plain `transformers.Trainer` is turned away at construction:
-        it does not know a NeatModel, so it would drop every dataset column ("No columns in the dataset match the
-        model's forward method signature") and save the whole base model into each checkpoint. `Trainer.__init__`
-        reads this attribute first thing; trainers that handle NeatModel (`NeatTrainer`) set
-        `_trains_neat_models = True`."""
-        caller = sys._getframe(1)
-        trainer = caller.f_locals.get("self")
-        if caller.f_globals.get("__name__") == "transformers.trainer" and not getattr(trainer, "_trains_neat_models", False):
-            raise NeatError(
-                f"{type(trainer).__name__} (transformers.Trainer) cannot train a NeatModel: it would save the full base "
-                "model in every checkpoint. Use neat_hf.trainers.NeatTrainer, which takes the same arguments and "
-                "checkpoints the adapter only."
-            )
-        try:
-            return self.base_model.hf_device_map
-        except AttributeError:
-            raise AttributeError("'NeatModel' object has no attribute 'hf_device_map'") from None
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_model":
-                raise
-            if name in _PEFT_MIXIN_METHODS:
-                # transformers models carry PEFT's integration (PeftAdapterMixin); reaching it through the wrapper
-                # would inject stock PEFT layers next to ours.
-                raise AttributeError(
-                    f"NeatModel has no {name!r}; {_PEFT_MIXIN_METHODS[name]} (transformers' PEFT integration is not "
-                    "used for NEAT adapters)."
-                ) from None
-            return getattr(self.base_model, name)
+        _check_adapter_name(adapter_name)
+        config = _checked_config(model, config)
+        apply_neat_to_peft()
+        with warnings.catch_warnings():
+            # PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated: not the user's doing.
+            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+            super().__init__(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage)
+        if not autocast_adapter_dtype:
+            self._cast_adapter_to_base_dtype(adapter_name)
+        self._sync_active_adapter()
 
     def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
-        """Run the wrapped model. `adapter_names` (one adapter name per batch row, `"__base__"` for none) serves several
-        adapters in one batch without merging, as in PEFT (inference only)."""
-        with adapter_names_hooks(self.base_model, adapter_names, self.peft_config):
-            return self.base_model(*args, **kwargs)
+        """`PeftModel.forward`; `adapter_names` (one adapter name per batch row, `"__base__"` for none) serves several
+        adapters in one batch without merging (inference only; `neat_hf.mixed_batch`), one name per row exactly."""
+        with adapter_names_hooks(self.get_base_model(), adapter_names, self.peft_config):
+            return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
-        """Generate with the wrapped model (adapters active unless merged or disabled); `adapter_names` as in
-        [`forward`]."""
-        with adapter_names_hooks(self.base_model, adapter_names, self.peft_config, expand=True):
-            return self.base_model.generate(*args, **kwargs)
-
-    def get_base_model(self) -> nn.Module:
-        """The wrapped transformers model (NEAT layers included)."""
-        return self.base_model
+        """`PeftModel.generate`; `adapter_names` as in [`forward`], each name repeated for the rows `generate`
+        expands a prompt into (beams, `num_return_sequences`)."""
+        with adapter_names_hooks(self.get_base_model(), adapter_names, self.peft_config, expand=True):
+            return self.get_base_model().generate(*args, **kwargs)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Enable activation (gradient) checkpointing on the base model, and input gradients so that checkpointed
         blocks see a grad-requiring input although the embeddings are frozen (what PEFT's `prepare_model_for_*` does).
         """
-        base = self.base_model
+        base = self.get_base_model()
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
             base.activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
         else:
@@ -190,93 +171,65 @@ class NeatModel(nn.Module):
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ adapters
-    @property
-    def active_adapters(self) -> list[str]:
-        return [self.active_adapter]
-
     def neat_layers(self) -> Iterator[tuple[str, NeatLayer]]:
-        """(path relative to the base model, layer) for every NEAT layer."""
-        for name, module in self.base_model.named_modules():
+        """(path relative to the transformers model, layer) for every NEAT layer."""
+        for name, module in self.get_base_model().named_modules():
             if isinstance(module, NeatLayer):
                 yield name, module
 
-    def _saved_modules(self) -> Iterator[tuple[str, ModulesToSaveWrapper]]:
-        for name, module in self.base_model.named_modules():
+    def saved_modules(self) -> Iterator[tuple[str, ModulesToSaveWrapper]]:
+        """(path relative to the transformers model, PEFT's wrapper) for every `modules_to_save` module."""
+        for name, module in self.get_base_model().named_modules():
             if isinstance(module, ModulesToSaveWrapper):
                 yield name, module
 
-    def add_adapter(self, adapter_name: str, config: NeatConfig, *, _freeze_base: bool = False) -> None:
-        """Inject a new adapter. It is not made active (see [`set_adapter`]) and stays frozen until it is. Everything
-        is checked first, so a refused call leaves the model unchanged.
+    def add_adapter(
+        self,
+        adapter_name: str,
+        peft_config: NeatConfig,
+        low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
+        """Inject a new adapter (PEFT's `add_adapter`). It is not made active (see [`set_adapter`]) and stays frozen
+        until it is. The config is checked against the model first, so a refused call leaves the model unchanged.
 
         Raises:
-            NoTargetModulesError, UnsupportedModuleError, NeatError: see [`plan_injection`].
+            NoTargetModulesError, UnsupportedModuleError, NeatError: see `neat_hf.targets.plan_injection`.
         """
-        if not isinstance(config, NeatConfig):
-            raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-            raise NeatError(f"Adapter names must be non-empty strings without '.', got {adapter_name!r}.")
+        _check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
-        config = copy.deepcopy(config)
-        config._validate()  # fields may have been changed after construction
-        check_quantized_model(self.base_model)
-        plan = plan_injection(self.base_model, config)
-        config.target_modules = plan.target_modules
-        config.modules_to_save = plan.modules_to_save_names
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = getattr(getattr(self.base_model, "config", None), "name_or_path", None) or None
-        if _freeze_base:
-            self.base_model.requires_grad_(False)
-        prepare_quantized_model(self.base_model)
-        self._inject(adapter_name, config, plan)
-        self.peft_config[adapter_name] = config
+        config = _checked_config(self.get_base_model(), peft_config)
+        super().add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
+        if not autocast_adapter_dtype:
+            self._cast_adapter_to_base_dtype(adapter_name)
         self._sync_active_adapter()
 
-    def _inject(self, adapter_name: str, config: NeatConfig, plan: InjectionPlan) -> None:
-        for path in plan.targets:
-            parent, child = self._parent(path)
-            target = getattr(parent, child)
-            if isinstance(target, NeatLayer):
-                target.update_layer(adapter_name, config, autocast_adapter_dtype=self._autocast_adapter_dtype)
-            else:
-                setattr(parent, child, NeatLayer(target, adapter_name, config, autocast_adapter_dtype=self._autocast_adapter_dtype))
-        for path in plan.modules_to_save:
-            parent, child = self._parent(path)
-            target = getattr(parent, child)
-            if isinstance(target, ModulesToSaveWrapper):
-                target.add_adapter(adapter_name)
-            else:
-                setattr(parent, child, ModulesToSaveWrapper(target, adapter_name))
-
-    def _parent(self, path: str) -> tuple[nn.Module, str]:
-        parent_path, _, child = path.rpartition(".")
-        return (self.base_model.get_submodule(parent_path) if parent_path else self.base_model), child
-
-    def _sync_active_adapter(self) -> None:
-        """Point every NEAT layer and saved module at `self.active_adapter` and make exactly that adapter trainable
-        (unless it was loaded for inference). Base weights are left as they are."""
-        active = self.active_adapter
-        trainable = not self.peft_config[active].inference_mode
+    def _cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
+        """autocast_adapter_dtype=False: the adapter in its base layer's (floating) dtype, as PEFT leaves it."""
         for _, layer in self.neat_layers():
-            layer.active_adapter = active
-            for attr in NeatLayer.adapter_layer_names:
-                for name, module in getattr(layer, attr).items():
-                    module.requires_grad_(trainable and name == active)
-        for _, wrapper in self._saved_modules():
-            wrapper.active_adapter = active
-            wrapper.original_module.requires_grad_(False)
-            for name, module in wrapper.modules_to_save.items():
-                module.requires_grad_(trainable and name == active)
+            dtype = layer.base_layer.weight.dtype
+            if adapter_name in layer.peanut_A and dtype.is_floating_point:
+                for attr in NeatLayer.adapter_layer_names:
+                    getattr(layer, attr)[adapter_name].to(dtype)
 
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make `adapter_name` the active adapter (and the only trainable one)."""
+    def _sync_active_adapter(self, inference_mode: bool | None = None) -> None:
+        """Point every NEAT layer and `modules_to_save` wrapper at the active adapter and make exactly that adapter
+        trainable, unless it was loaded for inference (its config's `inference_mode`) or `inference_mode` says so.
+        Base weights are left as they are."""
+        active = self.active_adapter
+        frozen = self.peft_config[active].inference_mode if inference_mode is None else inference_mode
+        set_adapter(self.get_base_model(), active, inference_mode=frozen, layer_cls=NeatLayer)
+
+    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
+        """Make `adapter_name` the active adapter, and the only trainable one unless it was loaded for inference or
+        `inference_mode=True`."""
         if adapter_name not in self.peft_config:
             raise NeatError(f"Unknown adapter {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
         if any(layer.merged for _, layer in self.neat_layers()):
             raise NeatError("Unmerge the adapter (unmerge_adapter()) before switching the active adapter.")
-        self.active_adapter = adapter_name
-        self._sync_active_adapter()
+        self.active_adapter = self.base_model.active_adapter = adapter_name  # PeftModel's and its tuner's record
+        self._sync_active_adapter(inference_mode or self.peft_config[adapter_name].inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove a non-active adapter."""
@@ -284,45 +237,27 @@ class NeatModel(nn.Module):
             raise NeatError(f"Unknown adapter {adapter_name!r}; adapters: {sorted(self.peft_config)}.")
         if adapter_name == self.active_adapter:
             raise NeatError(f"{adapter_name!r} is the active adapter; set_adapter() another one before deleting it.")
-        for _, layer in self.neat_layers():
-            layer.delete_adapter(adapter_name)
-        for _, wrapper in self._saved_modules():
-            if adapter_name in wrapper.modules_to_save:
-                del wrapper.modules_to_save[adapter_name]
-        del self.peft_config[adapter_name]
+        active = self.active_adapter
+        super().delete_adapter(adapter_name)
+        self.active_adapter = self.base_model.active_adapter = active
+        self._sync_active_adapter()
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Context manager: run the plain base model inside the block (a merged adapter is unmerged, then merged back)."""
+        """Context manager: run the plain base model inside the block (a merged adapter is unmerged, then merged
+        back). Which adapter trains is as before when the block ends (PEFT's re-enabling would unfreeze an adapter
+        loaded for inference)."""
         was_merged = any(layer.merged for _, layer in self.neat_layers())
         if was_merged:
             self.unmerge_adapter()
-        modules = [m for _, m in [*self.neat_layers(), *self._saved_modules()]]
-        for module in modules:
-            module.disable_adapters = True
+        self.base_model.disable_adapter_layers()
         try:
             yield
         finally:
-            for module in modules:
-                module.disable_adapters = False
+            self.base_model.enable_adapter_layers()
+            self._sync_active_adapter()
             if was_merged:
                 self.merge_adapter()
-
-    # ------------------------------------------------------------------ parameters
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), as PEFT counts them."""
-        trainable = total = 0
-        for param in self.parameters():
-            n = _numel(param)
-            total += n
-            if param.requires_grad:
-                trainable += n
-        return trainable, total
-
-    def print_trainable_parameters(self) -> None:
-        """Print the trainable share in PEFT's format."""
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ------------------------------------------------------------------ merge / unload
     def merge_adapter(self, adapter_names: list[str] | None = None, *, safe_merge: bool = False) -> None:
@@ -377,7 +312,7 @@ class NeatModel(nn.Module):
         if any(layer.quantized for _, layer in self.neat_layers()):
             if safe_merge:  # checked on the quantized layers before any of them is replaced
                 self._check_finite_merge([layer for _, layer in self.neat_layers() if not layer.merged])
-            dequantize_model(self.base_model)
+            dequantize_model(self.get_base_model())
         return self._unload(merge=True, progressbar=progressbar, safe_merge=safe_merge)
 
     @torch.no_grad()
@@ -433,10 +368,17 @@ class NeatModel(nn.Module):
                 layer.unmerge()
             parent, child = self._parent(path)
             setattr(parent, child, layer.base_layer)
-        for path, wrapper in list(self._saved_modules()):
+        for path, wrapper in list(self.saved_modules()):
             parent, child = self._parent(path)
-            setattr(parent, child, wrapper.active_module if merge else wrapper.original_module)
-        return self.base_model
+            trained = wrapper.modules_to_save[self.active_adapter] if self.active_adapter in wrapper.modules_to_save else None
+            setattr(parent, child, trained if merge and trained is not None else wrapper.original_module)
+        return self.get_base_model()
+
+    def _parent(self, path: str) -> tuple[nn.Module, str]:
+        """(parent module, attribute name) of the module at `path` in the transformers model."""
+        parent_path, _, child = path.rpartition(".")
+        base = self.get_base_model()
+        return (base.get_submodule(parent_path) if parent_path else base), child
 
     # ------------------------------------------------------------------ serialisation
     def adapter_key_map(self, adapter_name: str) -> dict[str, str]:
@@ -448,11 +390,11 @@ class NeatModel(nn.Module):
                 if adapter_name not in container:
                     continue
                 for pname, _ in container[adapter_name].named_parameters():
-                    mapping[f"base_model.{path}.{attr}.{adapter_name}.{pname}"] = f"{FILE_KEY_PREFIX}{path}.{attr}.{pname}"
-        for path, wrapper in self._saved_modules():
+                    mapping[f"{FILE_KEY_PREFIX}{path}.{attr}.{adapter_name}.{pname}"] = f"{FILE_KEY_PREFIX}{path}.{attr}.{pname}"
+        for path, wrapper in self.saved_modules():
             if adapter_name in wrapper.modules_to_save:
                 for key in wrapper.modules_to_save[adapter_name].state_dict():
-                    mapping[f"base_model.{path}.modules_to_save.{adapter_name}.{key}"] = f"{FILE_KEY_PREFIX}{path}.{key}"
+                    mapping[f"{FILE_KEY_PREFIX}{path}.modules_to_save.{adapter_name}.{key}"] = f"{FILE_KEY_PREFIX}{path}.{key}"
         return mapping
 
     def get_adapter_state_dict(
@@ -544,7 +486,7 @@ class NeatModel(nn.Module):
         config = copy.deepcopy(self.peft_config[adapter_name])
         config.inference_mode = True
         if config.task_type is None and config.auto_mapping is None:
-            cls = type(self.base_model)
+            cls = type(self.get_base_model())
             config.auto_mapping = {"base_model_class": cls.__name__, "parent_library": cls.__module__}
         return config
 
@@ -561,7 +503,7 @@ class NeatModel(nn.Module):
         adapter_name = adapter_name or self.active_adapter
         by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
         params = dict(self.state_dict(keep_vars=True))
-        check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.base_model).__name__)
+        check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.get_base_model()).__name__)
         integer = {fk for fk, k in by_file_key.items() if not params[k].is_floating_point()}
         check_adapter_values(tensors, exempt_keys=integer, check_finite=check_finite)
         with torch.no_grad():
@@ -631,7 +573,20 @@ class NeatModel(nn.Module):
         Checked against the model before anything is added, like [`from_pretrained`].
         """
         hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
-        config, tensors = _read_and_check_adapter(self.base_model, model_id, is_trainable, hub, check_finite=check_finite)
+        if adapter_name in self.peft_config:
+            # PEFT's (and the Trainer's resume path's) meaning: new weights for an existing adapter. The file is
+            # checked against that adapter's own tensors (names, shapes, values) before anything is copied.
+            config, tensors = _read_and_check_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
+            current = self.peft_config[adapter_name]
+            differs = [f for f in ("r", "depth", "act_fn", "scaling", "target_modules") if getattr(config, f) != getattr(current, f)]
+            if differs:
+                raise AdapterMismatchError(
+                    f"{os.fspath(model_id)!r} holds another adapter than {adapter_name!r} (different {differs}); load it "
+                    "under a new adapter_name."
+                )
+            self.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
+            return
+        config, tensors = _read_and_check_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
         self.add_adapter(adapter_name, config)
         self.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
 
@@ -671,6 +626,7 @@ def _read_and_check_adapter(
     and the file's tensor shapes are compared (from its header) before any tensor is read.
     """
     config_path = resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub)
+    fetch_companion_file(model_id, TRAINING_INFO_NAME, **hub)  # the neat-only settings (dropout) live there
     config = read_adapter_config(config_path)
     weights_path = resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub)
     check_saved_together(config_path, weights_path)

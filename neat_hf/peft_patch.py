@@ -9,25 +9,40 @@ against. After it, everything that builds PEANuT through PEFT — `peft.get_peft
 `PeftModel.from_pretrained`, TRL's `peft_config=`, Axolotl, transformers' `model.load_adapter` — builds neat-hf's
 layers; files stay PEFT's PEANUT format, so unpatched PEFT loads them.
 
-`get_neat_model`, `NeatModel.from_pretrained`, `NeatConfig(...)`, `NeatTrainer` and `neat-train` call it for you.
+`get_neat_model`, `NeatModel.from_pretrained`, `NeatConfig(...)`, `NeatTrainer` and `neat-train` call it for you
+(a `NeatConfig` asks for neat-hf's layer, so `peft_config=NeatConfig(...)` in TRL gets it without another call).
+
+This module sits on the floor of `neat_hf.config`, below the tuner: `neat_hf.tuner` registers `NeatTuner` here when
+it is imported (which `import neat_hf` does), so the config can apply the patch without importing upwards.
 """
 
 from __future__ import annotations
 
 import os
 
+import peft
+
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType
 
 from .errors import NeatError
 
 #: PEFT versions whose PEANuT neat-hf was tested against (same files, same outputs within 1e-6): the patch refuses
 #: others unless `NEAT_HF_ALLOW_UNTESTED_PEFT=1` is set.
-TESTED_PEFT_VERSIONS = SpecifierSet(">=0.21,<0.22")
+TESTED_PEFT_VERSIONS = ">=0.21,<0.22"
 #: Environment variable that lets [`apply_neat_to_peft`] patch an untested PEFT (at your own risk).
 ALLOW_UNTESTED_ENV = "NEAT_HF_ALLOW_UNTESTED_PEFT"
 
 _original_tuner: type | None = None
+_neat_tuner: type | None = None
+
+
+def register_tuner(tuner_cls: type) -> None:
+    """Record the tuner class the patch installs (`neat_hf.tuner` calls this with `NeatTuner` on import)."""
+    global _neat_tuner
+    _neat_tuner = tuner_cls
 
 
 def check_peft_version(version: str | None = None, *, allow_untested: bool = False) -> None:
@@ -38,10 +53,8 @@ def check_peft_version(version: str | None = None, *, allow_untested: bool = Fal
             `NEAT_HF_ALLOW_UNTESTED_PEFT=1` allows it.
     """
     if version is None:
-        import peft
-
         version = peft.__version__
-    if Version(Version(version).base_version) in TESTED_PEFT_VERSIONS:
+    if Version(Version(version).base_version) in SpecifierSet(TESTED_PEFT_VERSIONS):
         return
     if allow_untested or os.environ.get(ALLOW_UNTESTED_ENV, "") not in ("", "0"):
         return
@@ -72,13 +85,10 @@ def apply_neat_to_peft(*, allow_untested: bool = False) -> None:
     if is_neat_applied():
         return
     check_peft_version(allow_untested=allow_untested)
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import PeftType
-
-    from .tuner import NeatTuner
-
+    if _neat_tuner is None:  # only when neat_hf.peft_patch is loaded without the package (never through `import neat_hf`)
+        raise NeatError("neat_hf.tuner is not imported; `import neat_hf` before applying the patch.")
     _original_tuner = PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT]
-    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT] = NeatTuner
+    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT] = _neat_tuner
 
 
 def revert_neat_to_peft() -> None:
@@ -86,18 +96,10 @@ def revert_neat_to_peft() -> None:
     global _original_tuner
     if not is_neat_applied():
         return
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import PeftType
-
     PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT] = _original_tuner
     _original_tuner = None
 
 
 def is_neat_applied() -> bool:
     """Whether PEFT's PEANUT type currently builds neat-hf's layers."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import PeftType
-
-    from .tuner import NeatTuner
-
-    return PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.PEANUT) is NeatTuner
+    return _neat_tuner is not None and PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.PEANUT) is _neat_tuner

@@ -19,6 +19,7 @@ from torch import nn
 
 from .layer import NeatLayer
 from .mixed_batch import adapter_names_hooks
+from .peft_patch import register_tuner
 from .quantization import check_quantized_model, prepare_quantized_model
 
 
@@ -67,3 +68,6 @@ class NeatTuner(PeanutModel):
         `generate` repeats rows for beams and `num_return_sequences`, so the names are expanded the same way."""
         with adapter_names_hooks(self.model, kwargs.pop("adapter_names", None), self.peft_config, expand=True):
             yield
+
+
+register_tuner(NeatTuner)

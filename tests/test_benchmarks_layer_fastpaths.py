@@ -29,7 +29,7 @@ class One(nn.Module):
 def _setup(depth: int = 0):
     torch.manual_seed(0)
     model = get_neat_model(One(), NeatConfig(r=4, target_modules=["proj"], depth=depth, init_weights=False))
-    return model, model.base_model.proj, torch.randn(3, 32)
+    return model, model.get_base_model().proj, torch.randn(3, 32)
 
 
 def _fresh(layer, x):

@@ -236,9 +236,9 @@ def test_wrapping_a_base_twice_is_refused(saved_adapter):
     base = tiny_llama()
     model = get_neat_model(base, NeatConfig(r=2, init_weights=False))
     before = snapshot(model)
-    with pytest.raises(NeatError, match="already holds NEAT layers.*add_adapter / load_adapter"):
+    with pytest.raises(NeatError, match="already holds adapter layers.*add_adapter / load_adapter"):
         get_neat_model(base, NeatConfig(r=2))
-    with pytest.raises(NeatError, match="already holds NEAT layers"):
+    with pytest.raises(NeatError, match="already holds adapter layers"):
         NeatModel.from_pretrained(base, saved_adapter)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -262,10 +262,14 @@ def test_merge_inside_disable_adapter_is_refused():
     assert not any(layer.merged for _, layer in model.neat_layers())
 
 
-def test_peft_integration_methods_are_not_reached_through_the_wrapper():
+def test_a_neat_model_is_refused_by_no_peft_aware_check():
+    """Tools decide "adapter model?" by isinstance(m, PeftModel) / accelerate's is_peft_model; neat-hf's answer is yes."""
+    import accelerate.utils
+    import peft
+
     model = get_neat_model(tiny_llama(), NeatConfig(r=2))
-    with pytest.raises(AttributeError, match="disable_adapter"):
-        model.enable_adapters()
+    assert isinstance(model, peft.PeftModel) and accelerate.utils.is_peft_model(model)
+    assert isinstance(model.peft_config["default"], peft.PeftConfig)
 
 
 def test_quantized_like_layers_are_refused():

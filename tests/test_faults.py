@@ -226,7 +226,7 @@ def test_nonfinite_opt_out_loads_for_debugging(tmp_path):
     folder = _saved_adapter(tmp_path / "adapter")
     _edit_weights(folder, _nan)
     model = NeatModel.from_pretrained(tiny_llama(), folder, check_finite=False)
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     assert torch.isnan(layer(torch.randn(2, 32))).any()
 
 

@@ -327,3 +327,15 @@ def test_existing_repo_written_by_others_is_updated_in_one_commit(hub_server):
     make_adapter().push_to_hub(REPO)
     assert "notes.txt" in hub_server.files(REPO)
     assert [c.title for c in hub_server.history(REPO)][:2] == ["Upload NEAT adapter", "notes"]
+
+
+def test_a_setting_saved_is_a_setting_loaded_from_the_hub_too(hub_server):
+    """dropout is neat-only (training_info.json, which stock PEFT does not read): loading from the Hub fetches it as
+    loading from the folder reads it, so resuming from a Hub adapter trains with the recipe it was trained with."""
+    from neat_hf import NeatConfig
+
+    make_adapter(dropout=0.1).push_to_hub(REPO, base_model=BASE_ID)
+    assert NeatConfig.from_pretrained(REPO).dropout == 0.1
+    resumed = NeatModel.from_pretrained(tiny_llama(), REPO, is_trainable=True)
+    assert resumed.peft_config["default"].dropout == 0.1
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in resumed.modules())

@@ -314,7 +314,7 @@ def test_load_adapter_adds_a_saved_adapter(tmp_path):
 
 def test_set_adapter_keeps_base_parameters_the_user_unfroze():
     model = get_neat_model(tiny_llama(), NeatConfig(r=2))
-    norm = model.base_model.model.norm.weight
+    norm = model.get_base_model().model.norm.weight
     norm.requires_grad_(True)
     model.add_adapter("other", NeatConfig(r=2))
     model.set_adapter("other")

@@ -264,7 +264,7 @@ def test_no_dequantized_weight_is_saved_or_outlives_its_layer(kind):
 # ---------------------------------------------------------------------------------------------- the model
 def test_get_neat_model_on_4bit_llama_keeps_the_base_quantized_and_frozen(llama_dir):
     model = get_neat_model(load_quantized(llama_dir), NeatConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     assert isinstance(layer, NeatLayer) and isinstance(layer.base_layer, bnb.nn.Linear4bit)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".peanut_" in n for n in trainable)
@@ -308,7 +308,7 @@ def test_merge_and_unload_returns_an_exact_full_precision_model(llama_dir, tmp_p
     model = get_neat_model(load_quantized(llama_dir, kind), NeatConfig(r=4, depth=1, init_weights=False))
     model.train()  # no dropout in this LLaMA; bitsandbytes' int8 inference path would quantize the activations too
     expected = logits(model, ids())
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     w0, delta = dequantize_weight(layer.base_layer, torch.float32), layer.delta_weight("default")
     merged = model.merge_and_unload()
     q_proj = merged.model.layers[0].self_attn.q_proj
@@ -327,7 +327,7 @@ def test_merge_and_unload_returns_an_exact_full_precision_model(llama_dir, tmp_p
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
 def test_merge_and_unload_requantize_keeps_the_base_quantized(llama_dir, kind):
     model = get_neat_model(load_quantized(llama_dir, kind), NeatConfig(r=4, depth=1, init_weights=False))
-    layer = model.base_model.model.layers[0].self_attn.q_proj
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
     target = dequantize_weight(layer.base_layer, torch.float32) + layer.delta_weight("default")
     full = get_neat_model(load_quantized(llama_dir, kind), NeatConfig(r=4, depth=1, init_weights=False))
     full.load_adapter_weights(model.get_adapter_state_dict())

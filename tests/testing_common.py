@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from conftest import MODEL_FACTORIES, model_inputs
@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 from neat_hf import NeatConfig, NeatLayer, NeatModel, get_neat_model
 from neat_hf.activations import get_activation
-from neat_hf.modules_to_save import ModulesToSaveWrapper
+from peft.utils import ModulesToSaveWrapper
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def dense_reference_model(case: Case, model: NeatModel) -> torch.nn.Module:
             target = modules[name]
             delta = dense_delta(layer)
             target.weight.add_((delta.t() if isinstance(target, Conv1D) else delta).to(target.weight.dtype))
-        for name, module in model.base_model.named_modules():
+        for name, module in model.get_base_model().named_modules():
             if isinstance(module, ModulesToSaveWrapper):
                 modules[name].load_state_dict(copy.deepcopy(module.modules_to_save["default"].state_dict()))
     return reference.eval()
@@ -131,3 +131,27 @@ def dense_reference_model(case: Case, model: NeatModel) -> torch.nn.Module:
 
 def assert_logits_differ(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().max() > 1e-3, "the adapter has no effect, so this comparison would pass trivially"
+
+
+_ALIASING_OPS = {"t", "transpose", "view", "_unsafe_view", "expand", "detach", "alias", "permute", "as_strided"}
+
+
+def dense_tensors_created(threshold: int, forward: Callable[[], Any]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """(op, shape, dtype) of every non-view tensor with at least `threshold` (out×in) elements created while running
+    `forward`: what shows a dense ΔW or a full-precision copy of W0 being built."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    created = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ not in _ALIASING_OPS:
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor) and t.numel() >= threshold:
+                        created.append((func.overloadpacket.__name__, tuple(t.shape), t.dtype))
+            return out
+
+    with Recorder():
+        forward()
+    return created

@@ -1,15 +1,15 @@
-"""`NeatTrainer`: the Hugging Face `Trainer`, taught to train, checkpoint and save NEAT adapters.
+"""`NeatTrainer`: the Hugging Face `Trainer`, with what is NEAT's own.
 
-`transformers.Trainer` special-cases PEFT models (`_is_peft_model`) in a dozen places: which columns the model's
-forward accepts, which labels it takes, whether a causal LM shifts labels for label smoothing, what a checkpoint holds,
-how a checkpoint is loaded back, and what DeepSpeed writes. A [`NeatModel`] is not a `PeftModel`, so `NeatTrainer`
-handles each of those spots itself (see the comments at each override), and adds the NEAT/head learning-rate groups.
+A [`NeatModel`] is a `peft.PeftModel`, so `transformers.Trainer` already treats it as an adapter model (dataset
+columns, labels, label smoothing, non-strict DeepSpeed loads, frozen weights left out of DeepSpeed checkpoints): the
+plain Trainer trains it. `NeatTrainer` adds the NEAT/head learning-rate groups, checkpoints that are whole or ignored
+(and resume exactly), adapter-only saves under ZeRO-3 and FSDP2 (gathering the adapter, never the base), JSON instead
+of pickles, model cards and Hub pushes, and FSDP2 sharding; each private override says why no public hook does it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import warnings
@@ -17,15 +17,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from accelerate.utils.deepspeed import DeepSpeedSchedulerWrapper  # accelerate.utils exports it only with deepspeed installed
 from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.integrations.deepspeed import deepspeed_load_checkpoint
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_pt_utils import reissue_pt_warnings
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, enable_full_determinism
-from transformers.utils.generic import can_return_loss, find_labels
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.config import read_adapter_config
@@ -128,9 +124,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
     ```
     """
 
-    #: Read by `NeatModel.hf_device_map`, which turns a plain `transformers.Trainer` away.
-    _trains_neat_models: bool = True
-
     # Facts for model cards (read by the hub integration; TRL's `_BaseTrainer` convention).
     _tag_names: list[str] = ["neat", "peanut", "peft", "neat-hf"]
     _name: str = "NEAT"
@@ -210,7 +203,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
             # Sharded up front, so that the Trainer treats it as sharded at load time: no DDP, no second sharding.
             self.model = self.model_wrapped = fsdp.shard(self.model, self._fsdp_plan, self.args)
             self.is_distributed_loading_by_transformers = True
-        self._inspect_base_model()
         self._enable_input_require_grads()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
@@ -254,17 +246,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
         model = getattr(self, "model", None)
         return model if isinstance(model, NeatModel) else None
 
-    def _inspect_base_model(self) -> None:
-        # Trainer reads labels and `return_loss` from `type(model)` unless the model is a PeftModel, in which case it
-        # looks at the base model. NeatModel.forward takes **kwargs, so without this the label names would be [] and
-        # evaluation would compute no loss (and `load_best_model_at_end` on eval_loss would fail).
-        neat_model = self._neat_model
-        if neat_model is None:
-            return
-        base_cls = type(neat_model.get_base_model())
-        self.label_names = find_labels(base_cls) if self.args.label_names is None else self.args.label_names
-        self.can_return_loss = can_return_loss(base_cls)
-
     def _enable_input_require_grads(self) -> None:
         # With gradient checkpointing, a checkpointed block whose input does not require grad gives no gradient to the
         # adapter weights inside it (reentrant checkpointing). The embeddings are frozen, so make their output require
@@ -277,38 +258,6 @@ class NeatTrainer(NeatHubMixin, Trainer):
         if getattr(base, "_require_grads_hooks", None) or not hasattr(base, "enable_input_require_grads"):
             return
         base.enable_input_require_grads()
-
-    def _set_signature_columns_if_needed(self) -> None:
-        # Trainer inspects the base model's forward only for PeftModel; NeatModel.forward is (*args, **kwargs), which
-        # would make `remove_unused_columns` drop every column.
-        neat_model = self._neat_model
-        if self._signature_columns is None and neat_model is not None:
-            signature = inspect.signature(neat_model.get_base_model().forward)
-            self._signature_columns = list(signature.parameters) + list({"label", "label_ids", *self.label_names})
-        super()._set_signature_columns_if_needed()
-
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        neat_model = self._neat_model
-        if neat_model is None or self.label_smoother is None or self.compute_loss_func is not None or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Label smoothing: Trainer decides whether to shift labels from the model class name, looking through PeftModel
-        # only; for a NeatModel it would not shift the labels of a causal LM. Same computation, base model's name.
-        inputs = dict(inputs)
-        labels = inputs.pop("labels")
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            inputs["num_items_in_batch"] = num_items_in_batch
-        outputs = model(**inputs)
-        shift = neat_model.get_base_model()._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-        loss = self.label_smoother(outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch)
-        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            loss *= self.accelerator.num_processes // self.get_tp_size()
-        return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------ optimizer
     def neat_parameter_groups(self, model: nn.Module | None = None) -> list[dict[str, Any]]:
@@ -378,17 +327,10 @@ class NeatTrainer(NeatHubMixin, Trainer):
             self._zero3_registered = True
 
     def _prepare_for_training(self, max_steps: int, train_dataloader: Any, resume_from_checkpoint: str | None) -> Any:
-        if not (self.is_deepspeed_enabled and resume_from_checkpoint is not None and self._neat_model is not None):
-            result = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
-            self._register_zero3()
-            return result
-        # Trainer loads a DeepSpeed checkpoint with `load_module_strict=not _is_peft_model(model)`: strict for a
-        # NeatModel, which fails because our checkpoints leave out the frozen base weights. Load it non-strictly.
-        result = super()._prepare_for_training(max_steps, train_dataloader, None)
+        # The Trainer builds the DeepSpeed engine (and partitions the model) in here and offers no hook after it; the
+        # NEAT layers' gathered parameters can only be registered once the parameters are partitioned.
+        result = super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
         self._register_zero3()
-        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
-        self._load_optimizer_and_scheduler(resume_from_checkpoint)
-        self._load_scaler(resume_from_checkpoint)
         return result
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys=None):
@@ -474,8 +416,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
         return state_dict
 
     def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        # Trainer._save dumps the *whole* state dict of a model class it does not know (base weights included) to
-        # model.safetensors, and pickles the arguments to training_args.bin. Write the PEFT adapter files and JSON.
+        # Trainer._save pickles the arguments to training_args.bin (neat-hf writes JSON and safetensors only) and
+        # passes the whole model's state dict; write the adapter's tensors and the arguments as JSON.
         neat_model = self._neat_model
         if neat_model is None:
             return super()._save(output_dir, state_dict)
@@ -496,6 +438,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         atomic_write_text(os.path.join(output_dir, TRAINING_ARGS_JSON_NAME), self.args.to_json_string())
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        # FSDP2 is sharded by NeatTrainer itself (trainers/fsdp.py), which the Trainer's FSDP code does not know.
         if self._fsdp_plan is not None:
             # The Trainer would save rank 0's shard of the optimizer state only: write the full, adapter-sized state.
             fsdp.save_optimizer(self.model, self.optimizer, output_dir, self.args.should_save)
@@ -504,15 +447,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
                     torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
                 reissue_pt_warnings(caught_warnings)
             return
-        if not (self.is_deepspeed_enabled and self._neat_model is not None):
-            return super()._save_optimizer_and_scheduler(output_dir)
-        # Trainer passes exclude_frozen_parameters=True only for a PeftModel; without it DeepSpeed writes the frozen
-        # base weights into every checkpoint (in the module states, and as "frozen fragments" under ZeRO-2/3).
-        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
-        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
-            with warnings.catch_warnings(record=True) as caught_warnings:
-                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
-            reissue_pt_warnings(caught_warnings)
+        return super()._save_optimizer_and_scheduler(output_dir)
 
     # ------------------------------------------------------------------ checkpoints: whole or ignored
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -539,21 +474,19 @@ class NeatTrainer(NeatHubMixin, Trainer):
         reissue_pt_warnings(caught_warnings)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        # Trainer loads adapters only for a PeftModel (through peft's load_adapter); else it expects full weights.
+        # The Trainer's PEFT branch only logs a warning when the checkpoint has no adapter file and cannot write into
+        # NeatTrainer's FSDP2-sharded parameters; `_load_adapter_folder` refuses in one line and reshards first.
         if self._neat_model is None:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._load_adapter_folder(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        if self._neat_model is None:
+        # As `_load_from_checkpoint` (DeepSpeed engines load their own checkpoint: the Trainer's path).
+        if self._neat_model is None or self.is_deepspeed_enabled:
             return super()._load_best_model()
         best = self.state.best_model_checkpoint
         logger.info(f"Loading best adapter from {best} (score: {self.state.best_metric}).")
-        if self.is_deepspeed_enabled:
-            # Non-strict for the same reason as in _prepare_for_training (no frozen weights in the checkpoint).
-            deepspeed_load_checkpoint(self.model_wrapped, best, load_module_strict=False)
-        else:
-            self._load_adapter_folder(best)
+        self._load_adapter_folder(best)
 
     def _load_adapter_folder(self, folder: str) -> None:
         """Copy the adapter weights saved in `folder` into the model, after checking they are for this adapter."""
