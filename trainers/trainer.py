@@ -464,6 +464,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
 
     # ------------------------------------------------------------------ loading
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # The counterpart of `_save_optimizer_and_scheduler`: the full optimizer state into NeatTrainer's FSDP2 shards.
         if self._fsdp_plan is None or checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
         fsdp.load_optimizer(self.model, self.optimizer, checkpoint)
