@@ -5,6 +5,8 @@ outputs, and every bundled task reading a few local JSON rows in its Hub dataset
 from __future__ import annotations
 
 import json
+import logging
+import os
 from argparse import Namespace
 from importlib.metadata import EntryPoint, entry_points
 
@@ -193,6 +195,33 @@ def test_neat_lm_eval_command_end_to_end(env, capsys):
     for task in COMMONSENSE_LL:
         assert ("acc", None, round(results["results"][task]["acc,none"], 6)) in in_card
     assert ("exact_match", "extract", round(results["results"]["neat_gsm8k_gen"]["exact_match,extract"], 6)) in in_card
+
+
+def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, monkeypatch):
+    secret = "hf_SeCrEt0123456789abcdefTOKEN"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+    seen = []
+    original = NeatLM._create_model
+
+    def spy(self, *args, **kwargs):
+        seen.append(os.environ.get("HF_TOKEN"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NeatLM, "_create_model", spy)
+    out = env.root / "token_out"
+    with caplog.at_level(logging.DEBUG):
+        cli.main([
+            "--model", "neat", "--model_args", f"pretrained={env.base},adapter={env.adapter},token={secret}",
+            "--device", "cpu", "--tasks", "neat_boolq_gen", "--include_path", str(env.tasks), "--limit", "2",
+            "--batch_size", "2", "--output_path", str(out),
+        ])
+    printed = capsys.readouterr()
+    (results_file,) = out.rglob("results_*.json")
+    for text in (results_file.read_text(), printed.out, printed.err, caplog.text):
+        assert secret not in text
+    assert seen == [secret]  # the loaders got it (as HF_TOKEN) ...
+    assert "HF_TOKEN" not in os.environ  # ... for the run only
 
 
 @pytest.mark.parametrize(

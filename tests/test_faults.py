@@ -394,20 +394,26 @@ def test_lora_export_killed_at_every_step_is_old_new_or_absent_then_recovers(tmp
 # ---------------------------------------------------------------------------------------------- checkpoints killed mid-save
 
 
+def _checkpoint_trials(tmp_path: Path, command: str, *, most: int, timeout: float) -> dict:
+    """Run `python tests/fault_injection.py <command>` (its own process: the trials fork from a pristine one) on a
+    tiny LLaMA saved under `tmp_path`; its report."""
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fault_injection.py"), command, str(base), str(tmp_path), str(most)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_checkpoint_killed_during_save_resumes_from_the_newest_complete_one_bit_identically(tmp_path):
     """Single process, 4 steps, checkpoints at 2 and 4: SIGKILL during the save of checkpoint-4 at spread points of its
     file operations, then `resume_from_checkpoint=True`. Each resume skips the incomplete checkpoint-4, starts from
     checkpoint-2 and ends with the adapter of the uninterrupted run, bit for bit."""
-    base = tmp_path / "base"
-    tiny_llama().save_pretrained(base)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fault_injection.py"), "checkpoint-trials", str(base), str(tmp_path), "8"],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _checkpoint_trials(tmp_path, "checkpoint-trials", most=8, timeout=1200)
     assert report["steps"] >= 8, report  # marker, adapter, config, card, optimizer, scheduler, RNG, state, ...
     assert len(report["trials"]) == 8
     reference = load_file(tmp_path / "reference" / ADAPTER_WEIGHTS_NAME)
@@ -420,6 +426,66 @@ def test_checkpoint_killed_during_save_resumes_from_the_newest_complete_one_bit_
             assert torch.equal(resumed[key], value), (trial["kill_at"], key)
         state = json.loads((Path(trial["output"]) / "checkpoint-4" / "trainer_state.json").read_text())
         assert state["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_rotating_run_killed_at_every_file_operation_keeps_a_checkpoint_and_resumes_bit_identically(tmp_path):
+    """`save_total_limit=1`, checkpoints at steps 2, 4 and 5 (5 steps of 2-step epochs), then the final save: SIGKILL
+    at every file operation after checkpoint-2 is complete (writes, renames, and each single removal inside a
+    deletion), then `resume_from_checkpoint=True`. A complete checkpoint always survives the kill, the resume ends at
+    step 5 (never 6: resuming a finished run trains nothing) with the adapter of the uninterrupted run, bit for bit,
+    and leaves one checkpoint and no half-deleted folder."""
+    report = _checkpoint_trials(tmp_path, "rotation-trials", most=0, timeout=3000)
+    operations = report["operations"]
+    assert any(op.startswith("os.remove .deleting-checkpoint-2-") for op in operations), operations  # rmtree is seen
+    assert len(report["trials"]) == len(operations) - report["first_complete"]
+    reference = load_file(tmp_path / "reference" / ADAPTER_WEIGHTS_NAME)
+    for trial in report["trials"]:
+        assert trial["complete_after_kill"], trial  # never left without a complete checkpoint
+        assert trial["global_step"] == 5, trial
+        assert trial["checkpoints_after_resume"] == ["checkpoint-5"], trial
+        assert trial["leftovers"] == [], trial
+        resumed = load_file(Path(trial["output"]) / ADAPTER_WEIGHTS_NAME)
+        assert resumed.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(resumed[key], value), (trial["operation"], key)
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, caplog):
+    """A run of 3 steps over 2-step epochs ends with checkpoint-3; resuming from it (as after a kill during the final
+    save) must not run a 4th optimizer step, write checkpoint-4 or change the adapter."""
+    from ds_driver import parse_args, run
+
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    out = tmp_path / "out"
+    argv = ["--base_model", str(base), "--output_dir", str(out), "--save_steps", "3", "--max_steps", "3"]
+    assert run(parse_args(argv))["global_step"] == 3
+    saved = load_file(out / "checkpoint-3" / ADAPTER_WEIGHTS_NAME)
+    ns = parse_args(argv)
+    ns.resume_from_checkpoint = True
+    with caplog.at_level(logging.WARNING, logger="neat_hf"):
+        assert run(ns)["global_step"] == 3
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert "had already finished" in caplog.text and "checkpoint-3" in caplog.text
+    resumed = load_file(out / ADAPTER_WEIGHTS_NAME)
+    assert all(torch.equal(resumed[key], value) for key, value in saved.items())
+
+
+def test_checkpoint_deletion_renames_first_and_finishes_leftovers(tmp_path):
+    """A folder being deleted stops being a checkpoint in one rename; what a kill left is removed at the next save."""
+    from neat_hf.trainers.checkpoints import DELETING_PREFIX, begin_checkpoint, checkpoint_folders, remove_checkpoint
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    half_deleted = tmp_path / f"{DELETING_PREFIX}checkpoint-0-1234abcd"  # a kill in the middle of a deletion
+    half_deleted.mkdir()
+    (half_deleted / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
+    assert checkpoint_folders(str(tmp_path)) == [str(tmp_path / "checkpoint-2"), str(tmp_path / "checkpoint-4")]
+    remove_checkpoint(str(tmp_path / "checkpoint-2"))
+    begin_checkpoint(str(tmp_path / "checkpoint-6"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4", "checkpoint-6"]
 
 
 def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_checkpoints(tmp_path):
