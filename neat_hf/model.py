@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapter_names import check_adapter_name
 from .card import write_model_card
 from .config import NeatConfig, read_adapter_config, store_neat_only_settings
 from .constants import (
@@ -214,8 +215,7 @@ class NeatModel(nn.Module):
         """
         if not isinstance(config, NeatConfig):
             raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-            raise NeatError(f"Adapter names must be non-empty strings without '.', got {adapter_name!r}.")
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
         config = copy.deepcopy(config)
