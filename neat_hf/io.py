@@ -7,6 +7,8 @@ so an interrupted save never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +16,10 @@ import math
 import os
 import re
 import tempfile
-
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
-from .errors import AdapterLoadError
+from .errors import AdapterLoadError, FolderInUseError
 from .hub_errors import hub_errors
 
 logger = logging.getLogger(__name__)
@@ -45,6 +50,87 @@ MAX_TRAINING_INFO_BYTES = 1 << 20
 TMP_PREFIX = ".tmp-"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+#: How long a save waits for another save into the same folder to finish before giving up.
+SAVE_LOCK_TIMEOUT_S = 120.0
+
+
+@dataclass
+class _HeldLock:
+    """This process's hold on one folder's lock: threads queue on `rlock`; the OS lock (`fd`) is held while
+    `depth` > 0; `users` counts threads holding or waiting, so the entry is dropped only when none is left."""
+
+    rlock: threading.RLock = field(default_factory=threading.RLock)
+    fd: int = -1
+    depth: int = 0
+    users: int = 0
+
+
+_HELD_LOCKS: dict[tuple[int, int], _HeldLock] = {}
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, timeout: float = SAVE_LOCK_TIMEOUT_S, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the existing `folder` while the block runs: saves into one adapter folder are
+    serialized (the second waits up to `timeout` seconds), a second run into one output folder is refused
+    (`timeout=0`).
+
+    The lock is `flock` on the folder itself, so nothing is written into it and the OS releases it when the holder
+    dies (a killed run never leaves it stuck). It is re-entrant within a thread (a run holding its output folder saves
+    the final adapter into it), and threads of one process queue for it like processes do.
+
+    Args:
+        folder (`str` or `os.PathLike`): an existing folder.
+        timeout (`float`, *optional*, defaults to `SAVE_LOCK_TIMEOUT_S`): seconds to wait for another holder.
+        busy (`str`, *optional*): the message of the error raised when the lock cannot be had in time.
+
+    Raises:
+        FolderInUseError: another process or thread held the folder for longer than `timeout`.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    stat = os.fstat(fd)
+    key = (stat.st_dev, stat.st_ino)
+    deadline = time.monotonic() + timeout
+    message = busy or (
+        f"{os.fspath(folder)!r} is in use: another process is saving or training into it (waited {timeout:g} s). "
+        "Save into another folder, or retry when it has finished."
+    )
+    with _HELD_LOCKS_GUARD:
+        held = _HELD_LOCKS.setdefault(key, _HeldLock())
+        held.users += 1
+    try:
+        if not held.rlock.acquire(timeout=max(timeout, 0.0)):
+            raise FolderInUseError(message)
+        try:
+            if held.depth == 0:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise FolderInUseError(message) from None
+                        time.sleep(0.05)
+                held.fd, fd = fd, -1
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+                if held.depth == 0:
+                    os.close(held.fd)  # releases the flock
+                    held.fd = -1
+        finally:
+            held.rlock.release()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with _HELD_LOCKS_GUARD:
+            held.users -= 1
+            if held.users == 0:
+                _HELD_LOCKS.pop(key, None)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -140,7 +226,7 @@ def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
     """Delete the `.tmp-*` files that an interrupted atomic write left in `directory`; returns their names.
 
-    Called at the start of a save into `directory` (one writer per folder, as with any save target).
+    Called at the start of a save into `directory`, under [`folder_lock`] (so never another save's files).
     """
     removed = []
     try:

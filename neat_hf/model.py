@@ -39,6 +39,7 @@ from .io import (
     atomic_save_safetensors,
     atomic_write_text,
     check_saved_together,
+    folder_lock,
     read_adapter_weights,
     read_tensor_shapes,
     remove_stale_temporaries,
@@ -517,22 +518,23 @@ class NeatModel(nn.Module):
             directory = os.fspath(save_directory) if name == DEFAULT_ADAPTER_NAME else os.path.join(save_directory, name)
             tensors = self.get_adapter_state_dict(state_dict, name)
             os.makedirs(directory, exist_ok=True)
-            remove_stale_temporaries(directory)
-            # Weights first, carrying the digests of their config and of themselves; then the card and
-            # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
-            # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that loads
-            # as a mix of two saves.
-            config = self._config_for_saving(name)
-            config_text = config.to_json_string()
-            metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
-            atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
-            if name == self.active_adapter:
-                # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save. The
-                # neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
-                write_model_card(directory, model=self, config=config)
-            else:
-                store_neat_only_settings(directory, config.neat_only_settings())
-            atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
+            with folder_lock(directory):  # one save into a folder at a time: never two saves' files mixed
+                remove_stale_temporaries(directory)
+                # Weights first, carrying the digests of their config and of themselves; then the card and
+                # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
+                # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that
+                # loads as a mix of two saves.
+                config = self._config_for_saving(name)
+                config_text = config.to_json_string()
+                metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
+                atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
+                if name == self.active_adapter:
+                    # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
+                    # The neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
+                    write_model_card(directory, model=self, config=config)
+                else:
+                    store_neat_only_settings(directory, config.neat_only_settings())
+                atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         """{state_dict key: tensor} of every adapter, in the same (sorted) order on every rank."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from neat_hf.errors import HubError, NeatError, TrainerSetupError
+from neat_hf.errors import HubError, NeatError
 from neat_hf.trainers.job import PreparedJob, prepare, run
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
@@ -150,7 +150,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"neat-train: interrupted; checkpoints written so far (if any) are in {training_args.output_dir}.",
               file=sys.stderr)
         return 130
-    except (HubError, TrainerSetupError) as error:  # the final push failed (results saved), or no checkpoint to resume
+    except NeatError as error:  # the final push failed (results saved), no checkpoint to resume, output_dir in use
         print(f"neat-train: error: {error}", file=sys.stderr)
         return 1 if isinstance(error, HubError) else 2
     stopped = results.get("interrupted")
