@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from transformers import AutoConfig, AutoTokenizer
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX
 from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.io import resolve_adapter_file
+from neat_hf.io import remove_stale_staging, resolve_adapter_file, staging_directory
 from neat_hf.model import NeatModel
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.task_types import model_class_for
@@ -214,9 +212,12 @@ def export_merged(
     model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
     merged = model.merge_and_unload(safe_merge=safe_merge)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    # Written into a staging sibling that then takes out's place (io.staging_directory): a kill leaves out old, new
+    # or absent, never half-deleted; the staging folders (with safetensors' .tmpXXXXXX files) earlier kills left go.
+    remove_stale_staging(out)
+    if out.exists() and not out.is_dir():
+        out.unlink()
+    with staging_directory(out) as tmp:
         merged.save_pretrained(tmp)
         _save_tokenizer(base, tmp, base_revision, token)
         write_merged_model_card(
@@ -225,12 +226,6 @@ def export_merged(
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         if pickles:  # transformers writes safetensors only; refuse to ship anything else
             raise NeatError(f"Merged model save produced pickle files {pickles}; refusing to keep them.")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

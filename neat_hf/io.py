@@ -15,11 +15,13 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +50,9 @@ MAX_TRAINING_INFO_BYTES = 1 << 20
 
 #: Prefix of the temporary files of atomic writes (cleaned from a folder by the next save into it).
 TMP_PREFIX = ".tmp-"
+#: Names of temporary files a killed write leaves: ours (`TMP_PREFIX`), and safetensors' own (its Rust writer
+#: serializes into `.tmp` + 6 random characters beside the destination, then renames; no dash).
+_STALE_TEMPORARY = re.compile(rf"{re.escape(TMP_PREFIX)}.*|\.tmp[A-Za-z0-9]{{6}}")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
@@ -188,9 +193,7 @@ def _sort_metadata_in_place(path: str) -> None:
 
 def _publish(tmp: str, path: str | os.PathLike) -> None:
     """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -224,7 +227,8 @@ def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
-    """Delete the `.tmp-*` files that an interrupted atomic write left in `directory`; returns their names.
+    """Delete the temporary files that an interrupted atomic write left in `directory` (`.tmp-*`, and safetensors'
+    `.tmpXXXXXX`); returns their names.
 
     Called at the start of a save into `directory`, under [`folder_lock`] (so never another save's files).
     """
@@ -235,12 +239,57 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(directory, name)
-        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+        if _STALE_TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
             _silent_remove(path)
             removed.append(name)
     if removed:
         logger.info("Removed %d temporary files left by an interrupted save in %s: %s", len(removed), directory, removed)
     return removed
+
+
+def remove_stale_staging(out: str | os.PathLike) -> list[str]:
+    """Delete the sibling folders of `out` that a killed [`staging_directory`] left (its staging folder, or the
+    previous `out` moved aside while the new one took its place); returns their names. Called before each write
+    into `out`, which replaces whatever they held."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}-(old-)?[A-Za-z0-9_]{{8}}")
+    removed = [p.name for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    for name in removed:
+        shutil.rmtree(out.parent / name, ignore_errors=True)
+    if removed:
+        logger.info("Removed %d folders left by an interrupted write next to %s: %s", len(removed), out, removed)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `out` to write into, that replaces `out` when the block succeeds and is removed when it
+    fails. A kill leaves `out` old, new or absent (between the two renames), never a mix, never half-deleted; the
+    next write cleans up ([`remove_stale_staging`]). Used by `save_as_lora` and `neat-hub merge`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; a plain mkdir would not
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:

@@ -391,6 +391,61 @@ def test_lora_export_killed_at_every_step_is_old_new_or_absent_then_recovers(tmp
     assert set(outcomes) == {"old", "absent", "new"}, outcomes
 
 
+def test_merge_overwrite_killed_at_every_step_is_old_new_or_absent_then_cleaned(tmp_path):
+    """`neat-hub merge --overwrite` over an earlier merge, killed at each file operation: the output is the old
+    merge, the new one or absent, never a half-deleted folder (a kill in the middle of removing the old one left only
+    generation_config.json); the next merge removes every staging folder and safetensors `.tmpXXXXXX` orphan a kill
+    left (safetensors' writer is invisible to the kill hook, so such an orphan is planted)."""
+    from neat_hf.hub.merge import export_merged
+
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    old_adapter, new_adapter = _saved_adapter(tmp_path / "old_adapter"), tmp_path / "new_adapter"
+    _new_adapter().save_pretrained(new_adapter)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "merged"
+    references = {}
+    for label, adapter in (("old", old_adapter), ("new", new_adapter)):
+        export_merged(base_dir, adapter, tmp_path / label)
+        references[label] = load_file(tmp_path / label / "model.safetensors")
+
+    def merge_new() -> None:
+        export_merged(base_dir, new_adapter, out, overwrite=True)
+
+    export_merged(base_dir, old_adapter, out)
+    steps = kill_at_step(merge_new, work, 0)
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        shutil.rmtree(work)
+        work.mkdir()
+        export_merged(base_dir, old_adapter, out)
+        assert kill_at_step(merge_new, work, kill_at) == kill_at
+        if not out.exists():
+            outcomes.append("absent")
+        else:
+            weights = load_file(out / "model.safetensors")
+            same = [all(torch.equal(weights[k], ref[k]) for k in ref) for ref in references.values()]
+            assert any(same) and (out / "config.json").is_file(), f"kill at step {kill_at} left a mixed merge"
+            outcomes.append("old" if same[0] else "new")
+        for leftover in work.iterdir():  # what safetensors' writer leaves when killed mid-write
+            if leftover.is_dir() and leftover.name != "merged":
+                (leftover / ".tmpAb12Cd").write_bytes(b"\0" * 1000)
+        merge_new()
+        assert sorted(p.name for p in work.iterdir()) == ["merged"], kill_at
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")], kill_at
+    assert {"old", "new"} <= set(outcomes), outcomes
+
+
+def test_a_save_removes_safetensors_orphans_left_by_a_killed_save(tmp_path):
+    folder = _saved_adapter(tmp_path / "adapter")
+    (folder / ".tmpX1y2Z3").write_bytes(b"\0" * 100)  # safetensors' own temporary file (no dash)
+    (folder / ".tmp-abc.safetensors").write_bytes(b"\0" * 100)  # ours
+    (folder / ".tmpkeep-me-longer").write_bytes(b"")  # not a temporary name of either writer
+    _new_adapter().save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".tmpkeep-me-longer"]
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints killed mid-save
 
 
