@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from argparse import Namespace
 from importlib.metadata import EntryPoint, entry_points
 
@@ -288,6 +289,24 @@ def test_bad_model_args(env, model_args, error, match):
     model_args = {k: values.get(v, v) if isinstance(v, str) else v for k, v in model_args.items()}
     with pytest.raises(error, match=match):
         NeatLM(pretrained=str(env.base), device="cpu", **model_args)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_adapter_with_overflowing_merged_weights_is_refused(env, merge):
+    """Every tensor 3e38 is finite, W0 + ΔW is not: scored as chance before, refused now (as by neat-hub merge)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = env.root / "overflowing_adapter"
+    if not folder.exists():
+        shutil.copytree(env.adapter, folder)
+        weights = folder / "adapter_model.safetensors"
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata()
+        save_file({k: torch.full_like(v, 3e38) for k, v in load_file(weights).items()}, weights, metadata=metadata)
+    with pytest.raises(AdapterLoadError, match="NaN/inf in the merged weight of .*q_proj") as info:
+        NeatLM(pretrained=str(env.base), adapter=str(folder), merge=merge, device="cpu")
+    assert "\n" not in str(info.value)
 
 
 def test_pretrained_must_be_a_name_or_folder(env):

@@ -36,6 +36,7 @@ from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
 from neat_hf.io import CONFIG_SHA_KEY, text_sha256
+from neat_hf.trainers.train import cli  # at import time: importing it reaches for bitsandbytes' Hub kernels
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj"]
@@ -489,7 +490,7 @@ def test_rotating_run_killed_at_every_file_operation_keeps_a_checkpoint_and_resu
     at every file operation after checkpoint-2 is complete (writes, renames, and each single removal inside a
     deletion), then `resume_from_checkpoint=True`. A complete checkpoint always survives the kill, the resume ends at
     step 5 (never 6: resuming a finished run trains nothing) with the adapter of the uninterrupted run, bit for bit,
-    and leaves one checkpoint and no half-deleted folder."""
+    and leaves checkpoint-5 as the newest checkpoint and no half-deleted folder."""
     report = _checkpoint_trials(tmp_path, "rotation-trials", most=0, timeout=3000)
     operations = report["operations"]
     assert any(op.startswith("os.remove .deleting-checkpoint-2-") for op in operations), operations  # rmtree is seen
@@ -498,7 +499,9 @@ def test_rotating_run_killed_at_every_file_operation_keeps_a_checkpoint_and_resu
     for trial in report["trials"]:
         assert trial["complete_after_kill"], trial  # never left without a complete checkpoint
         assert trial["global_step"] == 5, trial
-        assert trial["checkpoints_after_resume"] == ["checkpoint-5"], trial
+        # checkpoint-5 is the newest; a kill before checkpoint-4's deletion began leaves it (nothing was left to
+        # train, so no save rotated it away).
+        assert trial["checkpoints_after_resume"] in (["checkpoint-5"], ["checkpoint-4", "checkpoint-5"]), trial
         assert trial["leftovers"] == [], trial
         resumed = load_file(Path(trial["output"]) / ADAPTER_WEIGHTS_NAME)
         assert resumed.keys() == reference.keys()
@@ -577,6 +580,29 @@ def _pushed_folder(tmp_path: Path, seed: int) -> Path:
     folder = tmp_path / f"adapter{seed}"
     make_adapter(seed=seed).save_pretrained(folder)
     return folder
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "repo_create_500"])
+def test_neat_train_push_to_hub_with_a_failing_hub_is_one_line_exit_1(hub_server, tmp_path, capsys, fault):
+    """An unreachable HF_ENDPOINT (was a ConnectError traceback from init_hf_repo) and a repo-create 500 (was exit 2
+    with the raw server message) are one HubError line, exit status 1 (the Hub failed, not the input)."""
+    from hub_server import patch_hub_endpoint
+
+    argv = ["--max_steps", "1", "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id",
+            "neat-tester/failing-hub", "--max_train_samples", "8", "--max_eval_samples", "4"]
+    if fault == "unreachable":
+        with patch_hub_endpoint("http://127.0.0.1:9"):  # nothing listens on the discard port
+            code = cli(argv)
+    else:
+        hub_server.inject_fault("500", path_contains="/repos/create", times=20)
+        code = cli(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("neat-train:")]
+    assert code == 1, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "neat-tester/failing-hub" in lines[0]
+    assert ("connection failed" if fault == "unreachable" else "HTTP 500") in lines[0], lines[0]
+    assert not (tmp_path / "out" / ADAPTER_WEIGHTS_NAME).exists()
 
 
 def _checkpoint_pushing_trainer(tmp_path: Path):

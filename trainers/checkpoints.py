@@ -196,7 +196,9 @@ def resolve_resume(
     resume_from_checkpoint: str | bool | None, output_dir: str, *, announce: bool = True
 ) -> str | None:
     """What `Trainer.train(resume_from_checkpoint=...)` should get: True becomes the newest complete checkpoint; an
-    explicit folder must be complete. `announce=False` (other ranks than the first) skips the log line.
+    explicit folder must be complete. `announce=False` (other ranks than the first) skips the log line; with
+    `announce=True` (the main process) resuming also finishes the deletions a kill interrupted in `output_dir`
+    ([`remove_deleted_leftovers`]: a resumed run that has nothing left to train saves no checkpoint that would).
 
     Raises:
         TrainerSetupError: no complete checkpoint, or the folder given is incomplete (the message names the newest
@@ -204,6 +206,8 @@ def resolve_resume(
     """
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return None
+    if announce:
+        remove_deleted_leftovers(output_dir)
     if resume_from_checkpoint is True:
         return latest_complete_checkpoint(output_dir, announce=announce)
     folder = os.fspath(resume_from_checkpoint)

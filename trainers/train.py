@@ -138,9 +138,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
-    except USER_ERRORS as error:
+    except USER_ERRORS as error:  # bad input: 2; the Hub failing (unreachable, a server error): 1
         print(f"neat-train: error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, HubError) else 2
     except KeyboardInterrupt:
         print("neat-train: interrupted before training started; nothing was written.", file=sys.stderr)
         return 130
