@@ -647,6 +647,24 @@ def test_retry_after_a_lost_answer_makes_no_duplicate_commit(hub_server, tmp_pat
     assert len(hub_server.history(HUB_REPO)) == landed
 
 
+def test_suggested_neat_hub_push_after_a_landed_final_push_makes_no_commit(hub_server, tmp_path, capsys):
+    """neat-train's final push lands but its answer is lost; the `neat-hub push` it suggests must find everything
+    already there: no new commit, and the card (with its neat-hf tag) unchanged (it rebuilt another card: 22/22)."""
+    from neat_hf.hub.cli import main as neat_hub
+
+    repo, out = "neat-tester/landed", tmp_path / "out"
+    hub_server.inject_fault("drop_after", times=1)  # the first commit: the final push (no checkpoint pushes)
+    code = cli(["--max_steps", "1", "--output_dir", str(out), "--push_to_hub", "--hub_model_id", repo,
+                "--save_strategy", "no", "--max_train_samples", "8", "--max_eval_samples", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and "may have landed" in err and f"neat-hub push {out} {repo}" in err, err[-2000:]
+    landed, card = len(hub_server.history(repo)), hub_server.files(repo)["README.md"]
+    assert b"neat-hf" in card
+    assert neat_hub(["push", str(out), repo]) == 0
+    assert len(hub_server.history(repo)) == landed
+    assert hub_server.files(repo)["README.md"] == card
+
+
 def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tmp_path, caplog):
     push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
     hub_server.add_file(HUB_REPO, "adapter_model.bin", b"an old pickled adapter")
