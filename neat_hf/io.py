@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -219,6 +220,7 @@ def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
     Raises:
         AdapterLoadError: the file is not readable safetensors.
     """
+    check_regular_file(weights_path)
     try:
         with safe_open(os.fspath(weights_path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -336,20 +338,85 @@ def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
     return stamp if isinstance(stamp, str) else None
 
 
-def read_json_file(path: str | os.PathLike, *, max_bytes: int, what: str) -> Any:
-    """Parse a small JSON file of an adapter folder (`adapter_config.json`, `training_info.json`): its size is checked
-    before it is read, it must be UTF-8, and nesting too deep for the parser is an error like any other.
+#: Longest integer literal accepted in a JSON file neat-hf reads (configs, training records, remote configs): far
+#: beyond any count or size they hold, far below Python's 4300-digit `int()` limit (a raw ValueError otherwise).
+MAX_JSON_INT_DIGITS = 40
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular_reason(path: str | os.PathLike) -> str | None:
+    """None if `path` (symlinks resolved: the Hub cache's links to its blobs are fine) is a regular file; else what it
+    is ("a named pipe (FIFO)", "a character device", "a directory", ...), or "missing". Reading a FIFO blocks
+    forever and a device such as /dev/zero never ends, so every file neat-hf reads is checked first."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: str | os.PathLike) -> str:
+    """Return `path` if it is a regular file (after resolving symlinks), else raise one line saying what it is.
 
     Raises:
-        AdapterLoadError: the file is larger than `max_bytes` ("this is not `what`"), not UTF-8, or not JSON.
+        AdapterLoadError: `path` is a FIFO, a device, a socket, a directory or missing.
+    """
+    reason = not_regular_reason(path)
+    if reason is not None:
+        raise AdapterLoadError(
+            f"{os.fspath(path)!r} is {reason}, not a regular file; an adapter folder holds regular files only."
+        )
+    return os.fspath(path)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise AdapterLoadError(
+            f"holds an integer of {len(text.lstrip('-')):,d} digits (at most {MAX_JSON_INT_DIGITS} are accepted)"
+        )
+    return int(text)
+
+
+def loads_bounded_json(text: str | bytes) -> Any:
+    """`json.loads` with every integer literal bounded ([`MAX_JSON_INT_DIGITS`]).
+
+    Raises:
+        AdapterLoadError: an integer literal is too long (the message starts with "holds an integer").
+        ValueError, RecursionError: what `json.loads` raises for text that is not JSON or nested too deep.
+    """
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def read_json_file(path: str | os.PathLike, *, max_bytes: int, what: str) -> Any:
+    """Parse a small JSON file of an adapter folder (`adapter_config.json`, `training_info.json`): only a regular file
+    is read (opened without blocking, so a FIFO is refused, not waited on), its size is checked before it is read, it
+    must be UTF-8, integers are bounded ([`loads_bounded_json`]), and nesting too deep for the parser is an error like
+    any other.
+
+    Raises:
+        AdapterLoadError: the file is not a regular file, larger than `max_bytes` ("this is not `what`"), not UTF-8,
+            not JSON, or holds an over-long integer.
         OSError: the file cannot be opened.
     """
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is {size:,d} bytes; at most {max_bytes:,d} are read. This is not {what}.")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            check_regular_file(path)  # raises, naming what it is
+        if info.st_size > max_bytes:
+            raise AdapterLoadError(
+                f"{os.fspath(path)!r} is {info.st_size:,d} bytes; at most {max_bytes:,d} are read. This is not {what}."
+            )
+        raw = handle.read(max_bytes + 1)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return loads_bounded_json(raw.decode("utf-8"))
+    except AdapterLoadError as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} {err}; this is not {what}.") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
 
@@ -384,6 +451,8 @@ def resolve_adapter_file(
         location = os.path.join(location, subfolder)
     if os.path.isdir(location):
         path = os.path.join(location, filename)
+        if os.path.lexists(path) and not_regular_reason(path) != "missing":
+            return check_regular_file(path)
         if not os.path.isfile(path):
             present = sorted(os.listdir(location))
             raise AdapterLoadError(
@@ -406,7 +475,7 @@ def _hub_download(
     local_files_only: bool | None,
 ) -> str:
     with hub_errors(f"load {filename!r} from", repo_id, revision=revision, filename=filename, error=AdapterLoadError):
-        return hf_hub_download(
+        return check_regular_file(hf_hub_download(
             repo_id,
             filename,
             subfolder=subfolder or None,
@@ -414,7 +483,7 @@ def _hub_download(
             token=token,
             cache_dir=cache_dir,
             local_files_only=bool(local_files_only),
-        )
+        ))
 
 
 def is_hub_id(value: object) -> bool:
@@ -422,8 +491,37 @@ def is_hub_id(value: object) -> bool:
     return isinstance(value, str) and bool(_HUB_ID.match(value)) and ".." not in value and not os.path.exists(value)
 
 
+#: safetensors dtypes an adapter tensor may have: the float types neat-hf computes in, and the integer/bool types the
+#: loader itself refuses by tensor name (or accepts for integer buffers of `modules_to_save`).
+LOADABLE_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+def check_tensor_dtypes(path: str | os.PathLike) -> None:
+    """Refuse, from the safetensors header, a tensor of a dtype neat-hf does not compute with (float8, float4,
+    complex, unsigned wider than 8 bits), by name and before any of it is read: torch has no NaN/inf check or
+    arithmetic for some of them.
+
+    Raises:
+        AdapterLoadError: naming the tensor and its dtype, or the file is not readable safetensors.
+    """
+    check_regular_file(path)
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(path)!r}: corrupt or not safetensors ({err}).") from err
+    for key, dtype in dtypes.items():
+        if dtype not in LOADABLE_DTYPES:
+            raise AdapterLoadError(
+                f"Adapter tensor {key!r} in {os.fspath(path)!r} has dtype {dtype}, which neat-hf does not load; adapter "
+                "weights must be float32/float16/bfloat16 (it is refused rather than converted)."
+            )
+
+
 def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load adapter tensors from a safetensors file (never pickle), with a clear error if it is corrupt."""
+    """Load adapter tensors from a safetensors file (never pickle), with a clear error if it is corrupt or holds a
+    dtype neat-hf does not compute with ([`check_tensor_dtypes`])."""
+    check_tensor_dtypes(path)
     try:
         return load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
@@ -436,6 +534,7 @@ def read_tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     Raises:
         AdapterLoadError: the file is not readable safetensors.
     """
+    check_regular_file(path)
     try:
         with safe_open(os.fspath(path), framework="pt") as handle:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}

@@ -116,7 +116,32 @@ HOSTILE_ADAPTERS = [
     ("config_from_other_save", lambda f: _edit_config(f, _resign=False, scaling=3.0), AdapterLoadError, ["interrupted"]),
     # deeper than the JSON parser's recursion limit (was a raw RecursionError)
     ("config_too_deep", lambda f: (f / ADAPTER_CONFIG_NAME).write_text("[" * 200_000), AdapterLoadError, ["not valid UTF-8 JSON"]),
+    # issue 25: a 5,000-digit integer reached int() (ValueError: Exceeds the limit (4300 digits))
+    ("r_5000_digits", lambda f: _replace_in_config(f, '"r": 2', '"r": ' + "9" * 5000), AdapterLoadError, ["5,000 digits"]),
+    # float8 reached torch.isfinite (NotImplementedError) in merge, export and lm-eval
+    ("float8_weight", lambda f: _edit_weights(f, lambda t: t.to(torch.float8_e4m3fn)), AdapterLoadError, ["F8_E4M3", "refused"]),
+    # a FIFO blocked every loader past 60 s; a /dev/zero symlink never ends
+    ("config_fifo", lambda f: _make_fifo(f / ADAPTER_CONFIG_NAME), AdapterLoadError, ["named pipe (FIFO)", "regular"]),
+    ("weights_fifo", lambda f: _make_fifo(f / ADAPTER_WEIGHTS_NAME), AdapterLoadError, ["named pipe (FIFO)", "regular"]),
+    ("weights_dev_zero", lambda f: _symlink(f / ADAPTER_WEIGHTS_NAME, "/dev/zero"), AdapterLoadError, ["character device"]),
 ]
+
+
+def _replace_in_config(folder: Path, old: str, new: str) -> None:
+    path = folder / ADAPTER_CONFIG_NAME
+    text = path.read_text()
+    assert old in text, text
+    path.write_text(text.replace(old, new))
+
+
+def _make_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _symlink(path: Path, target: str) -> None:
+    path.unlink()
+    path.symlink_to(target)
 
 
 @pytest.mark.parametrize("name,breaker,error,fragments", HOSTILE_ADAPTERS, ids=[row[0] for row in HOSTILE_ADAPTERS])
@@ -200,6 +225,97 @@ def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
     assert len(blobs) == 1
     with safe_open(os.fspath(tmp_path / "0" / ADAPTER_WEIGHTS_NAME), framework="pt") as handle:
         assert handle.metadata()["format"] == "pt" and CONFIG_SHA_KEY in handle.metadata()
+
+
+#: The hostile rows added for issue 25, run through every loader (the rest of the table through from_pretrained above
+#: and merge in test_hostile_configs_are_refused_by_every_loader).
+EVERY_LOADER_ROWS = [row for row in HOSTILE_ADAPTERS if row[0] in (
+    "r_5000_digits", "float8_weight", "config_fifo", "weights_fifo", "weights_dev_zero", "depth_1e9", "nan_weight")]
+LOADERS = ["from_pretrained", "load_adapter", "neat_hub_merge", "neat_hub_export_lora", "neat_lm_eval"]
+
+
+@pytest.fixture(scope="module")
+def saved_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("base") / "tiny_llama"
+    tiny_llama(seed=1).save_pretrained(base)
+    return base
+
+
+def _run_loader(loader: str, base_dir: Path, folder: Path, out: Path) -> None:
+    if loader == "from_pretrained":
+        NeatModel.from_pretrained(tiny_llama(seed=1), folder)
+    elif loader == "load_adapter":
+        get_neat_model(tiny_llama(seed=1), NeatConfig(r=2, target_modules=TARGETS)).load_adapter(folder, "other")
+    elif loader == "neat_hub_merge":
+        from neat_hf.hub.merge import export_merged
+
+        export_merged(base_dir, folder, out)
+    elif loader == "neat_hub_export_lora":
+        from neat_hf.hub.export import export_lora
+
+        export_lora(base_dir, folder, out)
+    else:  # what the lm-eval backend runs: the config first, then the same from_pretrained on the loaded base
+        from neat_hf.eval_harness.model import _check_merged_weights_finite
+
+        NeatConfig.from_pretrained(folder)
+        _check_merged_weights_finite(NeatModel.from_pretrained(tiny_llama(seed=1), folder), os.fspath(folder))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("name,breaker,error,fragments", EVERY_LOADER_ROWS, ids=[row[0] for row in EVERY_LOADER_ROWS])
+def test_hostile_adapter_is_one_line_through_every_loader(tmp_path, saved_base, loader, name, breaker, error, fragments):
+    folder = _saved_adapter(tmp_path / "adapter")
+    breaker(folder)
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    with pytest.raises(error) as info:
+        _run_loader(loader, saved_base, folder, out)
+    assert time.perf_counter() - start < 5, f"{name} through {loader}: {time.perf_counter() - start:.1f} s"
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 1200, message
+    assert all(fragment in message for fragment in fragments), message
+    assert not out.exists()
+
+
+def test_training_info_fifo_is_ignored_with_a_warning(tmp_path, caplog):
+    """A FIFO training_info.json blocked from_pretrained, load_adapter and merge past 60 s."""
+    folder = _saved_adapter(tmp_path / "adapter")
+    reference = _outputs_of(folder)
+    _make_fifo(folder / TRAINING_INFO_NAME)
+    start = time.perf_counter()
+    with caplog.at_level("WARNING", logger="neat_hf"):
+        out = _outputs_of(folder)
+    assert time.perf_counter() - start < 5 and torch.equal(out, reference)
+    assert "named pipe (FIFO)" in caplog.text and TRAINING_INFO_NAME in caplog.text
+
+
+@pytest.mark.parametrize("tool", ["merge", "export-lora"])
+def test_a_head_claiming_huge_num_labels_is_refused_before_the_base_is_built(tmp_path, tool):
+    """A trained head's row count sets num_labels of the base that merge / export-lora build (8,000,000 took > 3 GB
+    within seconds): above MAX_NUM_LABELS it is one AdapterLoadError line."""
+    from conftest import tiny_bert_classifier
+
+    from neat_hf.hub.cli import main as neat_hub
+    from neat_hf.hub.merge import MAX_NUM_LABELS
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_bert_classifier(num_labels=2).save_pretrained(base_dir)
+    config = NeatConfig(r=2, init_weights=False, task_type="SEQ_CLS", target_modules=["query", "value"])
+    get_neat_model(tiny_bert_classifier(num_labels=2), config).save_pretrained(adapter_dir)
+    weights = adapter_dir / ADAPTER_WEIGHTS_NAME
+    with safe_open(os.fspath(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(weights)
+    head = next(k for k in tensors if "classifier" in k and k.endswith("weight"))
+    tensors[head] = torch.zeros(MAX_NUM_LABELS + 1, tensors[head].shape[1], dtype=torch.bfloat16)
+    save_file(tensors, weights, metadata=metadata)
+    start = time.perf_counter()
+    with pytest.raises(AdapterLoadError, match=f"{MAX_NUM_LABELS + 1:,d} classes"):
+        from neat_hf.hub.merge import adapter_load_plan
+
+        adapter_load_plan(base_dir, adapter_dir)
+    assert neat_hub([tool, str(base_dir), str(adapter_dir), str(tmp_path / "out")]) == 1
+    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
