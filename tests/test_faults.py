@@ -270,7 +270,8 @@ def test_hostile_adapter_is_one_line_through_every_loader(tmp_path, saved_base, 
     start = time.perf_counter()
     with pytest.raises(error) as info:
         _run_loader(loader, saved_base, folder, out)
-    assert time.perf_counter() - start < 5, f"{name} through {loader}: {time.perf_counter() - start:.1f} s"
+    # A hang guard only (a FIFO blocked forever): time and memory bounds are measured by benchmarks/bench_hostile.py.
+    assert time.perf_counter() - start < 60, f"{name} through {loader}: {time.perf_counter() - start:.1f} s"
     message = str(info.value)
     assert "\n" not in message and len(message) < 1200, message
     assert all(fragment in message for fragment in fragments), message
@@ -285,7 +286,7 @@ def test_training_info_fifo_is_ignored_with_a_warning(tmp_path, caplog):
     start = time.perf_counter()
     with caplog.at_level("WARNING", logger="neat_hf"):
         out = _outputs_of(folder)
-    assert time.perf_counter() - start < 5 and torch.equal(out, reference)
+    assert time.perf_counter() - start < 60 and torch.equal(out, reference)  # a hang guard
     assert "named pipe (FIFO)" in caplog.text and TRAINING_INFO_NAME in caplog.text
 
 
@@ -315,7 +316,7 @@ def test_a_head_claiming_huge_num_labels_is_refused_before_the_base_is_built(tmp
 
         adapter_load_plan(base_dir, adapter_dir)
     assert neat_hub([tool, str(base_dir), str(adapter_dir), str(tmp_path / "out")]) == 1
-    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+    assert time.perf_counter() - start < 60 and not (tmp_path / "out").exists()  # a hang guard
 
 
 @pytest.mark.parametrize(
