@@ -3,7 +3,8 @@
 lm-eval 0.4.13 finds model backends only in its built-in table, so `lm_eval --model neat` cannot work there; this
 command imports our backend first and then runs lm-eval's CLI unchanged. Every lm-eval flag and subcommand
 (`run`, `ls`, `validate`) works as documented by lm-eval; the only difference is that `neat_hf.eval_harness.TASKS_DIR`
-is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash).
+is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash), and a
+`token=` in `--model_args` is passed to the Hub as `HF_TOKEN` instead of being logged and saved with the results.
 
 One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
 (`README.md`, `model-index` entries) through `neat_hf.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
@@ -96,6 +97,35 @@ def _card_folder(update_card: object, args: argparse.Namespace) -> Path:
     return folder
 
 
+def _take_token(args: argparse.Namespace) -> str | None:
+    """Take `token=` out of the parsed `--model_args`: lm-eval logs the model arguments ("Initializing neat model,
+    with arguments: ...") and writes them to `results_*.json` (`config.model_args`), which would publish the token.
+    [`_token_in_environment`] hands it to the loaders instead."""
+    model_args = getattr(args, "model_args", None)
+    if not isinstance(model_args, dict) or "token" not in model_args:
+        return None
+    token = model_args.pop("token")
+    return None if token in (None, "") else str(token)
+
+
+@contextlib.contextmanager
+def _token_in_environment(token: str | None) -> Iterator[None]:
+    """`HF_TOKEN` set to `token` while the block runs (restored after), so that every Hub download of the run (base
+    model, adapter, tokenizer) authenticates with it as `token=` would; a no-op for None."""
+    if token is None:
+        yield
+        return
+    saved = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = saved
+
+
 def _results_files(output_path: str) -> set[Path]:
     """lm-eval's results files under `--output_path` (a folder, or a `name.json` that becomes `name_<date>.json`)."""
     path = Path(output_path)
@@ -182,10 +212,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     with _argv(["neat-lm-eval", *lm_eval_argv]):
         args = parser.parse_args()
     _with_bundled_tasks(args)
+    token = _take_token(args)
     try:
         card_folder = None if update_card is None else _card_folder(update_card, args)
         before = _results_files(args.output_path) if card_folder else set()
-        parser.execute(args)
+        with _token_in_environment(token):
+            parser.execute(args)
         if card_folder:
             _update_card(card_folder, _results_files(args.output_path) - before)
     except NeatError as err:

@@ -20,7 +20,7 @@ from lm_eval.api.registry import Registry, model_registry
 from lm_eval.models.huggingface import HFLM
 
 from neat_hf import NeatConfig, NeatModel, __version__
-from neat_hf.errors import NeatError, NeatModelArgsError
+from neat_hf.errors import AdapterLoadError, NeatError, NeatModelArgsError
 from neat_hf.quantization import bnb_config_from_kwargs
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,22 @@ def _hub_sha(repo_id: str, revision: str | None) -> str:
     except Exception as err:  # noqa: BLE001 - best effort, exactly like HFLM.get_model_info
         logger.debug("Could not read the Hub sha of %s@%s: %s", repo_id, revision, err)
         return ""
+
+
+def _check_merged_weights_finite(neat_model: NeatModel, adapter: str) -> None:
+    """Refuse an adapter whose W0 + ΔW holds NaN/inf in the base's dtype, merged or not: the check `neat-hub merge`
+    makes (`safe_merge`). Its tensors can all be finite (e.g. every weight 3e38) and still overflow on the base, and
+    lm-eval would then score the broken model (as chance) instead of failing.
+
+    Raises:
+        AdapterLoadError: names the adapter and the first layer whose merged weight is not finite.
+    """
+    for path, layer in neat_model.neat_layers():
+        if not layer.merged_weight_is_finite():
+            raise AdapterLoadError(
+                f"Adapter {adapter!r} gives NaN/inf in the merged weight of {path} (W0 + ΔW in "
+                f"{layer.base_layer.weight.dtype}); it cannot be evaluated (neat-hub merge refuses it too)."
+            )
 
 
 def register_model_once(name: str, *, registry: Registry = model_registry) -> Callable[[type], type]:
@@ -105,6 +121,7 @@ class NeatLM(HFLM):
         AdapterLoadError: the adapter folder or repo, or one of its files, is missing or invalid (checked before the
             base model is loaded).
         AdapterMismatchError: the adapter was made for another base model (the message names module and shapes).
+        AdapterLoadError: also when the adapter's merged weights hold NaN/inf (checked merged or not).
 
     Example:
         ```bash
@@ -165,6 +182,7 @@ class NeatLM(HFLM):
             logger.info("Tokenizer has %d tokens, embeddings %d: resizing.", len(self.tokenizer), vocab_size)
             base_model.resize_token_embeddings(len(self.tokenizer))
         neat_model = NeatModel.from_pretrained(base_model, self.adapter, revision=self.adapter_revision)
+        _check_merged_weights_finite(neat_model, self.adapter)
         if self.merge:
             self._model = neat_model.merge_and_unload()
             logger.info("Merged NEAT adapter %s into %s.", self.adapter, pretrained)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,8 @@ from transformers import AutoConfig, AutoTokenizer
 
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX
-from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.io import resolve_adapter_file
+from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
+from neat_hf.io import remove_stale_staging, resolve_adapter_file, staging_directory
 from neat_hf.model import NeatModel
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.task_types import model_class_for
@@ -95,20 +93,39 @@ def adapter_load_plan(
     config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub)).to_dict()
     weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
     cls = resolve_model_class(config, auto_class)
+    base_config = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, revision=base_revision, token=token)
+    _check_model_type(base, adapter, cls, base_config)
     load_kwargs: dict[str, Any] = _head_kwargs(config, weights_path, cls.__name__)
     if load_kwargs:
+        _check_head_size(load_kwargs["num_labels"], weights_path)
         load_kwargs["ignore_mismatched_sizes"] = True
-    _check_model_type(base, adapter, cls, revision=base_revision, token=token)
     return AdapterLoadPlan(config, weights_path, cls, load_kwargs)
 
 
-def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, **hub: Any) -> None:
+#: Most classes a trained head may claim (ImageNet-21k has 21,843): the base is built with a head of that size before
+#: any adapter tensor is read, so the claim is bounded before anything is allocated.
+MAX_NUM_LABELS = 100_000
+
+
+def _check_head_size(num_labels: int, weights_path: str) -> None:
+    """Refuse a head (modules_to_save) whose class count would make the base's new head huge, before the base is
+    built with it (8,000,000 classes took > 3 GB within seconds). Its width is checked against the base's layers by
+    the adapter loader, as every other tensor is."""
+    if num_labels > MAX_NUM_LABELS:
+        raise AdapterLoadError(
+            f"Adapter weights {weights_path!r} hold a classification head with {num_labels:,d} classes; at most "
+            f"{MAX_NUM_LABELS:,d} are accepted (the base would be built with a head that size). This is not a head "
+            "neat-hf trained."
+        )
+
+
+def _check_model_type(base: str | os.PathLike, adapter: str | os.PathLike, cls: type, base_config: Any) -> None:
     """Refuse a base of another architecture than the class the adapter was saved from, before loading it (a LLaMA
     class built from a GPT-2 config would fall back to LLaMA's default, 7B-sized dimensions)."""
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
     if not expected:  # an Auto class: it follows the base's own config
         return
-    model_type = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, **hub).model_type
+    model_type = base_config.model_type
     if model_type != expected:
         raise AdapterMismatchError(
             f"Adapter {os.fspath(adapter)!r} was saved from {cls.__name__} ({expected} models) but {os.fspath(base)!r} "
@@ -214,9 +231,12 @@ def export_merged(
     model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
     merged = model.merge_and_unload(safe_merge=safe_merge)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    # Written into a staging sibling that then takes out's place (io.staging_directory): a kill leaves out old, new
+    # or absent, never half-deleted; the staging folders (with safetensors' .tmpXXXXXX files) earlier kills left go.
+    remove_stale_staging(out)
+    if out.exists() and not out.is_dir():
+        out.unlink()
+    with staging_directory(out) as tmp:
         merged.save_pretrained(tmp)
         _save_tokenizer(base, tmp, base_revision, token)
         write_merged_model_card(
@@ -225,12 +245,6 @@ def export_merged(
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         if pickles:  # transformers writes safetensors only; refuse to ship anything else
             raise NeatError(f"Merged model save produced pickle files {pickles}; refusing to keep them.")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

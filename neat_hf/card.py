@@ -12,7 +12,8 @@ time:
 
 * `adapter_config.json` and `adapter_model.safetensors` (hyperparameters; parameter count from the safetensors header),
 * `training_info.json` (optional, see `neat_hf.training_info`, which scrubs it of credentials),
-* the existing `README.md`, whose `model-index` is kept when the card is rebuilt without new evaluation results.
+* the existing `README.md`, whose `model-index` is kept when the card is rebuilt without new evaluation results, and
+  whose tags are kept (so a rebuild of an unchanged folder writes the same card).
 
 The tables are formatted by `neat_hf.card_rows`; lm-eval output becomes `EvalResult`s in
 `neat_hf.eval_harness.results`. Tokens never reach a card: nothing here reads one, and training info is scrubbed.
@@ -204,18 +205,21 @@ def _limit(results: Sequence[EvalResult] | None) -> Any:
     return None
 
 
-def existing_eval_results(card_path: str | os.PathLike) -> list[EvalResult]:
-    """The `model-index` results of an existing card (none if the file is missing or has none)."""
+def existing_card_facts(card_path: str | os.PathLike) -> tuple[list[EvalResult], list[str]]:
+    """The `model-index` results and the tags of an existing card, which a rebuild keeps (a trainer's `neat-hf` tag,
+    a `--tag` given earlier); tags naming a base model (`base_model:...`) are left to the rebuild. Empty if the file
+    is missing or does not parse."""
     if not Path(card_path).is_file():
-        return []
+        return [], []
     try:
         card = ModelCard.load(card_path, ignore_metadata_errors=True)
     except Exception as err:  # a hand-edited README with broken YAML must not block a rebuild
         logger.warning(
-            "Could not parse the existing card %s (%s); its evaluation results are not kept.", card_path, err
+            "Could not parse the existing card %s (%s); its evaluation results and tags are not kept.", card_path, err
         )
-        return []
-    return list(card.data.eval_results or [])
+        return [], []
+    tags = [t for t in (card.data.tags or []) if isinstance(t, str) and not t.startswith("base_model:")]
+    return list(card.data.eval_results or []), tags
 
 
 def write_model_card(
@@ -292,8 +296,10 @@ def write_model_card(
             info["base_model_quantization"] = quantization
 
     card_path = directory / MODEL_CARD_NAME
-    kept = existing_eval_results(card_path) if keep_eval_results and same_weights else []
-    results = merge_eval_results(kept, eval_results)
+    kept, kept_tags = existing_card_facts(card_path) if same_weights else ([], [])
+    results = merge_eval_results(kept if keep_eval_results else [], eval_results)
+    if kept_tags:  # the same card rebuilt gives the same bytes: a retried push then makes no commit
+        card_kwargs["tags"] = kept_tags + [t for t in card_kwargs.get("tags") or [] if t not in kept_tags]
     card = build_model_card(
         config,
         repo_id=repo_id,

@@ -23,6 +23,11 @@ class AdapterLoadError(NeatError):
     """An adapter folder or Hub repo is missing a file, holds a corrupt file or an invalid config."""
 
 
+class FolderInUseError(NeatError):
+    """Another process (or thread) holds the folder: a run writing into its output folder, or a save into the same
+    adapter folder that did not finish in time (see `neat_hf.io.folder_lock`)."""
+
+
 class AdapterMismatchError(AdapterLoadError):
     """An adapter's tensors do not fit the base model (module missing or of another shape)."""
 

@@ -51,7 +51,7 @@ from .constants import (
 )
 from .errors import AdapterLoadError, NeatError
 from .hub_errors import hub_errors
-from .io import check_saved_together, read_tensor_shapes
+from .io import check_saved_together, loads_bounded_json, read_tensor_shapes
 from .training_info import TRAINING_INFO_NAME
 
 if TYPE_CHECKING:
@@ -518,7 +518,7 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
     """`data` parsed as a JSON object, or None when it is not one (bytes that are not UTF-8 or JSON, a list, nesting
     too deep for the parser, ...)."""
     try:
-        value = json.loads(data)
+        value = loads_bounded_json(data)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
     return value if isinstance(value, dict) else None

@@ -7,14 +7,22 @@ so an interrupted save never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import stat
 import tempfile
-
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
-from .errors import AdapterLoadError
+from .errors import AdapterLoadError, FolderInUseError
 from .hub_errors import hub_errors
 
 logger = logging.getLogger(__name__)
@@ -43,8 +51,92 @@ MAX_TRAINING_INFO_BYTES = 1 << 20
 
 #: Prefix of the temporary files of atomic writes (cleaned from a folder by the next save into it).
 TMP_PREFIX = ".tmp-"
+#: Names of temporary files a killed write leaves: ours (`TMP_PREFIX`), and safetensors' own (its Rust writer
+#: serializes into `.tmp` + 6 random characters beside the destination, then renames; no dash).
+_STALE_TEMPORARY = re.compile(rf"{re.escape(TMP_PREFIX)}.*|\.tmp[A-Za-z0-9]{{6}}")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+#: How long a save waits for another save into the same folder to finish before giving up.
+SAVE_LOCK_TIMEOUT_S = 120.0
+
+
+@dataclass
+class _HeldLock:
+    """This process's hold on one folder's lock: threads queue on `rlock`; the OS lock (`fd`) is held while
+    `depth` > 0; `users` counts threads holding or waiting, so the entry is dropped only when none is left."""
+
+    rlock: threading.RLock = field(default_factory=threading.RLock)
+    fd: int = -1
+    depth: int = 0
+    users: int = 0
+
+
+_HELD_LOCKS: dict[tuple[int, int], _HeldLock] = {}
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, *, timeout: float = SAVE_LOCK_TIMEOUT_S, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on the existing `folder` while the block runs: saves into one adapter folder are
+    serialized (the second waits up to `timeout` seconds), a second run into one output folder is refused
+    (`timeout=0`).
+
+    The lock is `flock` on the folder itself, so nothing is written into it and the OS releases it when the holder
+    dies (a killed run never leaves it stuck). It is re-entrant within a thread (a run holding its output folder saves
+    the final adapter into it), and threads of one process queue for it like processes do.
+
+    Args:
+        folder (`str` or `os.PathLike`): an existing folder.
+        timeout (`float`, *optional*, defaults to `SAVE_LOCK_TIMEOUT_S`): seconds to wait for another holder.
+        busy (`str`, *optional*): the message of the error raised when the lock cannot be had in time.
+
+    Raises:
+        FolderInUseError: another process or thread held the folder for longer than `timeout`.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    stat = os.fstat(fd)
+    key = (stat.st_dev, stat.st_ino)
+    deadline = time.monotonic() + timeout
+    message = busy or (
+        f"{os.fspath(folder)!r} is in use: another process is saving or training into it (waited {timeout:g} s). "
+        "Save into another folder, or retry when it has finished."
+    )
+    with _HELD_LOCKS_GUARD:
+        held = _HELD_LOCKS.setdefault(key, _HeldLock())
+        held.users += 1
+    try:
+        if not held.rlock.acquire(timeout=max(timeout, 0.0)):
+            raise FolderInUseError(message)
+        try:
+            if held.depth == 0:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise FolderInUseError(message) from None
+                        time.sleep(0.05)
+                held.fd, fd = fd, -1
+            held.depth += 1
+            try:
+                yield
+            finally:
+                held.depth -= 1
+                if held.depth == 0:
+                    os.close(held.fd)  # releases the flock
+                    held.fd = -1
+        finally:
+            held.rlock.release()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with _HELD_LOCKS_GUARD:
+            held.users -= 1
+            if held.users == 0:
+                _HELD_LOCKS.pop(key, None)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -102,9 +194,7 @@ def _sort_metadata_in_place(path: str) -> None:
 
 def _publish(tmp: str, path: str | os.PathLike) -> None:
     """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -130,6 +220,7 @@ def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
     Raises:
         AdapterLoadError: the file is not readable safetensors.
     """
+    check_regular_file(weights_path)
     try:
         with safe_open(os.fspath(weights_path), framework="pt") as handle:
             return dict(handle.metadata() or {})
@@ -138,9 +229,10 @@ def read_weights_metadata(weights_path: str | os.PathLike) -> dict[str, str]:
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
-    """Delete the `.tmp-*` files that an interrupted atomic write left in `directory`; returns their names.
+    """Delete the temporary files that an interrupted atomic write left in `directory` (`.tmp-*`, and safetensors'
+    `.tmpXXXXXX`); returns their names.
 
-    Called at the start of a save into `directory` (one writer per folder, as with any save target).
+    Called at the start of a save into `directory`, under [`folder_lock`] (so never another save's files).
     """
     removed = []
     try:
@@ -149,12 +241,57 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
         return removed
     for name in names:
         path = os.path.join(directory, name)
-        if name.startswith(TMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+        if _STALE_TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
             _silent_remove(path)
             removed.append(name)
     if removed:
         logger.info("Removed %d temporary files left by an interrupted save in %s: %s", len(removed), directory, removed)
     return removed
+
+
+def remove_stale_staging(out: str | os.PathLike) -> list[str]:
+    """Delete the sibling folders of `out` that a killed [`staging_directory`] left (its staging folder, or the
+    previous `out` moved aside while the new one took its place); returns their names. Called before each write
+    into `out`, which replaces whatever they held."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}-(old-)?[A-Za-z0-9_]{{8}}")
+    removed = [p.name for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    for name in removed:
+        shutil.rmtree(out.parent / name, ignore_errors=True)
+    if removed:
+        logger.info("Removed %d folders left by an interrupted write next to %s: %s", len(removed), out, removed)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `out` to write into, that replaces `out` when the block succeeds and is removed when it
+    fails. A kill leaves `out` old, new or absent (between the two renames), never a mix, never half-deleted; the
+    next write cleans up ([`remove_stale_staging`]). Used by `save_as_lora` and `neat-hub merge`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; a plain mkdir would not
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:
@@ -201,20 +338,85 @@ def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
     return stamp if isinstance(stamp, str) else None
 
 
-def read_json_file(path: str | os.PathLike, *, max_bytes: int, what: str) -> Any:
-    """Parse a small JSON file of an adapter folder (`adapter_config.json`, `training_info.json`): its size is checked
-    before it is read, it must be UTF-8, and nesting too deep for the parser is an error like any other.
+#: Longest integer literal accepted in a JSON file neat-hf reads (configs, training records, remote configs): far
+#: beyond any count or size they hold, far below Python's 4300-digit `int()` limit (a raw ValueError otherwise).
+MAX_JSON_INT_DIGITS = 40
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_regular_reason(path: str | os.PathLike) -> str | None:
+    """None if `path` (symlinks resolved: the Hub cache's links to its blobs are fine) is a regular file; else what it
+    is ("a named pipe (FIFO)", "a character device", "a directory", ...), or "missing". Reading a FIFO blocks
+    forever and a device such as /dev/zero never ends, so every file neat-hf reads is checked first."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: str | os.PathLike) -> str:
+    """Return `path` if it is a regular file (after resolving symlinks), else raise one line saying what it is.
 
     Raises:
-        AdapterLoadError: the file is larger than `max_bytes` ("this is not `what`"), not UTF-8, or not JSON.
+        AdapterLoadError: `path` is a FIFO, a device, a socket, a directory or missing.
+    """
+    reason = not_regular_reason(path)
+    if reason is not None:
+        raise AdapterLoadError(
+            f"{os.fspath(path)!r} is {reason}, not a regular file; an adapter folder holds regular files only."
+        )
+    return os.fspath(path)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise AdapterLoadError(
+            f"holds an integer of {len(text.lstrip('-')):,d} digits (at most {MAX_JSON_INT_DIGITS} are accepted)"
+        )
+    return int(text)
+
+
+def loads_bounded_json(text: str | bytes) -> Any:
+    """`json.loads` with every integer literal bounded ([`MAX_JSON_INT_DIGITS`]).
+
+    Raises:
+        AdapterLoadError: an integer literal is too long (the message starts with "holds an integer").
+        ValueError, RecursionError: what `json.loads` raises for text that is not JSON or nested too deep.
+    """
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def read_json_file(path: str | os.PathLike, *, max_bytes: int, what: str) -> Any:
+    """Parse a small JSON file of an adapter folder (`adapter_config.json`, `training_info.json`): only a regular file
+    is read (opened without blocking, so a FIFO is refused, not waited on), its size is checked before it is read, it
+    must be UTF-8, integers are bounded ([`loads_bounded_json`]), and nesting too deep for the parser is an error like
+    any other.
+
+    Raises:
+        AdapterLoadError: the file is not a regular file, larger than `max_bytes` ("this is not `what`"), not UTF-8,
+            not JSON, or holds an over-long integer.
         OSError: the file cannot be opened.
     """
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise AdapterLoadError(f"{os.fspath(path)!r} is {size:,d} bytes; at most {max_bytes:,d} are read. This is not {what}.")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            check_regular_file(path)  # raises, naming what it is
+        if info.st_size > max_bytes:
+            raise AdapterLoadError(
+                f"{os.fspath(path)!r} is {info.st_size:,d} bytes; at most {max_bytes:,d} are read. This is not {what}."
+            )
+        raw = handle.read(max_bytes + 1)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return loads_bounded_json(raw.decode("utf-8"))
+    except AdapterLoadError as err:
+        raise AdapterLoadError(f"{os.fspath(path)!r} {err}; this is not {what}.") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise AdapterLoadError(f"{os.fspath(path)!r} is not valid UTF-8 JSON: {err}") from err
 
@@ -249,6 +451,8 @@ def resolve_adapter_file(
         location = os.path.join(location, subfolder)
     if os.path.isdir(location):
         path = os.path.join(location, filename)
+        if os.path.lexists(path) and not_regular_reason(path) != "missing":
+            return check_regular_file(path)
         if not os.path.isfile(path):
             present = sorted(os.listdir(location))
             raise AdapterLoadError(
@@ -282,7 +486,7 @@ def _hub_download(
     local_files_only: bool | None,
 ) -> str:
     with hub_errors(f"load {filename!r} from", repo_id, revision=revision, filename=filename, error=AdapterLoadError):
-        return hf_hub_download(
+        return check_regular_file(hf_hub_download(
             repo_id,
             filename,
             subfolder=subfolder or None,
@@ -290,7 +494,7 @@ def _hub_download(
             token=token,
             cache_dir=cache_dir,
             local_files_only=bool(local_files_only),
-        )
+        ))
 
 
 def is_hub_id(value: object) -> bool:
@@ -298,8 +502,37 @@ def is_hub_id(value: object) -> bool:
     return isinstance(value, str) and bool(_HUB_ID.match(value)) and ".." not in value and not os.path.exists(value)
 
 
+#: safetensors dtypes an adapter tensor may have: the float types neat-hf computes in, and the integer/bool types the
+#: loader itself refuses by tensor name (or accepts for integer buffers of `modules_to_save`).
+LOADABLE_DTYPES = ("F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL")
+
+
+def check_tensor_dtypes(path: str | os.PathLike) -> None:
+    """Refuse, from the safetensors header, a tensor of a dtype neat-hf does not compute with (float8, float4,
+    complex, unsigned wider than 8 bits), by name and before any of it is read: torch has no NaN/inf check or
+    arithmetic for some of them.
+
+    Raises:
+        AdapterLoadError: naming the tensor and its dtype, or the file is not readable safetensors.
+    """
+    check_regular_file(path)
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            dtypes = {key: handle.get_slice(key).get_dtype() for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise AdapterLoadError(f"Could not read adapter weights {os.fspath(path)!r}: corrupt or not safetensors ({err}).") from err
+    for key, dtype in dtypes.items():
+        if dtype not in LOADABLE_DTYPES:
+            raise AdapterLoadError(
+                f"Adapter tensor {key!r} in {os.fspath(path)!r} has dtype {dtype}, which neat-hf does not load; adapter "
+                "weights must be float32/float16/bfloat16 (it is refused rather than converted)."
+            )
+
+
 def read_adapter_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load adapter tensors from a safetensors file (never pickle), with a clear error if it is corrupt."""
+    """Load adapter tensors from a safetensors file (never pickle), with a clear error if it is corrupt or holds a
+    dtype neat-hf does not compute with ([`check_tensor_dtypes`])."""
+    check_tensor_dtypes(path)
     try:
         return load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
@@ -312,6 +545,7 @@ def read_tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
     Raises:
         AdapterLoadError: the file is not readable safetensors.
     """
+    check_regular_file(path)
     try:
         with safe_open(os.fspath(path), framework="pt") as handle:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}

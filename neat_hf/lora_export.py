@@ -19,15 +19,10 @@ model shapes and module names are checked against the adapter before anything is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +31,7 @@ import torch
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
 from .distributed import gathered
 from .errors import NeatError
-from .io import atomic_save_safetensors, atomic_write_text
+from .io import atomic_save_safetensors, atomic_write_text, remove_stale_staging, staging_directory
 from .layer import NeatLayer, layer_adapter_parameters, layer_external_parameters
 from .lora_card import write_lora_card
 from .serving import ServingIssue, check_serving_limits, raise_for_server
@@ -222,8 +217,8 @@ def save_as_lora(
         "neat_act_fn": neat.act_fn,
         "neat_scaling": neat.scaling,
     }
-    _remove_stale_staging(out)
-    with _staging_directory(out) as staging:
+    remove_stale_staging(out)
+    with staging_directory(out) as staging:
         atomic_save_safetensors(tensors, staging / ADAPTER_WEIGHTS_NAME)
         atomic_write_text(staging / ADAPTER_CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         write_lora_card(staging, config, export_info, issues=issues, repo_id=repo_id)
@@ -231,43 +226,3 @@ def save_as_lora(
     return out
 
 
-def _remove_stale_staging(out: Path) -> list[str]:
-    """Delete the sibling folders of `out` that a killed export left (its staging folder, or the previous export
-    moved aside while the new one took its place); returns their names. Called before each export into `out`, which
-    replaces whatever they held."""
-    if not out.parent.is_dir():
-        return []
-    pattern = re.compile(rf"\.{re.escape(out.name)}-(old-)?[A-Za-z0-9_]{{8}}")
-    removed = [p.name for p in out.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-    for name in removed:
-        shutil.rmtree(out.parent / name, ignore_errors=True)
-    if removed:
-        logger.info("Removed %d folders left by an interrupted export next to %s: %s", len(removed), out, removed)
-    return removed
-
-
-@contextlib.contextmanager
-def _staging_directory(out: Path) -> Iterator[Path]:
-    """A temporary sibling of `out` that replaces `out` when the block succeeds and is removed when it fails. A kill
-    leaves `out` old, new or absent (between the two renames), never a mix; the next export cleans up."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        yield staging
-        os.chmod(staging, 0o777 & ~_umask())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

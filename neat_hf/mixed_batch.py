@@ -22,14 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapter_names import BASE_ADAPTER
 from .errors import NeatError
 
 if TYPE_CHECKING:
     from .layer import NeatLayer
-
-#: Name standing for "no adapter" in `adapter_names` (PEFT's).
-BASE_ADAPTER = "__base__"
-
 
 def _hooked_modules(root: nn.Module) -> list[nn.Module]:
     """The modules that take `adapter_names`: NEAT layers and `modules_to_save` wrappers (found by what they hold, so
@@ -39,12 +36,20 @@ def _hooked_modules(root: nn.Module) -> list[nn.Module]:
 
 def check_adapter_names(root: nn.Module, adapter_names: Sequence[str], known: Iterable[str]) -> list[str]:
     """Validate `adapter_names` for the model `root` whose adapters are `known` (PEFT's rules); return them as a list.
+    The batch size is checked by the layers, which see it (one line naming both counts).
 
     Raises:
-        NeatError: not a list of strings, the model is training, an adapter is merged, or a name is unknown.
+        NeatError: not a non-empty list (or tuple) of strings, the model is training, an adapter is merged, or a name
+            is unknown.
     """
-    if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
-        raise NeatError(f"adapter_names must be a list of adapter names, one per batch row, got {adapter_names!r}.")
+    expected = f"a list of adapter names (str), one per batch row, {BASE_ADAPTER!r} for a row without an adapter"
+    if not isinstance(adapter_names, (list, tuple)):
+        raise NeatError(f"adapter_names must be {expected}; got {type(adapter_names).__name__} {adapter_names!r:.80}.")
+    if not adapter_names:
+        raise NeatError(f"adapter_names is empty; it must be {expected}.")
+    wrong = [n for n in adapter_names if not isinstance(n, str)]
+    if wrong:
+        raise NeatError(f"adapter_names must be {expected}; it holds {type(wrong[0]).__name__} {wrong[0]!r:.80}.")
     names = list(adapter_names)
     if root.training:
         raise NeatError("adapter_names (mixed-adapter batches) is for inference; call model.eval() first.")

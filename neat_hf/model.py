@@ -23,6 +23,7 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapter_names import check_adapter_name
 from .card import write_model_card
 from .config import NeatConfig, read_adapter_config, store_neat_only_settings
 from .constants import (
@@ -42,6 +43,7 @@ from .io import (
     atomic_write_text,
     check_saved_together,
     fetch_companion_file,
+    folder_lock,
     read_adapter_weights,
     read_tensor_shapes,
     remove_stale_temporaries,
@@ -62,11 +64,6 @@ from .quantization import (
 from .targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
-
-
-def _check_adapter_name(adapter_name: Any) -> None:
-    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
-        raise NeatError(f"Adapter names must be non-empty strings without '.', got {adapter_name!r}.")
 
 
 def _checked_config(model: nn.Module, config: NeatConfig) -> NeatConfig:
@@ -131,7 +128,7 @@ class NeatModel(PeftModel):
                 "NeatModel.from_pretrained or get_peft_model before). Add adapters through that model (add_adapter / "
                 "load_adapter), or start from a fresh base model."
             )
-        _check_adapter_name(adapter_name)
+        check_adapter_name(adapter_name)
         config = _checked_config(model, config)
         apply_neat_to_peft()
         with warnings.catch_warnings():
@@ -196,7 +193,7 @@ class NeatModel(PeftModel):
         Raises:
             NoTargetModulesError, UnsupportedModuleError, NeatError: see `neat_hf.targets.plan_injection`.
         """
-        _check_adapter_name(adapter_name)
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
         config = _checked_config(self.get_base_model(), peft_config)
@@ -459,22 +456,23 @@ class NeatModel(PeftModel):
             directory = os.fspath(save_directory) if name == DEFAULT_ADAPTER_NAME else os.path.join(save_directory, name)
             tensors = self.get_adapter_state_dict(state_dict, name)
             os.makedirs(directory, exist_ok=True)
-            remove_stale_temporaries(directory)
-            # Weights first, carrying the digests of their config and of themselves; then the card and
-            # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
-            # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that loads
-            # as a mix of two saves.
-            config = self._config_for_saving(name)
-            config_text = config.to_json_string()
-            metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
-            atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
-            if name == self.active_adapter:
-                # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save. The
-                # neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
-                write_model_card(directory, model=self, config=config)
-            else:
-                store_neat_only_settings(directory, config.neat_only_settings())
-            atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
+            with folder_lock(directory):  # one save into a folder at a time: never two saves' files mixed
+                remove_stale_temporaries(directory)
+                # Weights first, carrying the digests of their config and of themselves; then the card and
+                # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
+                # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that
+                # loads as a mix of two saves.
+                config = self._config_for_saving(name)
+                config_text = config.to_json_string()
+                metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
+                atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
+                if name == self.active_adapter:
+                    # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
+                    # The neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
+                    write_model_card(directory, model=self, config=config)
+                else:
+                    store_neat_only_settings(directory, config.neat_only_settings())
+                atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         """{state_dict key: tensor} of every adapter, in the same (sorted) order on every rank."""

@@ -29,7 +29,16 @@ from typing import Any
 
 from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
-from .io import MAX_TRAINING_INFO_BYTES, WEIGHTS_SHA_KEY, WEIGHTS_STAMP_KEY, atomic_write_text, read_json_file, read_weights_metadata, recorded_weights_stamp
+from .io import (
+    MAX_TRAINING_INFO_BYTES,
+    WEIGHTS_SHA_KEY,
+    WEIGHTS_STAMP_KEY,
+    atomic_write_text,
+    not_regular_reason,
+    read_json_file,
+    read_weights_metadata,
+    recorded_weights_stamp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +112,8 @@ def load_training_info(directory: str | os.PathLike) -> dict[str, Any] | None:
     """
     path = Path(directory) / TRAINING_INFO_NAME
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO would block the reader forever, a device never end
+            logger.warning("Ignoring %s: it is %s, not a regular file.", os.fspath(path), not_regular_reason(path))
         return None
     data = read_json_file(path, max_bytes=MAX_TRAINING_INFO_BYTES, what="a training record")
     try:

@@ -53,6 +53,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--max_steps", type=int, default=4)
     parser.add_argument("--save_steps", type=int, default=0, help="0: no checkpoints")
+    parser.add_argument("--save_total_limit", type=int, default=None)
     parser.add_argument("--resume_from_checkpoint", default=None)
     parser.add_argument("--zero_init", action="store_true", help="build the training arguments before loading the model, "
                         "so that transformers partitions it with zero.Init while loading (else: at deepspeed.initialize)")
@@ -84,6 +85,7 @@ def build_args(ns: argparse.Namespace, **overrides: Any):
         warmup_steps=0,
         save_strategy="steps" if ns.save_steps else "no",
         save_steps=ns.save_steps or 500,
+        save_total_limit=ns.save_total_limit,
         logging_steps=1,
         report_to="none",
         seed=7,

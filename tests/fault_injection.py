@@ -8,9 +8,11 @@
   cheap (no new interpreter), and is safe as long as the forking process has not run parallel torch ops yet.
 - `install_from_env()`: installs the hook from `FAULT_ROOT` / `FAULT_KILL_AT` / `FAULT_RANK` (used by tests/ds_driver.py
   under torchrun, where each rank is its own process).
-- Run as a script (`python tests/fault_injection.py checkpoint-trials ...`), it runs the single-process checkpoint
-  trials: an uninterrupted reference, a counting run, then for each kill point a run SIGKILLed during the save of
-  `checkpoint-4` and a resume with `resume_from_checkpoint=True`, each in a child forked from one pristine process.
+- Run as a script (`python tests/fault_injection.py checkpoint-trials|rotation-trials ...`), it runs the
+  single-process checkpoint trials: an uninterrupted reference, a counting run, then for each kill point a run
+  SIGKILLed there (during the save of `checkpoint-4`; or, rotating with `save_total_limit=1`, at any file operation
+  after the first checkpoint is complete) and a resume with `resume_from_checkpoint=True`, each in a child forked from
+  one pristine process.
 """
 
 from __future__ import annotations
@@ -26,16 +28,40 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 _FILE_EVENTS = ("os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree", "os.truncate")
 
 
-def file_operation_hook(root: str | os.PathLike, kill_at: int, counter: list[int]) -> Callable[[str, tuple], None]:
-    """Audit hook: count file operations under `root` in `counter[0]`; SIGKILL this process at the `kill_at`-th."""
+def _dir_fd(event: str, args: tuple) -> object:
+    """The `dir_fd` argument of a file-operation audit event (None or -1: relative to the working directory)."""
+    if event in ("os.remove", "os.rmdir", "shutil.rmtree"):
+        return args[1] if len(args) > 1 else None
+    if event == "os.mkdir":
+        return args[2] if len(args) > 2 else None
+    if event == "os.rename":
+        return args[2] if len(args) > 2 else None
+    return None
+
+
+def file_operation_hook(
+    root: str | os.PathLike, kill_at: int, counter: list[int], log: list[str] | None = None
+) -> Callable[[str, tuple], None]:
+    """Audit hook: count file operations under `root` in `counter[0]`; SIGKILL this process at the `kill_at`-th.
+
+    Paths relative to a `dir_fd` (how `shutil.rmtree` removes each file and folder) are resolved through
+    `/proc/self/fd`, so every single removal inside a tree deletion is a kill point. `log` (optional) receives one
+    `"<event> <path relative to root>"` line per counted operation.
+    """
     root_text = os.path.realpath(root)
 
-    def under(path: object) -> bool:
+    def resolve(path: object, dir_fd: object) -> str | None:
         try:
-            real = os.path.realpath(os.fsdecode(path))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return False
-        return real == root_text or real.startswith(root_text + os.sep)
+            text = os.fsdecode(path)  # type: ignore[arg-type]
+            if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(text):
+                text = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
+            return os.path.realpath(text)
+        except (TypeError, ValueError, OSError):
+            return None
+
+    def under(path: object, dir_fd: object = None) -> bool:
+        real = resolve(path, dir_fd)
+        return real is not None and (real == root_text or real.startswith(root_text + os.sep))
 
     def hook(event: str, args: tuple) -> None:
         if event == "open":
@@ -47,11 +73,14 @@ def file_operation_hook(root: str | os.PathLike, kill_at: int, counter: list[int
             if mode is None and not (flags or 0) & _WRITE_FLAGS:
                 return
         elif event in _FILE_EVENTS:
-            if not under(args[0]):
+            if not under(args[0], _dir_fd(event, args)):
                 return
         else:
             return
         counter[0] += 1
+        if log is not None:
+            real = resolve(args[0], None if event == "open" else _dir_fd(event, args)) or "?"
+            log.append(f"{event} {os.path.relpath(real, root_text)}")
         if counter[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -76,44 +105,59 @@ def kill_at_step(operation: Callable[[], object], root: str | os.PathLike, kill_
     Raises:
         AssertionError: the child failed, hung past `timeout`, or was not killed at `kill_at` although it should be.
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 1
-        try:
-            os.close(read_fd)
-            import torch
+    return _run_forked(operation, root, kill_at, timeout)[0]
 
-            torch.set_num_threads(1)
-            counter = [0]
-            sys.addaudithook(file_operation_hook(root, kill_at, counter))
-            operation()
-            os.write(write_fd, str(counter[0]).encode())
-            code = 0
-        except BaseException:
-            import traceback
 
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError(f"child still running after {timeout} s")
-        time.sleep(0.01)
-    with os.fdopen(read_fd) as handle:
-        report = handle.read()
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL and kill_at > 0, f"child died of signal {os.WTERMSIG(status)}"
-        return kill_at
-    assert os.WEXITSTATUS(status) == 0, f"the operation failed in the child (exit {os.WEXITSTATUS(status)})"
-    return int(report)
+def operation_log(operation: Callable[[], object], root: str | os.PathLike, timeout: float = 300) -> list[str]:
+    """Run `operation()` to the end in a forked child; the file operations it made under `root`, in order (one
+    `"<event> <relative path>"` line each; kill point k is line k-1)."""
+    return _run_forked(operation, root, 0, timeout)[1]
+
+
+def _run_forked(
+    operation: Callable[[], object], root: str | os.PathLike, kill_at: int, timeout: float
+) -> tuple[int, list[str]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="neat-fault-") as scratch:
+        report_path = os.path.join(scratch, "report.json")  # a file, not a pipe: a long log cannot block the child
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 1
+            try:
+                import torch
+
+                torch.set_num_threads(1)
+                counter: list[int] = [0]
+                log: list[str] = []
+                sys.addaudithook(file_operation_hook(root, kill_at, counter, log))
+                operation()
+                with open(report_path, "w", encoding="utf-8") as handle:
+                    json.dump({"count": counter[0], "log": log}, handle)
+                code = 0
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"child still running after {timeout} s")
+            time.sleep(0.01)
+        if os.WIFSIGNALED(status):
+            assert os.WTERMSIG(status) == signal.SIGKILL and kill_at > 0, f"child died of signal {os.WTERMSIG(status)}"
+            return kill_at, []
+        assert os.WEXITSTATUS(status) == 0, f"the operation failed in the child (exit {os.WEXITSTATUS(status)})"
+        with open(report_path, encoding="utf-8") as handle:
+            parsed = json.load(handle)
+        return parsed["count"], parsed["log"]
 
 
 def spread(count: int, most: int) -> list[int]:
@@ -123,20 +167,29 @@ def spread(count: int, most: int) -> list[int]:
     return sorted({1 + round(i * (count - 1) / (most - 1)) for i in range(most)})
 
 
-def checkpoint_trials(base_model: str, work: str, most: int) -> dict:
-    """Single-process checkpoint trials (see the module docstring); returns what happened at each kill point."""
+def _driver_training(base_model: str, *flags: str) -> Callable[..., None]:
+    """`train(output_dir, resume=False)`: one tests/ds_driver.py run (checkpoints every 2 steps, plus `flags`); a
+    resume (`resume_from_checkpoint=True`) first writes which checkpoint it starts from to `resumed_from.txt`."""
     from ds_driver import parse_args, run
 
-    from neat_hf.trainers.checkpoints import is_complete, latest_complete_checkpoint
+    from neat_hf.trainers.checkpoints import latest_complete_checkpoint
 
     def train(output_dir: str, resume: bool = False) -> None:
-        ns = parse_args(["--base_model", base_model, "--output_dir", output_dir, "--save_steps", "2"])
+        ns = parse_args(["--base_model", base_model, "--output_dir", output_dir, "--save_steps", "2", *flags])
         ns.resume_from_checkpoint = True if resume else None
         if resume:
             with open(os.path.join(output_dir, "resumed_from.txt"), "w", encoding="utf-8") as handle:
                 handle.write(os.path.basename(latest_complete_checkpoint(output_dir)))
         run(ns)
 
+    return train
+
+
+def checkpoint_trials(base_model: str, work: str, most: int) -> dict:
+    """Single-process checkpoint trials (see the module docstring); returns what happened at each kill point."""
+    from neat_hf.trainers.checkpoints import is_complete
+
+    train = _driver_training(base_model)
     reference = os.path.join(work, "reference")
     kill_at_step(lambda: train(reference), reference, 0)
     counting = os.path.join(work, "counting")
@@ -155,7 +208,43 @@ def checkpoint_trials(base_model: str, work: str, most: int) -> dict:
     return results
 
 
+def rotation_trials(base_model: str, work: str, most: int) -> dict:
+    """Kill points over a run that rotates checkpoints (`save_total_limit=1`, checkpoints at steps 2, 4 and 5, 5 steps
+    of 2-step epochs, then the final adapter save): an uninterrupted reference, a logging run, then for each file
+    operation after `checkpoint-2` is complete (up to `most`, spread; 0: all) a run SIGKILLed there and a resume with
+    `resume_from_checkpoint=True`. Each trial records the kill point's operation, the complete checkpoints the kill
+    left, which one the resume started from and the step it ended at."""
+    from neat_hf.trainers.checkpoints import MARKER, checkpoint_folders, is_complete
+
+    train = _driver_training(base_model, "--max_steps", "5", "--save_total_limit", "1")
+    reference = os.path.join(work, "reference")
+    kill_at_step(lambda: train(reference), reference, 0)
+    counting = os.path.join(work, "counting")
+    log = operation_log(lambda: train(counting), counting)
+    first_complete = log.index(f"os.remove {os.path.join('checkpoint-2', MARKER)}") + 1  # kill point numbers are 1-based
+    points = list(range(first_complete + 1, len(log) + 1))
+    if most and len(points) > most:
+        points = [points[i - 1] for i in spread(len(points), most)]
+    results = {"operations": log, "first_complete": first_complete, "trials": []}
+    for kill_at in points:
+        output = os.path.join(work, f"kill{kill_at}")
+        kill_at_step(lambda: train(output), output, kill_at)
+        complete = [os.path.basename(f) for f in checkpoint_folders(output) if is_complete(f)]
+        kill_at_step(lambda: train(output, resume=True), os.path.join(work, "unused"), 0)
+        with open(os.path.join(output, "resumed_from.txt"), encoding="utf-8") as handle:
+            resumed_from = handle.read()
+        with open(os.path.join(output, "driver_report.json"), encoding="utf-8") as handle:
+            global_step = json.load(handle)["global_step"]
+        results["trials"].append({
+            "kill_at": kill_at, "operation": log[kill_at - 1], "complete_after_kill": complete,
+            "resumed_from": resumed_from, "global_step": global_step, "output": output,
+            "checkpoints_after_resume": [os.path.basename(f) for f in checkpoint_folders(output)],
+            "leftovers": sorted(n for n in os.listdir(output) if n.startswith(".")),
+        })
+    return results
+
+
 if __name__ == "__main__":
     command, base, work, most = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    assert command == "checkpoint-trials"
-    print(json.dumps(checkpoint_trials(base, work, most)))
+    trials = {"checkpoint-trials": checkpoint_trials, "rotation-trials": rotation_trials}
+    print(json.dumps(trials[command](base, work, most)))

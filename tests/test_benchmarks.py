@@ -43,6 +43,17 @@ def load_outputs(out: Path, stem: str, png: bool = True) -> dict:
 
 
 @pytest.mark.slow
+def test_bench_hostile_runs_and_reports_each_refusal(tmp_path):
+    """The script runs end to end (its time and memory bounds are reported, not asserted here)."""
+    run_script("bench_hostile.py", "--cases", "float8_weight,config_fifo", "--loaders", "from_pretrained",
+               "--output-dir", str(tmp_path), check=False)
+    report = load_outputs(tmp_path, "hostile_cpu", png=False)
+    assert [(r["case"], r["loader"]) for r in report["results"]] == [("float8_weight", "from_pretrained"),
+                                                                     ("config_fifo", "from_pretrained")]
+    assert all(r["error"].startswith("AdapterLoadError") and not r["wrote_output"] for r in report["results"])
+
+
+@pytest.mark.slow
 def test_bench_train_tiny(tmp_path):
     run_script("bench_train.py", "--preset", "tiny", "--rounds", "1", "--warmup", "1", "--steps", "2",
                "--output-dir", str(tmp_path))

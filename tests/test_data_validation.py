@@ -5,6 +5,8 @@ file, the row and the column (issue 16, item 6). Files are checked however they 
 
 from __future__ import annotations
 
+import os
+
 import datasets.config
 import pytest
 from huggingface_hub import HfApi, constants
@@ -33,6 +35,11 @@ def _load(path, **kwargs):
         ("ragged.csv", b"sentence,label\ngood,1\nbad,0,extra\n", ["line 3", "3 fields", "header has 2"]),
         ("header_only.csv", b"sentence,label\n", ["no data rows"]),
         ("bytes.csv", b"sentence,label\n\xff\xfe,1\n", ["not UTF-8", "line 2"]),
+        # issue 25: each was a traceback (_csv.Error, RecursionError)
+        ("long_field.csv", b"sentence,label\ngood,1\n" + b"x" * 200_000 + b",0\n",
+         ["line 3", "column 'sentence'", "200,000 characters", "at most 131,072"]),
+        ("deep.jsonl", b'{"instruction": "a", "output": "b"}\n' + b"[" * 100_000 + b"\n", ["line 2", "nested too deeply"]),
+        ("deep.json", b"[" * 100_000, ["nested too deeply"]),
     ],
 )
 def test_bad_files_get_one_line_naming_file_and_line(tmp_path, name, content, fragments):
@@ -54,6 +61,7 @@ def test_bad_files_get_one_line_naming_file_and_line(tmp_path, name, content, fr
         ([*COMMONSENSE_ROWS[:1], {"instruction": 5, "output": "a"}], "instruction", ["row 2", "'instruction'", "not text"]),
         ([*SST2_ROWS[:2], {"sentence": "x", "label": None}], "text-classification", ["row 3", "'label'"]),
         ([*SST2_ROWS[:2], {"sentence": "x", "label": "pos"}], "text-classification", ["row 3", "'pos'", "integers"]),
+        ([*SST2_ROWS[:2], {"sentence": "x", "label": float("nan")}], "text-classification", ["row 3", "nan", "finite"]),
     ],
 )
 def test_null_and_mistyped_fields_are_named(tmp_path, rows, fmt, fragments):
@@ -66,6 +74,49 @@ def test_null_and_mistyped_fields_are_named(tmp_path, rows, fmt, fragments):
     assert "train.jsonl" in message and "'train' split" in message, message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+def test_a_train_file_that_is_not_a_regular_file_is_named_as_such(tmp_path, kind):
+    """A FIFO (blocked the reader), a symlink to /dev/zero (never ends) or a folder was called "does not exist"."""
+    path = tmp_path / "train.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    with pytest.raises(DatasetError) as info:
+        _load(path)
+    message = str(info.value)
+    assert "not a regular file" in message and "does not exist" not in message and "train.jsonl" in message
+    assert {"fifo": "named pipe", "dev_zero": "character device", "directory": "a directory"}[kind] in message
+
+
+def test_one_huge_row_is_cut_before_tokenizing():
+    """A 50 MB line cost memory in proportion to the line while tokenizing (RSS past 6 GB): the text is cut to
+    cutoff_len * MAX_CHARS_PER_TOKEN characters first, with the same first cutoff_len tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    from neat_hf.trainers.default_job import build_default_tokenizer
+
+    tokenizer = build_default_tokenizer()
+    seen = []
+    original = PreTrainedTokenizerFast.__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.append(len(text) if isinstance(text, str) else max(len(t) for t in text))
+        return original(self, text, *args, **kwargs)
+
+    huge = "one two three " * 400_000  # 5.6 MB
+    PreTrainedTokenizerFast.__call__ = spy
+    try:
+        cut = data_lib.tokenize_prompt_response("count: ", huge, tokenizer, cutoff_len=32)
+    finally:
+        PreTrainedTokenizerFast.__call__ = original
+    full = data_lib.tokenize_prompt_response("count: ", huge[:10_000], tokenizer, cutoff_len=32)
+    assert max(seen) <= 32 * data_lib.MAX_CHARS_PER_TOKEN
+    assert cut == full
 
 
 @pytest.mark.parametrize("bad", [2, -1])

@@ -248,7 +248,7 @@ def test_wrapping_a_base_twice_is_refused(saved_adapter):
 def test_bad_adapter_name_leaves_no_state(name):
     model = get_neat_model(tiny_llama(), NeatConfig(r=2))
     before = snapshot(model)
-    with pytest.raises(NeatError, match="Adapter names must be non-empty strings without '.'"):
+    with pytest.raises(NeatError, match="non-empty string|is not allowed: it contains '.'"):
         model.add_adapter(name, NeatConfig(r=2))
     assert list(model.state_dict()) == list(before)
     layer = next(layer for _, layer in model.neat_layers())

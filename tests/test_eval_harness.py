@@ -5,6 +5,9 @@ outputs, and every bundled task reading a few local JSON rows in its Hub dataset
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 from argparse import Namespace
 from importlib.metadata import EntryPoint, entry_points
 
@@ -195,6 +198,33 @@ def test_neat_lm_eval_command_end_to_end(env, capsys):
     assert ("exact_match", "extract", round(results["results"]["neat_gsm8k_gen"]["exact_match,extract"], 6)) in in_card
 
 
+def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, monkeypatch):
+    secret = "hf_SeCrEt0123456789abcdefTOKEN"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+    seen = []
+    original = NeatLM._create_model
+
+    def spy(self, *args, **kwargs):
+        seen.append(os.environ.get("HF_TOKEN"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NeatLM, "_create_model", spy)
+    out = env.root / "token_out"
+    with caplog.at_level(logging.DEBUG):
+        cli.main([
+            "--model", "neat", "--model_args", f"pretrained={env.base},adapter={env.adapter},token={secret}",
+            "--device", "cpu", "--tasks", "neat_boolq_gen", "--include_path", str(env.tasks), "--limit", "2",
+            "--batch_size", "2", "--output_path", str(out),
+        ])
+    printed = capsys.readouterr()
+    (results_file,) = out.rglob("results_*.json")
+    for text in (results_file.read_text(), printed.out, printed.err, caplog.text):
+        assert secret not in text
+    assert seen == [secret]  # the loaders got it (as HF_TOKEN) ...
+    assert "HF_TOKEN" not in os.environ  # ... for the run only
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [
@@ -259,6 +289,24 @@ def test_bad_model_args(env, model_args, error, match):
     model_args = {k: values.get(v, v) if isinstance(v, str) else v for k, v in model_args.items()}
     with pytest.raises(error, match=match):
         NeatLM(pretrained=str(env.base), device="cpu", **model_args)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_adapter_with_overflowing_merged_weights_is_refused(env, merge):
+    """Every tensor 3e38 is finite, W0 + ΔW is not: scored as chance before, refused now (as by neat-hub merge)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    folder = env.root / "overflowing_adapter"
+    if not folder.exists():
+        shutil.copytree(env.adapter, folder)
+        weights = folder / "adapter_model.safetensors"
+        with safe_open(str(weights), framework="pt") as handle:
+            metadata = handle.metadata()
+        save_file({k: torch.full_like(v, 3e38) for k, v in load_file(weights).items()}, weights, metadata=metadata)
+    with pytest.raises(AdapterLoadError, match="NaN/inf in the merged weight of .*q_proj") as info:
+        NeatLM(pretrained=str(env.base), adapter=str(folder), merge=merge, device="cpu")
+    assert "\n" not in str(info.value)
 
 
 def test_pretrained_must_be_a_name_or_folder(env):

@@ -36,6 +36,7 @@ from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
 from neat_hf.io import CONFIG_SHA_KEY, text_sha256
+from neat_hf.trainers.train import cli  # at import time: importing it reaches for bitsandbytes' Hub kernels
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj"]
@@ -115,7 +116,32 @@ HOSTILE_ADAPTERS = [
     ("config_from_other_save", lambda f: _edit_config(f, _resign=False, scaling=3.0), AdapterLoadError, ["interrupted"]),
     # deeper than the JSON parser's recursion limit (was a raw RecursionError)
     ("config_too_deep", lambda f: (f / ADAPTER_CONFIG_NAME).write_text("[" * 200_000), AdapterLoadError, ["not valid UTF-8 JSON"]),
+    # issue 25: a 5,000-digit integer reached int() (ValueError: Exceeds the limit (4300 digits))
+    ("r_5000_digits", lambda f: _replace_in_config(f, '"r": 2', '"r": ' + "9" * 5000), AdapterLoadError, ["5,000 digits"]),
+    # float8 reached torch.isfinite (NotImplementedError) in merge, export and lm-eval
+    ("float8_weight", lambda f: _edit_weights(f, lambda t: t.to(torch.float8_e4m3fn)), AdapterLoadError, ["F8_E4M3", "refused"]),
+    # a FIFO blocked every loader past 60 s; a /dev/zero symlink never ends
+    ("config_fifo", lambda f: _make_fifo(f / ADAPTER_CONFIG_NAME), AdapterLoadError, ["named pipe (FIFO)", "regular"]),
+    ("weights_fifo", lambda f: _make_fifo(f / ADAPTER_WEIGHTS_NAME), AdapterLoadError, ["named pipe (FIFO)", "regular"]),
+    ("weights_dev_zero", lambda f: _symlink(f / ADAPTER_WEIGHTS_NAME, "/dev/zero"), AdapterLoadError, ["character device"]),
 ]
+
+
+def _replace_in_config(folder: Path, old: str, new: str) -> None:
+    path = folder / ADAPTER_CONFIG_NAME
+    text = path.read_text()
+    assert old in text, text
+    path.write_text(text.replace(old, new))
+
+
+def _make_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _symlink(path: Path, target: str) -> None:
+    path.unlink()
+    path.symlink_to(target)
 
 
 @pytest.mark.parametrize("name,breaker,error,fragments", HOSTILE_ADAPTERS, ids=[row[0] for row in HOSTILE_ADAPTERS])
@@ -199,6 +225,98 @@ def test_saves_of_the_same_adapter_are_byte_identical(tmp_path):
     assert len(blobs) == 1
     with safe_open(os.fspath(tmp_path / "0" / ADAPTER_WEIGHTS_NAME), framework="pt") as handle:
         assert handle.metadata()["format"] == "pt" and CONFIG_SHA_KEY in handle.metadata()
+
+
+#: The hostile rows added for issue 25, run through every loader (the rest of the table through from_pretrained above
+#: and merge in test_hostile_configs_are_refused_by_every_loader).
+EVERY_LOADER_ROWS = [row for row in HOSTILE_ADAPTERS if row[0] in (
+    "r_5000_digits", "float8_weight", "config_fifo", "weights_fifo", "weights_dev_zero", "depth_1e9", "nan_weight")]
+LOADERS = ["from_pretrained", "load_adapter", "neat_hub_merge", "neat_hub_export_lora", "neat_lm_eval"]
+
+
+@pytest.fixture(scope="module")
+def saved_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("base") / "tiny_llama"
+    tiny_llama(seed=1).save_pretrained(base)
+    return base
+
+
+def _run_loader(loader: str, base_dir: Path, folder: Path, out: Path) -> None:
+    if loader == "from_pretrained":
+        NeatModel.from_pretrained(tiny_llama(seed=1), folder)
+    elif loader == "load_adapter":
+        get_neat_model(tiny_llama(seed=1), NeatConfig(r=2, target_modules=TARGETS)).load_adapter(folder, "other")
+    elif loader == "neat_hub_merge":
+        from neat_hf.hub.merge import export_merged
+
+        export_merged(base_dir, folder, out)
+    elif loader == "neat_hub_export_lora":
+        from neat_hf.hub.export import export_lora
+
+        export_lora(base_dir, folder, out)
+    else:  # what the lm-eval backend runs: the config first, then the same from_pretrained on the loaded base
+        from neat_hf.eval_harness.model import _check_merged_weights_finite
+
+        NeatConfig.from_pretrained(folder)
+        _check_merged_weights_finite(NeatModel.from_pretrained(tiny_llama(seed=1), folder), os.fspath(folder))
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("name,breaker,error,fragments", EVERY_LOADER_ROWS, ids=[row[0] for row in EVERY_LOADER_ROWS])
+def test_hostile_adapter_is_one_line_through_every_loader(tmp_path, saved_base, loader, name, breaker, error, fragments):
+    folder = _saved_adapter(tmp_path / "adapter")
+    breaker(folder)
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    with pytest.raises(error) as info:
+        _run_loader(loader, saved_base, folder, out)
+    # A hang guard only (a FIFO blocked forever): time and memory bounds are measured by benchmarks/bench_hostile.py.
+    assert time.perf_counter() - start < 60, f"{name} through {loader}: {time.perf_counter() - start:.1f} s"
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 1200, message
+    assert all(fragment in message for fragment in fragments), message
+    assert not out.exists()
+
+
+def test_training_info_fifo_is_ignored_with_a_warning(tmp_path, caplog):
+    """A FIFO training_info.json blocked from_pretrained, load_adapter and merge past 60 s."""
+    folder = _saved_adapter(tmp_path / "adapter")
+    reference = _outputs_of(folder)
+    _make_fifo(folder / TRAINING_INFO_NAME)
+    start = time.perf_counter()
+    with caplog.at_level("WARNING", logger="neat_hf"):
+        out = _outputs_of(folder)
+    assert time.perf_counter() - start < 60 and torch.equal(out, reference)  # a hang guard
+    assert "named pipe (FIFO)" in caplog.text and TRAINING_INFO_NAME in caplog.text
+
+
+@pytest.mark.parametrize("tool", ["merge", "export-lora"])
+def test_a_head_claiming_huge_num_labels_is_refused_before_the_base_is_built(tmp_path, tool):
+    """A trained head's row count sets num_labels of the base that merge / export-lora build (8,000,000 took > 3 GB
+    within seconds): above MAX_NUM_LABELS it is one AdapterLoadError line."""
+    from conftest import tiny_bert_classifier
+
+    from neat_hf.hub.cli import main as neat_hub
+    from neat_hf.hub.merge import MAX_NUM_LABELS
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_bert_classifier(num_labels=2).save_pretrained(base_dir)
+    config = NeatConfig(r=2, init_weights=False, task_type="SEQ_CLS", target_modules=["query", "value"])
+    get_neat_model(tiny_bert_classifier(num_labels=2), config).save_pretrained(adapter_dir)
+    weights = adapter_dir / ADAPTER_WEIGHTS_NAME
+    with safe_open(os.fspath(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(weights)
+    head = next(k for k in tensors if "classifier" in k and k.endswith("weight"))
+    tensors[head] = torch.zeros(MAX_NUM_LABELS + 1, tensors[head].shape[1], dtype=torch.bfloat16)
+    save_file(tensors, weights, metadata=metadata)
+    start = time.perf_counter()
+    with pytest.raises(AdapterLoadError, match=f"{MAX_NUM_LABELS + 1:,d} classes"):
+        from neat_hf.hub.merge import adapter_load_plan
+
+        adapter_load_plan(base_dir, adapter_dir)
+    assert neat_hub([tool, str(base_dir), str(adapter_dir), str(tmp_path / "out")]) == 1
+    assert time.perf_counter() - start < 60 and not (tmp_path / "out").exists()  # a hang guard
 
 
 @pytest.mark.parametrize(
@@ -391,7 +509,76 @@ def test_lora_export_killed_at_every_step_is_old_new_or_absent_then_recovers(tmp
     assert set(outcomes) == {"old", "absent", "new"}, outcomes
 
 
+def test_merge_overwrite_killed_at_every_step_is_old_new_or_absent_then_cleaned(tmp_path):
+    """`neat-hub merge --overwrite` over an earlier merge, killed at each file operation: the output is the old
+    merge, the new one or absent, never a half-deleted folder (a kill in the middle of removing the old one left only
+    generation_config.json); the next merge removes every staging folder and safetensors `.tmpXXXXXX` orphan a kill
+    left (safetensors' writer is invisible to the kill hook, so such an orphan is planted)."""
+    from neat_hf.hub.merge import export_merged
+
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(base_dir)
+    old_adapter, new_adapter = _saved_adapter(tmp_path / "old_adapter"), tmp_path / "new_adapter"
+    _new_adapter().save_pretrained(new_adapter)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "merged"
+    references = {}
+    for label, adapter in (("old", old_adapter), ("new", new_adapter)):
+        export_merged(base_dir, adapter, tmp_path / label)
+        references[label] = load_file(tmp_path / label / "model.safetensors")
+
+    def merge_new() -> None:
+        export_merged(base_dir, new_adapter, out, overwrite=True)
+
+    export_merged(base_dir, old_adapter, out)
+    steps = kill_at_step(merge_new, work, 0)
+    outcomes = []
+    for kill_at in range(1, steps + 1):
+        shutil.rmtree(work)
+        work.mkdir()
+        export_merged(base_dir, old_adapter, out)
+        assert kill_at_step(merge_new, work, kill_at) == kill_at
+        if not out.exists():
+            outcomes.append("absent")
+        else:
+            weights = load_file(out / "model.safetensors")
+            same = [all(torch.equal(weights[k], ref[k]) for k in ref) for ref in references.values()]
+            assert any(same) and (out / "config.json").is_file(), f"kill at step {kill_at} left a mixed merge"
+            outcomes.append("old" if same[0] else "new")
+        for leftover in work.iterdir():  # what safetensors' writer leaves when killed mid-write
+            if leftover.is_dir() and leftover.name != "merged":
+                (leftover / ".tmpAb12Cd").write_bytes(b"\0" * 1000)
+        merge_new()
+        assert sorted(p.name for p in work.iterdir()) == ["merged"], kill_at
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")], kill_at
+    assert {"old", "new"} <= set(outcomes), outcomes
+
+
+def test_a_save_removes_safetensors_orphans_left_by_a_killed_save(tmp_path):
+    folder = _saved_adapter(tmp_path / "adapter")
+    (folder / ".tmpX1y2Z3").write_bytes(b"\0" * 100)  # safetensors' own temporary file (no dash)
+    (folder / ".tmp-abc.safetensors").write_bytes(b"\0" * 100)  # ours
+    (folder / ".tmpkeep-me-longer").write_bytes(b"")  # not a temporary name of either writer
+    _new_adapter().save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".tmpkeep-me-longer"]
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints killed mid-save
+
+
+def _checkpoint_trials(tmp_path: Path, command: str, *, most: int, timeout: float) -> dict:
+    """Run `python tests/fault_injection.py <command>` (its own process: the trials fork from a pristine one) on a
+    tiny LLaMA saved under `tmp_path`; its report."""
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "fault_injection.py"), command, str(base), str(tmp_path), str(most)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -399,15 +586,7 @@ def test_checkpoint_killed_during_save_resumes_from_the_newest_complete_one_bit_
     """Single process, 4 steps, checkpoints at 2 and 4: SIGKILL during the save of checkpoint-4 at spread points of its
     file operations, then `resume_from_checkpoint=True`. Each resume skips the incomplete checkpoint-4, starts from
     checkpoint-2 and ends with the adapter of the uninterrupted run, bit for bit."""
-    base = tmp_path / "base"
-    tiny_llama().save_pretrained(base)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "fault_injection.py"), "checkpoint-trials", str(base), str(tmp_path), "8"],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _checkpoint_trials(tmp_path, "checkpoint-trials", most=8, timeout=1200)
     assert report["steps"] >= 8, report  # marker, adapter, config, card, optimizer, scheduler, RNG, state, ...
     assert len(report["trials"]) == 8
     reference = load_file(tmp_path / "reference" / ADAPTER_WEIGHTS_NAME)
@@ -420,6 +599,68 @@ def test_checkpoint_killed_during_save_resumes_from_the_newest_complete_one_bit_
             assert torch.equal(resumed[key], value), (trial["kill_at"], key)
         state = json.loads((Path(trial["output"]) / "checkpoint-4" / "trainer_state.json").read_text())
         assert state["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_rotating_run_killed_at_every_file_operation_keeps_a_checkpoint_and_resumes_bit_identically(tmp_path):
+    """`save_total_limit=1`, checkpoints at steps 2, 4 and 5 (5 steps of 2-step epochs), then the final save: SIGKILL
+    at every file operation after checkpoint-2 is complete (writes, renames, and each single removal inside a
+    deletion), then `resume_from_checkpoint=True`. A complete checkpoint always survives the kill, the resume ends at
+    step 5 (never 6: resuming a finished run trains nothing) with the adapter of the uninterrupted run, bit for bit,
+    and leaves checkpoint-5 as the newest checkpoint and no half-deleted folder."""
+    report = _checkpoint_trials(tmp_path, "rotation-trials", most=0, timeout=3000)
+    operations = report["operations"]
+    assert any(op.startswith("os.remove .deleting-checkpoint-2-") for op in operations), operations  # rmtree is seen
+    assert len(report["trials"]) == len(operations) - report["first_complete"]
+    reference = load_file(tmp_path / "reference" / ADAPTER_WEIGHTS_NAME)
+    for trial in report["trials"]:
+        assert trial["complete_after_kill"], trial  # never left without a complete checkpoint
+        assert trial["global_step"] == 5, trial
+        # checkpoint-5 is the newest; a kill before checkpoint-4's deletion began leaves it (nothing was left to
+        # train, so no save rotated it away).
+        assert trial["checkpoints_after_resume"] in (["checkpoint-5"], ["checkpoint-4", "checkpoint-5"]), trial
+        assert trial["leftovers"] == [], trial
+        resumed = load_file(Path(trial["output"]) / ADAPTER_WEIGHTS_NAME)
+        assert resumed.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(resumed[key], value), (trial["operation"], key)
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tmp_path, caplog):
+    """A run of 3 steps over 2-step epochs ends with checkpoint-3; resuming from it (as after a kill during the final
+    save) must not run a 4th optimizer step, write checkpoint-4 or change the adapter."""
+    from ds_driver import parse_args, run
+
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(base)
+    out = tmp_path / "out"
+    argv = ["--base_model", str(base), "--output_dir", str(out), "--save_steps", "3", "--max_steps", "3"]
+    assert run(parse_args(argv))["global_step"] == 3
+    saved = load_file(out / "checkpoint-3" / ADAPTER_WEIGHTS_NAME)
+    ns = parse_args(argv)
+    ns.resume_from_checkpoint = True
+    with caplog.at_level(logging.WARNING, logger="neat_hf"):
+        assert run(ns)["global_step"] == 3
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert "had already finished" in caplog.text and "checkpoint-3" in caplog.text
+    resumed = load_file(out / ADAPTER_WEIGHTS_NAME)
+    assert all(torch.equal(resumed[key], value) for key, value in saved.items())
+
+
+def test_checkpoint_deletion_renames_first_and_finishes_leftovers(tmp_path):
+    """A folder being deleted stops being a checkpoint in one rename; what a kill left is removed at the next save."""
+    from neat_hf.trainers.checkpoints import DELETING_PREFIX, begin_checkpoint, checkpoint_folders, remove_checkpoint
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    half_deleted = tmp_path / f"{DELETING_PREFIX}checkpoint-0-1234abcd"  # a kill in the middle of a deletion
+    half_deleted.mkdir()
+    (half_deleted / "trainer_state.json").write_text(json.dumps({"global_step": 0}))
+    assert checkpoint_folders(str(tmp_path)) == [str(tmp_path / "checkpoint-2"), str(tmp_path / "checkpoint-4")]
+    remove_checkpoint(str(tmp_path / "checkpoint-2"))
+    begin_checkpoint(str(tmp_path / "checkpoint-6"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-4", "checkpoint-6"]
 
 
 def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_checkpoints(tmp_path):
@@ -456,6 +697,29 @@ def _pushed_folder(tmp_path: Path, seed: int) -> Path:
     folder = tmp_path / f"adapter{seed}"
     make_adapter(seed=seed).save_pretrained(folder)
     return folder
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "repo_create_500"])
+def test_neat_train_push_to_hub_with_a_failing_hub_is_one_line_exit_1(hub_server, tmp_path, capsys, fault):
+    """An unreachable HF_ENDPOINT (was a ConnectError traceback from init_hf_repo) and a repo-create 500 (was exit 2
+    with the raw server message) are one HubError line, exit status 1 (the Hub failed, not the input)."""
+    from hub_server import patch_hub_endpoint
+
+    argv = ["--max_steps", "1", "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id",
+            "neat-tester/failing-hub", "--max_train_samples", "8", "--max_eval_samples", "4"]
+    if fault == "unreachable":
+        with patch_hub_endpoint("http://127.0.0.1:9"):  # nothing listens on the discard port
+            code = cli(argv)
+    else:
+        hub_server.inject_fault("500", path_contains="/repos/create", times=20)
+        code = cli(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("neat-train:")]
+    assert code == 1, err[-2000:]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "neat-tester/failing-hub" in lines[0]
+    assert ("connection failed" if fault == "unreachable" else "HTTP 500") in lines[0], lines[0]
+    assert not (tmp_path / "out" / ADAPTER_WEIGHTS_NAME).exists()
 
 
 def _checkpoint_pushing_trainer(tmp_path: Path):
@@ -498,6 +762,24 @@ def test_retry_after_a_lost_answer_makes_no_duplicate_commit(hub_server, tmp_pat
     assert hub_server.files(HUB_REPO)["adapter_model.safetensors"] == (new / ADAPTER_WEIGHTS_NAME).read_bytes()
     push_adapter_folder(new, HUB_REPO)  # the retry
     assert len(hub_server.history(HUB_REPO)) == landed
+
+
+def test_suggested_neat_hub_push_after_a_landed_final_push_makes_no_commit(hub_server, tmp_path, capsys):
+    """neat-train's final push lands but its answer is lost; the `neat-hub push` it suggests must find everything
+    already there: no new commit, and the card (with its neat-hf tag) unchanged (it rebuilt another card: 22/22)."""
+    from neat_hf.hub.cli import main as neat_hub
+
+    repo, out = "neat-tester/landed", tmp_path / "out"
+    hub_server.inject_fault("drop_after", times=1)  # the first commit: the final push (no checkpoint pushes)
+    code = cli(["--max_steps", "1", "--output_dir", str(out), "--push_to_hub", "--hub_model_id", repo,
+                "--save_strategy", "no", "--max_train_samples", "8", "--max_eval_samples", "4"])
+    err = capsys.readouterr().err
+    assert code == 1 and "may have landed" in err and f"neat-hub push {out} {repo}" in err, err[-2000:]
+    landed, card = len(hub_server.history(repo)), hub_server.files(repo)["README.md"]
+    assert b"neat-hf" in card
+    assert neat_hub(["push", str(out), repo]) == 0
+    assert len(hub_server.history(repo)) == landed
+    assert hub_server.files(repo)["README.md"] == card
 
 
 def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tmp_path, caplog):

@@ -67,6 +67,49 @@ def test_resume_with_nothing_to_resume_fails_before_loading(tmp_path, capsys, no
     assert not (tmp_path / "empty").exists()
 
 
+def test_resume_after_a_kill_during_the_first_checkpoint_is_refused_before_loading_and_the_advice_works(
+        tmp_path, capsys, monkeypatch):
+    from neat_hf.trainers.checkpoints import MARKER
+
+    out = tmp_path / "out"
+    first = out / "checkpoint-2"  # what a kill during the first checkpoint's save leaves
+    first.mkdir(parents=True)
+    (first / MARKER).write_text("")
+    (first / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    argv = ["--max_steps", "2", "--save_steps", "2", "--output_dir", str(out), *SHRINK]
+    with monkeypatch.context() as patch:
+        def fail(*args, **kwargs):
+            raise AssertionError("data or model was loaded before the check")
+        patch.setattr("neat_hf.trainers.job.data_lib.load_raw_datasets", fail)
+        patch.setattr("neat_hf.trainers.job._load_tokenizer_and_model", fail)
+        assert cli([*argv, "--resume_from_checkpoint", "true"]) == 2
+        line = _one_error_line(capsys)
+        assert "no complete checkpoint" in line and "checkpoint-2" in line
+        assert "without --resume_from_checkpoint" in line
+        assert cli([*argv, "--resume_from_checkpoint", str(first)]) == 2
+        assert "incomplete" in _one_error_line(capsys)
+    # The advice: the same command without --resume_from_checkpoint trains, replacing the interrupted checkpoint.
+    assert cli(argv) == 0
+    assert not (first / MARKER).exists()
+    assert json.loads((first / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_resume_line_never_prints_the_hub_token():
+    from neat_hf.trainers.train import _resume_line
+
+    stopped = {"signal": "SIGTERM", "step": 3, "max_steps": 10, "checkpoint": "out/checkpoint-3"}
+    for argv in (["--push_to_hub", "--hub_token", "hf_SeCrEt123", "--max_steps", "10"],
+                 ["--push_to_hub", "--hub_token=hf_SeCrEt123", "--max_steps", "10"],
+                 ["--push_to_hub", "--hub-token", "hf_SeCrEt123", "--max_steps", "10"]):
+        line = _resume_line(stopped, [*argv, "--resume_from_checkpoint", "true"])
+        assert "hf_SeCrEt123" not in line
+        command = line.split("Resume with: ", 1)[1].split(" (", 1)[0].split()
+        assert command == ["neat-train", "--push_to_hub", "--max_steps", "10", "--resume_from_checkpoint",
+                           "out/checkpoint-3"]
+        assert "HF_TOKEN" in line  # says where the token comes from instead
+    assert "HF_TOKEN" not in _resume_line(stopped, ["--max_steps", "10"])
+
+
 def test_neat_trainer_refuses_to_train_over_earlier_work(tmp_path):
     args = NeatTrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to="none", save_strategy="no")
     get_neat_model(tiny_llama(), NeatConfig(r=4)).save_pretrained(tmp_path)

@@ -19,7 +19,9 @@ import csv
 import io
 import json
 import logging
+import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -35,6 +37,7 @@ from datasets.packaged_modules.parquet.parquet import ParquetConfig
 from datasets.utils.info_utils import is_small_dataset
 
 from neat_hf.errors import DatasetError, MissingColumnsError, TrainingArgumentError
+from neat_hf.io import not_regular_reason
 from neat_hf.trainers import default_job
 from neat_hf.trainers.prompts import PROMPT_TEMPLATES, format_instruction_prompt
 from neat_hf.trainers.script_args import DATASET_FORMATS, TASKS, DataArguments
@@ -166,6 +169,11 @@ def check_values(
                         f"missing); every row needs {columns}."
                     )
                 if column == data_args.label_column:
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise DatasetError(
+                            f"{_where(split, sources)} row {index + 1} has label {value!r} in column {column!r}; "
+                            "labels must be finite numbers (integers 0..N-1, or floats for regression)."
+                        )
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
                         raise DatasetError(
                             f"{_where(split, sources)} row {index + 1} has label {str(value)[:50]!r} in column "
@@ -262,6 +270,8 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True,
                 data = json.loads(stripped)
             except json.JSONDecodeError as err:
                 raise DatasetError(f"Data file {shown!r} is not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}.") from None
+            except RecursionError:
+                raise DatasetError(f"Data file {shown!r} is nested too deeply to be a table of rows.") from None
             rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
             if isinstance(rows, list) and not rows:
                 raise DatasetError(f"Data file {shown!r} holds no rows.")
@@ -276,6 +286,11 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True,
                     f"Data file {shown!r} line {number} is not valid JSON ({err.msg} at column {err.colno}); every line "
                     "of a JSON-lines file must be one JSON object."
                 ) from None
+            except RecursionError:
+                raise DatasetError(
+                    f"Data file {shown!r} line {number} is nested too deeply; every line of a JSON-lines file must be "
+                    "one flat JSON object (column: value)."
+                ) from None
             if not isinstance(row, dict):
                 raise DatasetError(
                     f"Data file {shown!r} line {number} is a JSON {type(row).__name__}, not an object with column names."
@@ -283,20 +298,48 @@ def check_data_file(path: str, *, delimiter: str = ",", has_header: bool = True,
         return
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     width = None
-    for row in reader:
-        if not row:
-            continue
-        if width is None:
-            width = len(row)
-            continue
-        if len(row) != width:
-            raise DatasetError(
-                f"Data file {shown!r} line {reader.line_num} has {len(row)} fields where the "
-                f"{'header' if has_header else 'first row'} has {width} (delimiter {delimiter!r}); quote fields "
-                "that contain the delimiter."
-            )
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if width is None:
+                width = len(row)
+                continue
+            if len(row) != width:
+                raise DatasetError(
+                    f"Data file {shown!r} line {reader.line_num} has {len(row)} fields where the "
+                    f"{'header' if has_header else 'first row'} has {width} (delimiter {delimiter!r}); quote fields "
+                    "that contain the delimiter."
+                )
+    except csv.Error as err:  # e.g. a field longer than csv.field_size_limit() (131,072 characters)
+        raise DatasetError(_csv_error(shown, text, delimiter, reader.line_num, err)) from None
     if width is None or (has_header and reader.line_num <= 1):
         raise DatasetError(f"Data file {shown!r} holds {'a header but ' if width else ''}no data rows.")
+
+
+def _csv_error(shown: str, text: str, delimiter: str, line: int, err: csv.Error) -> str:
+    """One line for a CSV/TSV file the `csv` reader refuses: the file, the line and, for a field over the reader's
+    size limit, the column (found by re-reading with no limit)."""
+    limit = csv.field_size_limit()
+    if "field larger than field limit" not in str(err):
+        return f"Data file {shown!r} line {line} cannot be read as CSV ({err})."
+    csv.field_size_limit(sys.maxsize)  # process-wide: restored below
+    try:
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        header: list[str] = []
+        for row in reader:
+            header = header or row
+            for index, field in enumerate(row):
+                if len(field) > limit:
+                    column = header[index] if index < len(header) and row is not header else f"#{index + 1}"
+                    return (
+                        f"Data file {shown!r} line {reader.line_num} column {column!r} holds a field of "
+                        f"{len(field):,d} characters; the CSV reader accepts at most {limit:,d}. Shorten it, or "
+                        "use a JSON-lines file."
+                    )
+    finally:
+        csv.field_size_limit(limit)
+    return f"Data file {shown!r} line {line} has a field longer than {limit:,d} characters ({err})."
 
 
 def _is_json_lines(text: str) -> bool:
@@ -391,8 +434,14 @@ def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
     builders = set()
     kwargs: dict[str, Any] = {}
     for split, path in files.items():
-        if not os.path.isfile(path):
+        reason = not_regular_reason(path)
+        if reason == "missing":
             raise FileNotFoundError(f"--{'train' if split == 'train' else 'validation'}_file {path!r} does not exist.")
+        if reason is not None:  # a FIFO would block the reader, /dev/zero never end
+            raise DatasetError(
+                f"--{'train' if split == 'train' else 'validation'}_file {path!r} is {reason}, not a regular file; "
+                "pass a .json/.jsonl/.csv/.tsv/.parquet file."
+            )
         builder, extra = _data_file_builder(path)
         builders.add(builder)
         kwargs.update(extra)
@@ -483,6 +532,17 @@ def load_raw_datasets(data_args: DataArguments, *, seed: int = 42, cache_dir: st
 # Causal LM: template, prompt masking, cutoff
 
 
+#: Characters kept per token of the cutoff before tokenizing: no tokenizer neat-hf trains with makes tokens this long,
+#: so the first `cutoff_len` tokens of the cut text are those of the whole text, while one huge row (a 50 MB line)
+#: costs memory in proportion to `cutoff_len`, not to the row.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def cut_for_tokenizing(text: str, cutoff_len: int) -> str:
+    """`text` cut to `cutoff_len * MAX_CHARS_PER_TOKEN` characters, before the tokenizer sees it."""
+    return text[: cutoff_len * MAX_CHARS_PER_TOKEN] if isinstance(text, str) else text
+
+
 def _prompt_and_response(example: Mapping[str, Any], dataset_format: str, template: str) -> tuple[str, str]:
     if dataset_format == "metamathqa":
         return format_instruction_prompt(example["query"], template=template), example["response"]
@@ -501,6 +561,8 @@ def tokenize_prompt_response(
     Returns:
         `dict` with `input_ids`, `attention_mask` and `labels` (lists of the same length).
     """
+    prompt = cut_for_tokenizing(prompt, cutoff_len)  # memory in proportion to cutoff_len, not to the row
+    response = response[: max(cutoff_len * MAX_CHARS_PER_TOKEN - len(prompt), 0)]
     text = prompt + response
     use_offsets = getattr(tokenizer, "is_fast", False)
     encoded = tokenizer(text, truncation=True, max_length=cutoff_len, return_offsets_mapping=use_offsets)
@@ -601,7 +663,10 @@ def preprocess_text_classification(
     label = data_args.label_column
 
     def tokenize_batch(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        args = (batch[text],) if pair is None else (batch[text], batch[pair])
+        args = tuple(
+            [cut_for_tokenizing(value, data_args.cutoff_len) for value in batch[column]]
+            for column in ((text,) if pair is None else (text, pair))
+        )
         encoded = tokenizer(*args, truncation=True, max_length=data_args.cutoff_len)
         encoded["labels"] = batch[label]
         return encoded

@@ -62,6 +62,7 @@ from neat_hf.hub_commit import (
     ensure_branch,
     hub_api,
 )
+from neat_hf.hub_errors import hub_errors
 from neat_hf.io import is_hub_id
 
 logger = logging.getLogger(__name__)
@@ -155,19 +156,23 @@ class NeatHubMixin:
 
     # ------------------------------------------------------------------ Trainer hub methods
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        if "private" in inspect.signature(super().init_hf_repo).parameters:  # type: ignore[misc]
-            super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
-        else:
-            # transformers < 5.23 takes the visibility from `args.hub_private_repo` only: set it for this call.
-            saved = self.args.hub_private_repo
-            self.args.hub_private_repo = saved if private is None else private
-            try:
-                super().init_hf_repo(token=token)  # type: ignore[misc]
-            finally:
-                self.args.hub_private_repo = saved
-        if self.is_world_process_zero():
-            token = token if token is not None else self.args.hub_token
-            ensure_branch(self._neat_api(), self.hub_model_id, self.args.hub_revision, token=token)
+        # An unreachable Hub or a server error while creating the repo is one HubError line (the Trainer let
+        # huggingface_hub's ConnectError / HTTP error through as a traceback).
+        repo = self.args.hub_model_id or Path(self.args.output_dir).name
+        with hub_errors("create or open the repo", repo, revision=self.args.hub_revision):
+            if "private" in inspect.signature(super().init_hf_repo).parameters:  # type: ignore[misc]
+                super().init_hf_repo(token=token, private=private)  # type: ignore[misc]
+            else:
+                # transformers < 5.23 takes the visibility from `args.hub_private_repo` only: set it for this call.
+                saved = self.args.hub_private_repo
+                self.args.hub_private_repo = saved if private is None else private
+                try:
+                    super().init_hf_repo(token=token)  # type: ignore[misc]
+                finally:
+                    self.args.hub_private_repo = saved
+            if self.is_world_process_zero():
+                token = token if token is not None else self.args.hub_token
+                ensure_branch(self._neat_api(), self.hub_model_id, self.args.hub_revision, token=token)
 
     def create_model_card(
         self,

@@ -4,10 +4,12 @@ around them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neat_hf import get_neat_model, prepare_model_for_kbit_training
 from neat_hf.errors import HubError, TrainingArgumentError
+from neat_hf.io import folder_lock
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.trainers import data as data_lib
 from neat_hf.trainers import default_job, metrics, model_source, run_output
@@ -184,6 +187,9 @@ def _check_before_loading(
     else:
         model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
     training_args.check_resume_checkpoint()
+    if os.path.isdir(training_args.output_dir):  # refuse a run into a folder another run is writing, before loading
+        with _output_dir_held(training_args, timeout=0):
+            pass
     training_args.check_output_dir(name, new_run=not training_args.resumes())
 
 
@@ -286,6 +292,21 @@ def _interrupted(job: PreparedJob, stopper: StopOnSignal, start: float) -> dict[
     }
 
 
+@contextlib.contextmanager
+def _output_dir_held(args: NeatTrainingArguments, *, timeout: float = 2.0) -> Iterator[None]:
+    """Hold `args.output_dir` (created if missing) for one run: another `neat-train` into it is refused in one line
+    instead of silently replacing this run's work. Only the main process holds it (every rank of one distributed run
+    writes there); the OS drops the lock of a killed run (`neat_hf.io.folder_lock`)."""
+    if args.process_index != 0:
+        yield
+        return
+    os.makedirs(args.output_dir, exist_ok=True)
+    busy = (f"output_dir {args.output_dir!r} is in use by another run (or a save into it). Wait for it to finish, "
+            "or choose another --output_dir.")
+    with folder_lock(args.output_dir, timeout=timeout, busy=busy):
+        yield
+
+
 def _resume_value(value: str | None) -> Any:
     if isinstance(value, str) and value.lower() in ("true", "last", "latest"):
         return True
@@ -299,6 +320,13 @@ def run(job: PreparedJob) -> dict[str, Any]:
         `dict` with `before` and `after` eval metrics (empty without an eval split), `train` metrics, `output_dir`,
         `is_main_process` and `runtime_s`.
     """
+    with _output_dir_held(job.training_args):
+        # Checked again under the lock: a run that finished while this one was loading must not be replaced.
+        job.training_args.check_output_dir(job.model_args.model_name_or_path, new_run=not job.training_args.resumes())
+        return _run(job)
+
+
+def _run(job: PreparedJob) -> dict[str, Any]:
     trainer, args = job.trainer, job.training_args
     start = time.perf_counter()
     has_eval = trainer.eval_dataset is not None

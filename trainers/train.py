@@ -30,7 +30,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from neat_hf.errors import HubError, NeatError, TrainerSetupError
+from neat_hf.errors import HubError, NeatError
 from neat_hf.trainers.job import PreparedJob, prepare, run
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
@@ -138,9 +138,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
-    except USER_ERRORS as error:
+    except USER_ERRORS as error:  # bad input: 2; the Hub failing (unreachable, a server error): 1
         print(f"neat-train: error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, HubError) else 2
     except KeyboardInterrupt:
         print("neat-train: interrupted before training started; nothing was written.", file=sys.stderr)
         return 130
@@ -150,7 +150,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"neat-train: interrupted; checkpoints written so far (if any) are in {training_args.output_dir}.",
               file=sys.stderr)
         return 130
-    except (HubError, TrainerSetupError) as error:  # the final push failed (results saved), or no checkpoint to resume
+    except NeatError as error:  # the final push failed (results saved), no checkpoint to resume, output_dir in use
         print(f"neat-train: error: {error}", file=sys.stderr)
         return 1 if isinstance(error, HubError) else 2
     stopped = results.get("interrupted")
@@ -165,20 +165,37 @@ def cli(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _resume_line(stopped: dict[str, Any], argv: Sequence[str]) -> str:
-    """One line: where the adapter trained so far is, and the command that resumes from it."""
+#: Flags whose value is a secret: never echoed in a printed command.
+SECRET_FLAGS = ("--hub_token", "--hub-token")
+
+
+def _without_flags(argv: Sequence[str], flags: Sequence[str]) -> tuple[list[str], bool]:
+    """`argv` without `flags` and their values (`--flag value` and `--flag=value`); whether any was dropped."""
     kept: list[str] = []
-    skip = False
+    dropped = skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--resume_from_checkpoint", "--resume-from-checkpoint"):
-            skip = True
-        elif not arg.startswith(("--resume_from_checkpoint=", "--resume-from-checkpoint=")):
+        elif arg in flags:
+            skip = dropped = True
+        elif arg.startswith(tuple(f"{flag}=" for flag in flags)):
+            dropped = True
+        else:
             kept.append(arg)
+    return kept, dropped
+
+
+def _resume_line(stopped: dict[str, Any], argv: Sequence[str]) -> str:
+    """One line: where the adapter trained so far is, and the command that resumes from it. A `--hub_token` given on
+    the command line is left out of it (the line lands in terminals and logs); the line says where the token comes
+    from instead."""
+    kept, _ = _without_flags(argv, ("--resume_from_checkpoint", "--resume-from-checkpoint"))
+    kept, had_token = _without_flags(kept, SECRET_FLAGS)
     command = shlex.join(["neat-train", *kept, "--resume_from_checkpoint", stopped["checkpoint"]])
+    token_note = (" (--hub_token is left out: add it back, or let the token come from HF_TOKEN or `hf auth login`)"
+                  if had_token else "")
     return (f"neat-train: stopped by {stopped['signal']} at step {stopped['step']}/{stopped['max_steps']}; the adapter "
-            f"trained so far is saved in {stopped['checkpoint']}. Resume with: {command}")
+            f"trained so far is saved in {stopped['checkpoint']}. Resume with: {command}{token_note}")
 
 
 def _leave_process_group() -> None:

@@ -41,7 +41,14 @@ from neat_hf.layer import NeatLayer, register_zero3_parameters
 from neat_hf.quantization import check_deepspeed_stage, check_quantized_model, is_quantized_model
 
 from . import fsdp
-from .checkpoints import begin_checkpoint, finish_checkpoint, resolve_resume
+from .checkpoints import (
+    already_finished,
+    begin_checkpoint,
+    finish_checkpoint,
+    keep_only,
+    resolve_resume,
+    rotation_deferred,
+)
 from .hub_mixin import NeatHubMixin
 from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
@@ -223,6 +230,17 @@ class NeatTrainer(NeatHubMixin, Trainer):
             resume_from_checkpoint, self.args.output_dir, announce=self.is_world_process_zero()
         )
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _init_training_state(self, max_steps: int, num_update_steps_per_epoch: int, num_train_epochs: int,
+                             resume_from_checkpoint: str | None, trial: Any) -> tuple[int, int]:
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is not None and already_finished(
+            self.state.global_step, max_steps, resume_from_checkpoint, announce=self.is_world_process_zero()
+        ):
+            return num_train_epochs, 0  # no epoch left to run: no optimizer step, no checkpoint
+        return epochs_trained, steps_trained_in_current_epoch
 
     # ------------------------------------------------------------------ model
     @staticmethod
@@ -452,15 +470,17 @@ class NeatTrainer(NeatHubMixin, Trainer):
     # ------------------------------------------------------------------ checkpoints: whole or ignored
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         """`Trainer._save_checkpoint`, bracketed by the "incomplete" marker: written (by the main process, after
-        clearing what an interrupted save left) before any file, removed once every process has written its files."""
+        clearing what an interrupted save left) before any file, removed once every process has written its files;
+        only then are older checkpoints beyond `save_total_limit` deleted (see `checkpoints.rotation_deferred`)."""
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             begin_checkpoint(folder)
         self.accelerator.wait_for_everyone()
-        super()._save_checkpoint(model, trial)
+        with rotation_deferred(self.args) as save_total_limit:
+            super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            finish_checkpoint(folder)
+            finish_checkpoint(folder, save_total_limit=save_total_limit, best_model_checkpoint=self.state.best_model_checkpoint)
 
     # ------------------------------------------------------------------ loading
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -482,12 +502,18 @@ class NeatTrainer(NeatHubMixin, Trainer):
         self._load_adapter_folder(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
-        # As `_load_from_checkpoint` (DeepSpeed engines load their own checkpoint: the Trainer's path).
-        if self._neat_model is None or self.is_deepspeed_enabled:
+        # As `_load_from_checkpoint` (DeepSpeed engines load their own checkpoint: the Trainer's path), and with
+        # `save_total_limit=1` the other checkpoints go before the Trainer's own deletion, which is not kill-safe.
+        if self._neat_model is None:
             return super()._load_best_model()
         best = self.state.best_model_checkpoint
-        logger.info(f"Loading best adapter from {best} (score: {self.state.best_metric}).")
-        self._load_adapter_folder(best)
+        if self.is_deepspeed_enabled:
+            super()._load_best_model()
+        else:
+            logger.info(f"Loading best adapter from {best} (score: {self.state.best_metric}).")
+            self._load_adapter_folder(best)
+        if self.args.should_save and self.args.save_total_limit == 1:
+            keep_only(os.path.dirname(os.path.abspath(best)), best)
 
     def _load_adapter_folder(self, folder: str) -> None:
         """Copy the adapter weights saved in `folder` into the model, after checking they are for this adapter."""

@@ -23,7 +23,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from neat_hf.constants import ADAPTER_CONFIG_NAME
 from neat_hf.deepspeed_configs import DeepSpeedConfigError, has_optimizer_section, resolve_deepspeed_config
-from neat_hf.errors import NeatError, TrainingArgumentError
+from neat_hf.errors import NeatError, TrainerSetupError, TrainingArgumentError
+from neat_hf.trainers.checkpoints import MARKER, checkpoint_folders, is_complete, resolve_resume
 
 logger = logging.getLogger(__name__)
 
@@ -240,12 +241,15 @@ class NeatTrainingArguments(TrainingArguments):
 
 
     def trained_work(self) -> list[str]:
-        """The trained adapter and `checkpoint-*` folders already in `output_dir` (what a new run would replace)."""
+        """The trained adapter and `checkpoint-*` folders already in `output_dir` (what a new run would replace).
+        A checkpoint whose save was interrupted (it still holds `checkpoints.MARKER`) is not: nothing can resume from
+        it, and the next save at its step replaces it."""
         output_dir = self.output_dir
         if not output_dir or not os.path.isdir(output_dir):
             return []
         found = [folder for folder in _adapter_folders(output_dir)
-                 if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) or (folder != output_dir and os.path.isdir(folder))]
+                 if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME))
+                 or (folder != output_dir and os.path.isdir(folder) and not os.path.exists(os.path.join(folder, MARKER)))]
         return found
 
     def resumes(self) -> bool:
@@ -256,10 +260,11 @@ class NeatTrainingArguments(TrainingArguments):
     def check_resume_checkpoint(self) -> None:
         """Refuse a `resume_from_checkpoint` that has nothing to resume, before any data or model is loaded.
 
-        `true`/`last`/`latest` need a `checkpoint-*` folder in `output_dir`; a path must be an existing folder.
+        `true`/`last`/`latest` need a complete `checkpoint-*` folder in `output_dir` (see
+        `neat_hf.trainers.checkpoints`); a path must be an existing folder whose save was not interrupted.
 
         Raises:
-            TrainingArgumentError: one line naming the folder that is missing and what to do instead.
+            TrainingArgumentError: one line naming the folder that is missing or incomplete and what to do instead.
         """
         if not self.resumes():
             return
@@ -270,11 +275,24 @@ class NeatTrainingArguments(TrainingArguments):
                     f"--resume_from_checkpoint {value}: output_dir {self.output_dir!r} holds no checkpoint-* folder "
                     "to resume from. Drop the flag to start a new run, or pass the checkpoint folder itself."
                 )
+            if not any(is_complete(folder) for folder in checkpoint_folders(self.output_dir)):
+                interrupted = [os.path.basename(folder) for folder in checkpoint_folders(self.output_dir)]
+                raise TrainingArgumentError(
+                    f"--resume_from_checkpoint {value}: output_dir {self.output_dir!r} holds no complete checkpoint "
+                    f"(the save of {', '.join(interrupted)} was interrupted, so there is nothing to resume). Start the "
+                    "run again: the same command without --resume_from_checkpoint (the interrupted checkpoint is "
+                    "replaced when that step is saved again)."
+                )
         elif not os.path.isdir(value):
             raise TrainingArgumentError(
                 f"--resume_from_checkpoint {value!r}: no such folder. Pass a checkpoint-* folder written by a run, or "
                 "`true` for the last checkpoint in --output_dir."
             )
+        else:
+            try:
+                resolve_resume(value, self.output_dir, announce=False)
+            except TrainerSetupError as err:
+                raise TrainingArgumentError(f"--resume_from_checkpoint {value!r}: {err}") from err
 
     def check_output_dir(self, base_model_name_or_path: str | None, *, new_run: bool = False) -> None:
         """Refuse an `output_dir` whose trained work this run would replace, unless `overwrite_output_dir`; nothing
