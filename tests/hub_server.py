@@ -123,6 +123,10 @@ class HubState:
         return commit
 
 
+#: Paths other libraries request from whatever HF_ENDPOINT says; not neat-hf's calls, so not counted as unhandled.
+THIRD_PARTY_PATHS = ("/api/organizations/kernels-community/", "/api/models/kernels-community/")
+
+
 class _HubError(Exception):
     def __init__(self, status: int, code: str | None, message: str, repo_commit: str | None = None) -> None:
         super().__init__(message)
@@ -248,8 +252,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(err, head=method == "HEAD")
             return
         if not handled:
-            with state.lock:
-                state.unhandled.append(f"{method} {self.path}")
+            # bitsandbytes' CPU backend asks the Hub for a kernel repo when it is imported (through peft, in a
+            # subprocess that inherits HF_ENDPOINT): third-party traffic, answered 404 like a Hub without it.
+            if not split.path.startswith(THIRD_PARTY_PATHS):
+                with state.lock:
+                    state.unhandled.append(f"{method} {self.path}")
             self._json(404, {"error": f"loopback hub: {method} {split.path} is not implemented"})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming

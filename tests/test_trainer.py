@@ -413,19 +413,15 @@ def test_negative_group_learning_rate_is_refused(tmp_path):
         make_args(tmp_path, head_learning_rate=-1.0)
 
 
-def test_plain_transformers_trainer_is_refused_at_once_naming_neat_trainer(tmp_path):
+def test_plain_transformers_trainer_trains_a_neat_model_like_neat_trainer(tmp_path):
+    """A NeatModel is a PeftModel: the plain Trainer keeps the columns its base model takes (dropping the extra text
+    column) and checkpoints the adapter only, as NeatTrainer does (tests/test_peft_integration.py: exact resume)."""
     from transformers import Trainer
 
-    model = get_neat_model(tiny_llama(), NeatConfig(r=4))
-    args = TrainingArguments(str(tmp_path), max_steps=1, use_cpu=True, report_to="none")
-    with pytest.raises(NeatError, match="NeatTrainer"):
-        Trainer(model=model, args=args, train_dataset=lm_dataset(extra_column=True))
-    with pytest.raises(NeatError, match="NeatTrainer"):  # the silent full-weight checkpoint path, too
-        Trainer(model=model, args=TrainingArguments(str(tmp_path), remove_unused_columns=False, use_cpu=True,
-                                                    report_to="none"))
-    assert os.listdir(tmp_path) == []  # refused before anything was written
-    # NeatTrainer with the same arguments trains it and checkpoints the adapter only.
-    trainer = NeatTrainer(model=model, args=args, train_dataset=lm_dataset(extra_column=True))
-    trainer.train()
-    checkpoint = os.path.join(str(tmp_path), "checkpoint-1")
-    assert ADAPTER_WEIGHTS_NAME in os.listdir(checkpoint) and "model.safetensors" not in os.listdir(checkpoint)
+    for name, trainer_cls in (("plain", Trainer), ("neat", NeatTrainer)):
+        output_dir = tmp_path / name
+        args = TrainingArguments(str(output_dir), max_steps=1, use_cpu=True, report_to="none")
+        model = get_neat_model(tiny_llama(), NeatConfig(r=4))
+        trainer_cls(model=model, args=args, train_dataset=lm_dataset(extra_column=True)).train()
+        checkpoint = os.listdir(output_dir / "checkpoint-1")
+        assert ADAPTER_WEIGHTS_NAME in checkpoint and "model.safetensors" not in checkpoint, (name, checkpoint)
