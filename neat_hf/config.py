@@ -18,6 +18,10 @@ from dataclasses import InitVar, dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
+from peft import PeanutConfig
+from peft.config import PeftConfigMixin
+from peft.utils import PeftType
+
 from .activations import available_activations, is_peft_compatible_activation
 from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
 from .errors import AdapterLoadError, NeatError
@@ -48,8 +52,11 @@ MAX_LIST_ITEMS = 4096
 
 
 @dataclass
-class NeatConfig:
-    """Configuration of a NEAT adapter (PEFT's PEANuT).
+class NeatConfig(PeanutConfig):
+    """Configuration of a NEAT adapter: PEFT's `PeanutConfig`, with neat-hf's checks and one training-only setting.
+
+    A `peft.PeftConfig`, so TRL (`peft_config=`), Axolotl and `peft.get_peft_model` take it as they take PEFT's own;
+    creating one makes PEFT build neat-hf's factored layers for PEANuT (`neat_hf.peft_patch.apply_neat_to_peft`).
 
     NEAT adapts a frozen linear weight W0 (out×in) with a small network of the weight itself:
     H = σ(W0ᵀAᵀ) (in×r), then `depth` encoder and `depth` decoder r×r layers with residuals, and
@@ -144,11 +151,18 @@ class NeatConfig:
                 )
             self.act_fn = activation
         self._validate()
+        # Then PEFT's common part (peft_version); not PeanutConfig's own checks, which turn lists into sets and refuse
+        # act_fn="sin" (neat-hf computes it; `is_peft_compatible` says stock PEFT cannot).
+        PeftConfigMixin.__post_init__(self)
+        from .peft_patch import apply_neat_to_peft
+
+        apply_neat_to_peft()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         if self.peft_type != PEFT_TYPE:
             raise NeatError(f"peft_type must be {PEFT_TYPE!r} for a NEAT adapter, got {self.peft_type!r}.")
+        self.peft_type = PeftType.PEANUT
         _check_int(self.r, "r", minimum=1, maximum=MAX_R, rule="a positive integer (e.g. 8, 16, 32)")
         _check_int(self.depth, "depth", minimum=0, maximum=MAX_DEPTH, rule="a non-negative integer (0 = A and B only)")
         if not isinstance(self.act_fn, str) or self.act_fn not in available_activations():

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.peanut import PeanutLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -78,11 +79,14 @@ def layer_features(layer: nn.Module) -> tuple[int, int, bool]:
     )
 
 
-class NeatLayer(nn.Module):
+class NeatLayer(nn.Module, PeanutLayer):
     """A frozen `nn.Linear` (or `Conv1D`) with one or more NEAT adapters, one of them active.
 
-    Per-adapter state lives in dicts / `nn.ModuleDict`s keyed by adapter name, as in PEFT's tuner layers, so the
-    parameter names are PEFT's (`peanut_A.<adapter>.weight`, `peanut_encoders.<adapter>.0.weight`, …).
+    A PEFT tuner layer (`PeanutLayer`, hence `BaseTunerLayer`): PEFT's `BaseTuner` injects, switches, disables,
+    deletes and merges it like its own PEANuT `Linear`, and the parameter names are PEFT's (`peanut_A.<adapter>.weight`,
+    `peanut_encoders.<adapter>.0.weight`, …), so the files are the same. What differs is the computation: factored,
+    never the dense ΔW (module docstring), on bitsandbytes 4-/8-bit bases and GPT-2's `Conv1D` too. One adapter is
+    active at a time (PEFT lets LoRA sum several; PEANuT's file format does not need it).
     """
 
     #: Attributes holding trainable adapter weights (one entry per adapter).
@@ -98,7 +102,7 @@ class NeatLayer(nn.Module):
         *,
         autocast_adapter_dtype: bool = True,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # not PeanutLayer.__init__: it builds PEFT's dense PEANuT state
         self.in_features, self.out_features, self.fan_in_fan_out = layer_features(base_layer)
         self.base_layer = base_layer
         if is_bnb_layer(base_layer):
@@ -112,8 +116,8 @@ class NeatLayer(nn.Module):
         self.peanut_encoders = nn.ModuleDict()
         self.peanut_decoders = nn.ModuleDict()
         self.peanut_dropout = nn.ModuleDict()
-        self.active_adapter: str = adapter_name
-        self.disable_adapters: bool = False
+        self._active_adapter: str = adapter_name
+        self._disable_adapters: bool = False
         self.merged_adapters: list[str] = []
         self._weight_before_merge: torch.Tensor | None = None
         self._activations: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
@@ -146,7 +150,8 @@ class NeatLayer(nn.Module):
             nn.Linear(r, r, bias=False, **factory) for _ in range(depth)
         )
         self.peanut_B[adapter_name] = nn.Linear(r, self.out_features, bias=False, **factory)
-        self.peanut_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        dropout = getattr(config, "dropout", 0.0)  # a NeatConfig setting; PEFT's own PeanutConfig has none
+        self.peanut_dropout[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters(adapter_name, init_weights=config.init_weights)
 
     @torch.no_grad()
@@ -170,6 +175,33 @@ class NeatLayer(nn.Module):
                 del container[adapter_name]
         for attr in ("r", "depth", "scaling", "act_fn", "_activations", "_hidden_cache"):
             getattr(self, attr).pop(adapter_name, None)
+
+    # ------------------------------------------------------------------ PEFT's tuner-layer state
+    @property
+    def active_adapter(self) -> str:
+        """The one active adapter (PEFT's `set_adapter` stores a one-element list)."""
+        active = self._active_adapter
+        return active[0] if isinstance(active, (list, tuple)) and len(active) == 1 else active
+
+    @active_adapter.setter
+    def active_adapter(self, adapter_name: str) -> None:
+        self._active_adapter = adapter_name
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    @disable_adapters.setter
+    def disable_adapters(self, disabled: bool) -> None:
+        self._disable_adapters = bool(disabled)
+
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        """PEFT's `BaseTunerLayer.set_adapter`, for one adapter (the sum of several is LoRA's, not PEANuT's)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(names) != 1:
+            raise NeatError(f"NEAT layers run one adapter at a time; got {names}. Pass one adapter name.")
+        super().set_adapter(names, inference_mode=inference_mode)
+        self._hidden_cache.clear()
 
     # ------------------------------------------------------------------ the method
     @property
@@ -325,16 +357,20 @@ class NeatLayer(nn.Module):
 
     # ------------------------------------------------------------------ merging
     @torch.no_grad()
-    def merge(self, *, safe_merge: bool = False, keep_original: bool = True) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None, *, keep_original: bool = True) -> None:
         """Add the active adapter's ΔW into W0.
 
         Args:
+            adapter_names (`list[str]`, *optional*): PEFT's argument; NEAT merges the active adapter only, so it may
+                name that one (or be None).
             safe_merge (`bool`, defaults to `False`): check the merged weight for NaN/inf before writing it (costs a
                 copy of the weight).
             keep_original (`bool`, defaults to `True`): keep a CPU copy of W0 so `unmerge` restores it exactly (ΔW is a
                 function of W0, so subtracting it back would not be exact). `merge_and_unload` passes False.
         """
         name = self.active_adapter
+        if adapter_names is not None and list(adapter_names) not in ([], [name]):
+            raise NeatError(f"NEAT merges the active adapter ({name!r}) only, got adapter_names={adapter_names}.")
         if self.quantized:
             raise UnsupportedQuantizationError(
                 "An adapter cannot be merged into a bitsandbytes layer in place (the sum would be rounded to the 4/8-bit "

@@ -14,7 +14,7 @@ names the same way when the batch is a multiple of their number.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,14 +25,19 @@ from .errors import NeatError
 
 if TYPE_CHECKING:
     from .layer import NeatLayer
-    from .model import NeatModel
 
 #: Name standing for "no adapter" in `adapter_names` (PEFT's).
 BASE_ADAPTER = "__base__"
 
 
-def check_adapter_names(model: NeatModel, adapter_names: Sequence[str]) -> list[str]:
-    """Validate `adapter_names` for `model` (PEFT's rules) and return them as a list.
+def _hooked_modules(root: nn.Module) -> list[nn.Module]:
+    """The modules that take `adapter_names`: NEAT layers and `modules_to_save` wrappers (found by what they hold, so
+    this module needs neither class)."""
+    return [m for m in root.modules() if hasattr(m, "peanut_A") or (hasattr(m, "modules_to_save") and hasattr(m, "original_module"))]
+
+
+def check_adapter_names(root: nn.Module, adapter_names: Sequence[str], known: Iterable[str]) -> list[str]:
+    """Validate `adapter_names` for the model `root` whose adapters are `known` (PEFT's rules); return them as a list.
 
     Raises:
         NeatError: not a list of strings, the model is training, an adapter is merged, or a name is unknown.
@@ -40,22 +45,25 @@ def check_adapter_names(model: NeatModel, adapter_names: Sequence[str]) -> list[
     if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
         raise NeatError(f"adapter_names must be a list of adapter names, one per batch row, got {adapter_names!r}.")
     names = list(adapter_names)
-    if model.training:
+    if root.training:
         raise NeatError("adapter_names (mixed-adapter batches) is for inference; call model.eval() first.")
-    if any(layer.merged for _, layer in model.neat_layers()):
+    if any(getattr(m, "merged", False) for m in _hooked_modules(root)):
         raise NeatError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first.")
-    unknown = sorted({n for n in names if n != BASE_ADAPTER} - set(model.peft_config))
+    unknown = sorted({n for n in names if n != BASE_ADAPTER} - set(known))
     if unknown:
         raise NeatError(
-            f"adapter_names holds unknown adapters {unknown}; adapters: {sorted(model.peft_config)} "
+            f"adapter_names holds unknown adapters {unknown}; adapters: {sorted(known)} "
             f"(use {BASE_ADAPTER!r} for rows without an adapter)."
         )
     return names
 
 
 @contextlib.contextmanager
-def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None, *, expand: bool = False) -> Iterator[None]:
-    """Inject `adapter_names` into every NEAT layer and `modules_to_save` wrapper of `model` inside the block.
+def adapter_names_hooks(
+    root: nn.Module, adapter_names: Sequence[str] | None, known: Iterable[str], *, expand: bool = False
+) -> Iterator[None]:
+    """Inject `adapter_names` into every NEAT layer and `modules_to_save` wrapper under `root` inside the block
+    (`known`: the model's adapter names).
 
     A no-op when `adapter_names` is None. With `expand=True` (generate), a batch that is a multiple of the names (beams,
     `num_return_sequences`) gets each name repeated per row; otherwise the batch must have one row per name.
@@ -63,7 +71,7 @@ def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None, *
     if adapter_names is None:
         yield
         return
-    names = check_adapter_names(model, adapter_names)
+    names = check_adapter_names(root, adapter_names, known)
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         first = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
@@ -71,8 +79,7 @@ def adapter_names_hooks(model: NeatModel, adapter_names: Sequence[str] | None, *
         kwargs["adapter_names"] = _expand(names, batch) if expand else names
         return args, kwargs
 
-    modules = [m for _, m in model.neat_layers()] + [m for _, m in model._saved_modules()]
-    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True) for module in modules]
+    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True) for module in _hooked_modules(root)]
     try:
         yield
     finally:

@@ -160,13 +160,13 @@ class NeatModel(nn.Module):
     def forward(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """Run the wrapped model. `adapter_names` (one adapter name per batch row, `"__base__"` for none) serves several
         adapters in one batch without merging, as in PEFT (inference only)."""
-        with adapter_names_hooks(self, adapter_names):
+        with adapter_names_hooks(self.base_model, adapter_names, self.peft_config):
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> Any:
         """Generate with the wrapped model (adapters active unless merged or disabled); `adapter_names` as in
         [`forward`]."""
-        with adapter_names_hooks(self, adapter_names, expand=True):
+        with adapter_names_hooks(self.base_model, adapter_names, self.peft_config, expand=True):
             return self.base_model.generate(*args, **kwargs)
 
     def get_base_model(self) -> nn.Module:

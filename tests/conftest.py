@@ -8,6 +8,7 @@ tests/test_fsdp.py) share a tiny LLaMA saved to disk (`base_model`) and its sing
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -38,6 +39,21 @@ def _trackio_logs_in_a_temporary_folder(tmp_path_factory):
     if "TRACKIO_DIR" not in os.environ:
         os.environ["TRACKIO_DIR"] = str(tmp_path_factory.mktemp("trackio"))
     yield
+
+
+@contextlib.contextmanager
+def stock_peft():
+    """Unpatched PEFT inside the block (PEANuT's own dense layer), for the tests that check what stock PEFT does with
+    neat-hf's files; the patch is back afterwards whatever happened."""
+    from neat_hf.peft_patch import apply_neat_to_peft, is_neat_applied, revert_neat_to_peft
+
+    applied = is_neat_applied()
+    revert_neat_to_peft()
+    try:
+        yield
+    finally:
+        if applied:
+            apply_neat_to_peft()
 
 
 def tiny_llama(seed: int = 0, **overrides):

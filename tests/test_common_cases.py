@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
-from conftest import model_output
+from conftest import model_output, stock_peft
 from testing_common import CASES, Case, adapted, assert_logits_differ, dense_reference_model
 
 from neat_hf import AdapterMismatchError, NeatLayer, NeatModel
@@ -38,14 +38,16 @@ def test_stock_peft_loads_neat_adapter_without_warnings(tmp_path, case: Case):
     model.save_pretrained(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stock = peft.PeftModel.from_pretrained(case.base(), tmp_path).eval()
+        with stock_peft():
+            stock = peft.PeftModel.from_pretrained(case.base(), tmp_path).eval()
     assert not [str(w.message) for w in caught if "peft" in str(w.filename).lower() or "Unexpected" in str(w.message)]
     torch.testing.assert_close(model_output(stock, case.inputs()), model_output(model, case.inputs()), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", PEFT_CASES, ids=str)
 def test_neat_hf_loads_stock_peft_adapter(tmp_path, case: Case):
-    stock = peft.get_peft_model(case.base(), case.peft_config()).eval()
+    with stock_peft():
+        stock = peft.get_peft_model(case.base(), case.peft_config()).eval()
     with torch.no_grad():
         generator = torch.Generator().manual_seed(5)
         for name, param in stock.named_parameters():
@@ -62,7 +64,7 @@ def test_neat_hf_loads_stock_peft_adapter(tmp_path, case: Case):
 def test_stock_peft_refuses_what_it_cannot_compute_loudly(tmp_path, case: Case):
     """Where stock PEFT cannot compute an adapter, loading it fails with an error, never silently loads another one."""
     adapted(case).save_pretrained(tmp_path)
-    with pytest.raises((ValueError, NotImplementedError), match=case.peft_refuses):
+    with pytest.raises((ValueError, NotImplementedError), match=case.peft_refuses), stock_peft():
         peft.PeftModel.from_pretrained(case.base(), tmp_path)
 
 

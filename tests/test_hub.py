@@ -12,7 +12,7 @@ import logging
 
 import pytest
 import torch
-from conftest import model_inputs, model_output, tiny_llama
+from conftest import model_inputs, model_output, stock_peft, tiny_llama
 from hub_fixtures import LM_EVAL_RESULTS, assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
 from hub_server import DUMMY_TOKEN, hub_offline, patch_hub_endpoint, run_hub_server
 from huggingface_hub import (
@@ -77,7 +77,8 @@ def test_push_then_load_with_neat_hf_and_stock_peft(hub_server, caplog):
 
     torch.testing.assert_close(_logits_of_repo(REPO), expected)
     peft = pytest.importorskip("peft")
-    stock = peft.PeftModel.from_pretrained(tiny_llama(), REPO)
+    with stock_peft():
+        stock = peft.PeftModel.from_pretrained(tiny_llama(), REPO)
     torch.testing.assert_close(model_output(stock, inputs), expected)
 
     # The token authenticated every write, came from HF_TOKEN, and is nowhere in what was stored or logged.

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_llama
+from conftest import model_inputs, model_output, stock_peft, tiny_bert_classifier, tiny_llama
 from safetensors.torch import load_file
 from testing_common import assert_logits_differ, randomize_adapter
 
@@ -22,7 +22,8 @@ peft = pytest.importorskip("peft")
 # The table-driven interop checks (every model kind × depth × activation, both ways) are in test_common_cases.py.
 def test_stock_peft_seq_cls_adapter_with_head_loads(tmp_path):
     inputs = model_inputs("bert")
-    stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=4, task_type="SEQ_CLS", target_modules=["query", "value"], init_weights=False))
+    with stock_peft():
+        stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=4, task_type="SEQ_CLS", target_modules=["query", "value"], init_weights=False))
     with torch.no_grad():
         stock.base_model.model.classifier.modules_to_save["default"].weight.add_(0.5)
     stock.eval().save_pretrained(tmp_path)
@@ -38,7 +39,7 @@ def test_sin_adapter_round_trips_in_neat_hf_and_fails_loudly_in_stock_peft(tmp_p
     assert not model.peft_config["default"].is_peft_compatible
     reloaded = NeatModel.from_pretrained(tiny_llama(), tmp_path)
     torch.testing.assert_close(model_output(reloaded, inputs), expected)
-    with pytest.raises(ValueError, match="sin"):
+    with pytest.raises(ValueError, match="sin"), stock_peft():
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
 
 
@@ -269,7 +270,7 @@ def test_no_warnings_on_plain_use(tmp_path):
 def test_stock_peft_loads_default_adapter_without_unknown_key_warnings(tmp_path, caplog, dropout):
     get_neat_model(tiny_llama(), NeatConfig(r=2, dropout=dropout)).save_pretrained(tmp_path)
     assert "dropout" not in json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"), stock_peft():
         warnings.simplefilter("always")
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
@@ -283,7 +284,7 @@ def test_stock_peft_warns_about_dropout_in_adapter_config(tmp_path, caplog):
     get_neat_model(tiny_llama(), NeatConfig(r=2)).save_pretrained(tmp_path)
     config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
     (tmp_path / ADAPTER_CONFIG_NAME).write_text(json.dumps({**config, "dropout": 0.1}))
-    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"), stock_peft():
         warnings.simplefilter("always")
         peft.PeftModel.from_pretrained(tiny_llama(), tmp_path)
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
@@ -343,7 +344,8 @@ def test_task_heads_are_trained_like_peft(task_type, modules_to_save, expected):
     assert model.peft_config["default"].modules_to_save == expected
     trained = sorted({n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad and ".modules_to_save." in n})
     assert trained == sorted(expected)
-    stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=2, task_type=task_type, target_modules=["query", "value"], modules_to_save=modules_to_save))
+    with stock_peft():
+        stock = peft.get_peft_model(tiny_bert_classifier(), peft.PeanutConfig(r=2, task_type=task_type, target_modules=["query", "value"], modules_to_save=modules_to_save))
     stock_trained = sorted({n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n, p in stock.named_parameters() if p.requires_grad and ".modules_to_save." in n})
     assert trained == stock_trained
 

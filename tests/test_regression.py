@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import LlamaForCausalLM
+from conftest import stock_peft
 
 from neat_hf import NeatModel
 
@@ -39,7 +40,8 @@ def test_neat_hf_loads_pinned_adapter(name):
 @pytest.mark.parametrize("name", ["peft_peanut", "neat_hf"])
 def test_stock_peft_loads_pinned_adapter(name):
     peft = pytest.importorskip("peft")
-    model = peft.PeftModel.from_pretrained(base(), HERE / name).eval()
+    with stock_peft():
+        model = peft.PeftModel.from_pretrained(base(), HERE / name).eval()
     torch.testing.assert_close(logits(model), torch.tensor(EXPECTED[name]), atol=1e-5, rtol=1e-5)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_gpt2, tiny_llama
+from conftest import stock_peft, tiny_gpt2, tiny_llama
 from torch import nn
 
 from neat_hf import NeatConfig, NoTargetModulesError
@@ -67,7 +67,8 @@ def test_index_outside_the_model_matches_nothing():
 def test_stock_adapter_with_regex_and_layers_to_transform_loads(tmp_path):
     from neat_hf import NeatModel
 
-    stock = peft.get_peft_model(tiny_llama(), peft.PeanutConfig(r=2, target_modules=r".*\.(q|v)_proj", layers_to_transform=[0], init_weights=False)).eval()
+    with stock_peft():
+        stock = peft.get_peft_model(tiny_llama(), peft.PeanutConfig(r=2, target_modules=r".*\.(q|v)_proj", layers_to_transform=[0], init_weights=False)).eval()
     stock.save_pretrained(tmp_path)
     ids = torch.tensor([[1, 2, 3, 4]])
     ours = NeatModel.from_pretrained(tiny_llama(), tmp_path)
