@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -150,15 +151,21 @@ def test_axolotl_train_cli(tmp_path):
         "dataset_prepared_path": str(tmp_path / "prepared"), "save_strategy": "no", "val_set_size": 0,
     }
     (tmp_path / "neat.yaml").write_text(yaml.safe_dump(config))
+    offline = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+               "HF_DATASETS_OFFLINE": "1"}  # no telemetry, no Hub: tests never touch the network
     result = subprocess.run(["axolotl", "train", str(tmp_path / "neat.yaml")], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=1200)
+                            cwd=tmp_path, timeout=1200, env=offline)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "'train_runtime'" in result.stdout + result.stderr
+    assert "3/3" in result.stdout + result.stderr  # the progress bar reached 3 optimizer steps
     saved = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "PEANUT" and saved["r"] == 4
     from transformers import AutoModelForCausalLM
 
     inputs = model_inputs("llama")
     neat = NeatModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "out")
+    # B starts at zero: the adapter changes the output only if the 3 steps trained it.
+    assert not torch.allclose(model_output(neat, inputs), model_output(AutoModelForCausalLM.from_pretrained(base), inputs))
     with stock_peft():
         import peft
 
