@@ -45,6 +45,7 @@ def test_wheel_has_one_namespace_and_its_data(wheel):
         "neat_hf/eval_harness/__init__.py",
         "neat_hf/deepspeed_configs/zero3.json",
         "neat_hf/trainers/accelerate_configs/fsdp2.yaml",
+        "neat_hf/integrations/axolotl/plugin.py",
     ):
         assert expected in names, expected
     assert any(n.startswith("neat_hf/trainers/recipes/") and n.endswith(".yaml") for n in names)
