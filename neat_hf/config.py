@@ -239,17 +239,13 @@ class NeatConfig(PeanutConfig):
         """The exact text `save_pretrained` writes to adapter_config.json."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **peft_kwargs: Any) -> None:
-        """Write adapter_config.json into `save_directory` atomically. Takes the keyword arguments that
-        `PeftModel.save_pretrained` passes: `auto_mapping_dict` (a custom model class) is written as `auto_mapping`,
-        as PEFT does."""
-        auto_mapping = peft_kwargs.pop("auto_mapping_dict", None)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write adapter_config.json into `save_directory` atomically (and the neat-only settings into
+        training_info.json). `PeftModel.save_pretrained`'s extra arguments (`auto_mapping_dict`, ...) are accepted and
+        not written: stock PEFT loads the file without them."""
         os.makedirs(save_directory, exist_ok=True)
         store_neat_only_settings(save_directory, self.neat_only_settings())
-        text = self.to_json_string()
-        if auto_mapping is not None:
-            text = json.dumps({**self.to_dict(), "auto_mapping": auto_mapping}, indent=2, sort_keys=True) + "\n"
-        atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), text)
+        atomic_write_text(os.path.join(save_directory, ADAPTER_CONFIG_NAME), self.to_json_string())
 
     @classmethod
     def from_pretrained(
