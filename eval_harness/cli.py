@@ -1,7 +1,8 @@
 """`neat-lm-eval`: lm-eval's own command line, with `--model neat` registered and the bundled tasks included.
 
-lm-eval 0.4.13 finds model backends only in its built-in table, so `lm_eval --model neat` cannot work there; this
-command imports our backend first and then runs lm-eval's CLI unchanged. Every lm-eval flag and subcommand
+This command imports our backend and then runs lm-eval's CLI unchanged. (The stock `lm_eval --model neat` also works:
+lm-eval 0.4.13 finds backends only in its built-in table, and neat-hf's start-up hook, `_neat_hf_lm_eval`, adds `neat`
+to it; the bundled tasks then need `--include_path`.) Every lm-eval flag and subcommand
 (`run`, `ls`, `validate`) works as documented by lm-eval; the only difference is that `neat_hf.eval_harness.TASKS_DIR`
 is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash), and a
 `token=` in `--model_args` is passed to the Hub as `HF_TOKEN` instead of being logged and saved with the results.
@@ -164,10 +165,11 @@ def neat_help() -> str:
         "--model neat, --model_args:",
         "  pretrained=BASE          base model the adapter was trained on (Hub id or folder; for the embedded",
         "                           default job: neat-output/base_model)",
-        "  adapter=ADAPTER          NEAT adapter folder or Hub repo (neat-hf's or stock PEFT's PEANuT)",
+        "  adapter=ADAPTER          NEAT adapter folder or Hub repo (neat-hf's or stock PEFT's PEANuT); peft= is",
+        "                           accepted as an alias, as in --model hf",
         "  adapter_revision=REV     branch, tag or commit of a Hub adapter",
         "  merge=true|false         merge the adapter into the weights once (default true: base-model speed)",
-        "  any other HFLM argument  dtype=, device=, max_length=, trust_remote_code=, ... (not peft=, delta=)",
+        "  any other HFLM argument  dtype=, device=, max_length=, trust_remote_code=, ... (not delta=)",
         "",
         "--update_card [ADAPTER_DIR]  fold this run's scores into the adapter's model card (README.md model-index);",
         "                             needs --output_path; defaults to the adapter= folder",

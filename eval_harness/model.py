@@ -29,7 +29,6 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 #: HFLM arguments that would load something other than a plain base model for NEAT to wrap.
 _REJECTED_ARGS = {
-    "peft": "NeatLM loads the adapter itself: pass it as adapter=<folder or repo id>, not peft=.",
     "delta": "delta weights cannot be combined with a NEAT adapter; merge them into the base model first.",
     "autogptq": "NEAT needs the base model's full-precision nn.Linear weights; GPTQ models are not supported.",
     "gptqmodel": "NEAT needs the base model's full-precision nn.Linear weights; GPTQ models are not supported.",
@@ -105,7 +104,7 @@ class NeatLM(HFLM):
     Args:
         pretrained (`str`): the base model the adapter was trained on (Hub repo id or local folder).
         adapter (`str`): the NEAT adapter: a folder written by `NeatModel.save_pretrained` (or stock PEFT's PEANuT),
-            or a Hub repo id. Required.
+            or a Hub repo id. Required; `peft=` is accepted as its alias, so `--model hf` model_args work unchanged.
         adapter_revision (`str`, *optional*): branch, tag or commit of a Hub adapter (the latest by default).
         merge (`bool`, *optional*, defaults to `True`): merge the adapter into the weights once after loading, so
             evaluation runs at the base model's speed. `False` keeps the adapter as separate layers.
@@ -116,8 +115,9 @@ class NeatLM(HFLM):
         **kwargs: any `HFLM` argument.
 
     Raises:
-        NeatModelArgsError: `adapter` missing, a bad `merge` value, `pretrained` not a name or folder, or an `HFLM`
-            argument that cannot be combined with an adapter (`peft`, `delta`, `autogptq`, `gptqmodel`).
+        NeatModelArgsError: `adapter` missing (or given as `adapter=` and `peft=` with different values), a bad
+            `merge` value, `pretrained` not a name or folder, or an `HFLM` argument that cannot be combined with an
+            adapter (`delta`, `autogptq`, `gptqmodel`).
         AdapterLoadError: the adapter folder or repo, or one of its files, is missing or invalid (checked before the
             base model is loaded).
         AdapterMismatchError: the adapter was made for another base model (the message names module and shapes).
@@ -146,10 +146,16 @@ class NeatLM(HFLM):
                 f"{type(pretrained).__name__}. For a model already in memory, merge the adapter "
                 "(NeatModel.merge_and_unload()) and pass the result to lm-eval's HFLM(pretrained=model)."
             )
+        peft = kwargs.pop("peft", None)  # HFLM's name for the adapter (`--model hf --model_args peft=...`)
+        if peft is not None and adapter is not None and str(peft).strip() != str(adapter).strip():
+            raise NeatModelArgsError(
+                f"adapter={adapter!r} and peft={peft!r} name two adapters; give the NEAT adapter once, as adapter=."
+            )
+        adapter = adapter if adapter is not None else peft
         if adapter is None or not str(adapter).strip():
             raise NeatModelArgsError(
                 "The neat model needs an adapter: --model_args pretrained=<base model>,adapter=<adapter folder or "
-                "Hub repo id>."
+                "Hub repo id> (or peft=<...>, as for --model hf)."
             )
         for key, why in _REJECTED_ARGS.items():
             if kwargs.get(key):

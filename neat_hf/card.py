@@ -11,7 +11,9 @@ Everything a card shows comes from files in the adapter folder, so `neat-hub car
 time:
 
 * `adapter_config.json` and `adapter_model.safetensors` (hyperparameters; parameter count from the safetensors header),
-* `training_info.json` (optional, see `neat_hf.training_info`, which scrubs it of credentials),
+* `training_info.json` (optional, see `neat_hf.training_info`, which scrubs it of credentials), with the tracker run
+  shown as a badge and tag (as TRL's cards show them),
+* `training_curve.png` (optional, drawn by NeatTrainer: loss per step), when `training_info.json` names it,
 * the existing `README.md`, whose `model-index` is kept when the card is rebuilt without new evaluation results, and
   whose tags are kept (so a rebuild of an unchanged folder writes the same card).
 
@@ -28,12 +30,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .card_rows import cell, eval_rows, fmt_number, hyperparameter_rows, training_rows
 from .config import read_adapter_config, with_neat_only_settings
-from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME
+from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_CURVE_NAME
 from .errors import AdapterLoadError, NeatError
 from .io import atomic_write_text, count_adapter_parameters, is_hub_id
 from .quantization import quantization_settings
@@ -48,6 +51,33 @@ logger = logging.getLogger(__name__)
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "adapter_card.md"
 NEAT_TAGS = ("neat", "peanut", "peft")
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
+
+#: training_info key -> (badge image, alt text) of each tracker, the badges of TRL's `lm_model_card.md`.
+TRACKER_BADGES = {
+    "wandb_url": ("https://raw.githubusercontent.com/wandb/assets/main/wandb-github-badge-28.svg", "Visualize in Weights & Biases"),
+    "trackio_url": ("https://raw.githubusercontent.com/gradio-app/trackio/refs/heads/main/trackio/assets/badge.png", "Visualize in Trackio"),
+    "comet_url": ("https://raw.githubusercontent.com/comet-ml/comet-examples/master/logo/comet_badge.png", "Visualize in Comet"),
+}
+# A link target that cannot break out of Markdown `(...)`, an HTML attribute or a YAML tag.
+_TRACKER_URL = re.compile(r"^https?://[^\s()<>\[\]\"'`]+$")
+
+
+def tracker_badges(info: Mapping[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """`{training_info key: (run address, badge image, alt text)}` for each tracker run recorded in `info`.
+
+    An address that is not a plain http(s) URL is left out, with a warning: it would be written into the card's
+    Markdown and its tags.
+    """
+    badges = {}
+    for key, (image, alt) in TRACKER_BADGES.items():
+        url = info.get(key)
+        if url is None:
+            continue
+        if not isinstance(url, str) or not _TRACKER_URL.match(url):
+            logger.warning("Not linking training_info[%r] = %r from the card: it is not a plain http(s) URL.", key, url)
+            continue
+        badges[key] = (url, image, alt)
+    return badges
 
 
 def framework_versions(extra: Iterable[str] = ()) -> dict[str, str]:
@@ -89,6 +119,7 @@ def build_model_card(
     pipeline_tag: str | None = None,
     tags: Sequence[str] | None = None,
     merged: bool = False,
+    training_curve: str | None = None,
 ) -> ModelCard:
     """Render the model card of a NEAT adapter (or, with `merged=True`, of a base model with the adapter merged in).
 
@@ -117,6 +148,11 @@ def build_model_card(
             Extra tags, added after `neat`, `peanut`, `peft` and `base_model:adapter:<base>`.
         merged (`bool`, *optional*, defaults to `False`):
             Card for `neat-hub merge` output: `library_name: transformers`, no adapter tags.
+        training_curve (`str`, *optional*):
+            Relative path of the loss-curve image next to the card (`training_curve.png`), shown under the training
+            setup. Tracker runs in `training_info` (`trackio_url`, `wandb_url`, `comet_url`) are shown as badges, and
+            a Trackio run also as the tags `trackio` and `trackio:<url>`, which the Hub uses for its Training Metrics
+            tab (as TRL's cards do).
 
     Returns:
         `huggingface_hub.ModelCard`
@@ -141,7 +177,11 @@ def build_model_card(
     all_tags = ["neat", "peanut", "merged-adapter"] if merged else list(NEAT_TAGS)
     if base_id is not None and not merged:
         all_tags.append(f"base_model:adapter:{base_id}")
-    all_tags += [t for t in (tags or []) if t not in all_tags]
+    badges = {} if merged else tracker_badges(info)
+    trackio = badges.get("trackio_url")
+    caller_tags = [t for t in (tags or []) if not (trackio and str(t).startswith("trackio:"))]  # one run, one tag
+    all_tags += ["trackio", f"trackio:{trackio[0]}"] if trackio else []
+    all_tags += [t for t in caller_tags if t not in all_tags]
     if eval_results:
         if not all(isinstance(r, EvalResult) for r in eval_results):
             raise NeatError("eval_results must be huggingface_hub.EvalResult objects (see neat_hf.eval_harness.results.eval_results_from_lm_eval).")
@@ -190,6 +230,9 @@ def build_model_card(
         peft_compatible=config.get("act_fn") != "sin",
         hyperparameters=hyperparameter_rows(config, num_adapter_parameters, num_base_parameters),
         training_rows=training_rows(info),
+        tracker_badges=list(badges.values()),
+        local_tracker=any(urlparse(url).hostname in ("127.0.0.1", "localhost") for url, _, _ in badges.values()),
+        training_curve=None if merged else training_curve,
         eval_rows=eval_rows(eval_results or []),
         eval_note=eval_note,
         versions=sorted(versions.items()),
@@ -300,6 +343,8 @@ def write_model_card(
     results = merge_eval_results(kept if keep_eval_results else [], eval_results)
     if kept_tags:  # the same card rebuilt gives the same bytes: a retried push then makes no commit
         card_kwargs["tags"] = kept_tags + [t for t in card_kwargs.get("tags") or [] if t not in kept_tags]
+    # Only the curve that the record of these weights names: a stale image of an earlier save is not shown.
+    curve = TRAINING_CURVE_NAME if info.get("training_curve") == TRAINING_CURVE_NAME else None
     card = build_model_card(
         config,
         repo_id=repo_id,
@@ -307,6 +352,7 @@ def write_model_card(
         num_base_parameters=info.get("base_model_parameters"),
         training_info=info,
         eval_results=results,
+        training_curve=curve if curve and (directory / curve).is_file() else None,
         **card_kwargs,
     )
     atomic_write_text(card_path, str(card))

@@ -12,9 +12,13 @@ from huggingface_hub import EvalResult
 
 from .io import WEIGHTS_STAMP_KEY, is_hub_id
 
+#: training_info keys of experiment-tracker runs, shown as badges (`neat_hf.card.TRACKER_BADGES`).
+TRACKER_URL_KEYS = ("wandb_url", "trackio_url", "comet_url")
+
 #: training_info keys that feed the card without a row of their own.
 INTERNAL_KEYS = {
-    "base_model_parameters", "framework_versions", "license", "adapter_path", "base_model_path", WEIGHTS_STAMP_KEY
+    "base_model_parameters", "framework_versions", "license", "adapter_path", "base_model_path", WEIGHTS_STAMP_KEY,
+    "training_curve", *TRACKER_URL_KEYS,
 }
 
 # (key, label) of the training-setup table, in display order.
@@ -40,7 +44,9 @@ _TRAINING_ROWS = (
     ("deepspeed_stage", "DeepSpeed"),
     ("hardware", "hardware"),
     ("train_runtime", "training time"),
-    ("train_loss", "final training loss"),
+    ("final_train_loss", "final training loss"),
+    ("final_eval_loss", "final evaluation loss"),
+    ("train_loss", "mean training loss"),
 )
 
 

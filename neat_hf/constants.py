@@ -14,6 +14,8 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
 #: neat-hf's record of how an adapter was trained, next to its config (stock PEFT does not read it).
 TRAINING_INFO_NAME = "training_info.json"
+#: Training and evaluation loss per step, drawn by NeatTrainer next to the record and shown in the model card.
+TRAINING_CURVE_NAME = "training_curve.png"
 
 #: `peft_type` written into adapter_config.json. Stock PEFT dispatches on it.
 PEFT_TYPE = "PEANUT"

@@ -48,6 +48,7 @@ from .constants import (
     LIBRARY_VERSION,
     MODEL_CARD_NAME,
     PEFT_TYPE,
+    TRAINING_CURVE_NAME,
 )
 from .errors import AdapterLoadError, NeatError
 from .hub_errors import hub_errors
@@ -61,8 +62,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COMMIT_MESSAGE = "Upload NEAT adapter"
 
-#: Files a pushed adapter folder may contain besides the adapter itself: the card, the training setup and the
-#: tokenizer / processor files the Trainer saves next to the adapter. Anything else (optimizer states, pickled
+#: Files a pushed adapter folder may contain besides the adapter itself: the card, the training setup, the loss curve
+#: the card shows and the tokenizer / processor files the Trainer saves next to the adapter. Anything else (optimizer states, pickled
 #: `training_args.bin`, full `model.safetensors` weights) is left out.
 TOKENIZER_FILES = frozenset(
     {
@@ -82,7 +83,9 @@ TOKENIZER_FILES = frozenset(
         "processor_config.json",
     }
 )
-ADAPTER_FILES = frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME})
+ADAPTER_FILES = frozenset(
+    {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, TRAINING_INFO_NAME, TRAINING_CURVE_NAME}
+)
 #: Never uploaded from a merged-model folder either: pickle-based formats.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -147,8 +150,8 @@ def push_adapter_folder(
 ) -> CommitInfo:
     """Push an adapter folder written by `save_pretrained` (or a NeatTrainer output / checkpoint folder) in one commit.
 
-    Uploaded: `adapter_config.json`, `adapter_model.safetensors`, `README.md`, `training_info.json`, tokenizer and
-    processor files, and the same files of named adapters in sub-folders. Everything else (optimizer and scheduler
+    Uploaded: `adapter_config.json`, `adapter_model.safetensors`, `README.md`, `training_info.json`,
+    `training_curve.png`, tokenizer and processor files, and the same files of named adapters in sub-folders. Everything else (optimizer and scheduler
     states, `training_args.bin`, any full-model weights) stays local. The adapter is validated (config fields,
     safetensors readable, PEFT key prefix) before anything is sent.
 

@@ -4,10 +4,12 @@ NeatTrainer (or [`save_training_info`]) writes a flat JSON object with the setup
 (see `neat_hf.card`). Known keys (all optional): `dataset`, `num_train_epochs`, `max_steps`, `global_step`,
 `learning_rate`, `learning_rates` (`{group: lr}`), `effective_batch_size`, `per_device_train_batch_size`,
 `gradient_accumulation_steps`, `world_size`, `lr_scheduler_type`, `warmup_ratio`, `warmup_steps`, `weight_decay`,
-`optim`, `max_seq_length`, `precision`, `seed`, `deepspeed_stage`, `hardware`, `train_runtime`, `train_loss`,
-`base_model_quantization` (`{setting: value}` of a bitsandbytes 4-/8-bit base, written from the live model); other
-scalar keys are shown as they are. Three keys feed the card without a row: `base_model_parameters` (for the trainable
-share), `framework_versions` (`{package: version}` of the training run) and `license`.
+`optim`, `max_seq_length`, `precision`, `seed`, `deepspeed_stage`, `hardware`, `train_runtime`, `final_train_loss`
+(last logged), `final_eval_loss`, `train_loss` (mean over the run), `base_model_quantization` (`{setting: value}` of
+a bitsandbytes 4-/8-bit base, written from the live model); other scalar keys are shown as they are. These keys feed
+the card without a row: `base_model_parameters` (for the trainable share), `framework_versions` (`{package: version}`
+of the training run), `license`, `training_curve` (the loss-curve image in the folder, `training_curve.png`) and
+`trackio_url` / `wandb_url` / `comet_url` (the tracker run, shown as a badge).
 
 [`save_training_info`] also records which weights the file describes (`adapter_weights_sha256`, the digest that
 `adapter_model.safetensors` carries in its metadata): a save killed after the weights leaves a record of other weights,

@@ -32,6 +32,15 @@ def _restore_neat_hf_log_level():
     package_logger.setLevel(level)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _trackio_logs_in_a_temporary_folder(tmp_path_factory):
+    """Runs with `report_to="trackio"` log locally, to `TRACKIO_DIR`, which trackio reads once, when first imported
+    (inside a test): point it into the session's temporary folder instead of the user's HF cache."""
+    if "TRACKIO_DIR" not in os.environ:
+        os.environ["TRACKIO_DIR"] = str(tmp_path_factory.mktemp("trackio"))
+    yield
+
+
 @contextlib.contextmanager
 def stock_peft():
     """Unpatched PEFT inside the block (PEANuT's own dense layer), for the tests that check what stock PEFT does with

@@ -8,7 +8,11 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 from argparse import Namespace
+from pathlib import Path
 from importlib.metadata import EntryPoint, entry_points
 
 import pytest
@@ -97,6 +101,17 @@ def _per_sample(results):
     return out
 
 
+def _assert_same_samples(ours, reference):
+    """Same samples; equal generations and log-likelihoods within 1e-4."""
+    assert ours.keys() == reference.keys()
+    for key, (ref_ll, ref_text) in reference.items():
+        our_ll, our_text = ours[key]
+        if ref_ll is None:
+            assert our_text == ref_text, key
+        else:
+            torch.testing.assert_close(our_ll, ref_ll, rtol=0, atol=1e-4, msg=str(key))
+
+
 @pytest.fixture(scope="module")
 def stock_peft_results(env, task_manager):
     return _run(env, task_manager, "hf", peft=str(env.adapter))
@@ -106,15 +121,8 @@ def stock_peft_results(env, task_manager):
 def test_scores_equal_stock_hf_with_peft(env, task_manager, stock_peft_results, merge):
     ours = _run(env, task_manager, "neat", adapter=str(env.adapter), merge=merge)
     assert ours["config"]["adapter_merged"] is merge
-    stock_samples, our_samples = _per_sample(stock_peft_results), _per_sample(ours)
-    assert stock_samples.keys() == our_samples.keys()
-    assert len(stock_samples) == 32  # 16 tasks x 2 rows
-    for key, (stock_ll, stock_text) in stock_samples.items():
-        our_ll, our_text = our_samples[key]
-        if stock_ll is None:
-            assert our_text == stock_text, key
-        else:
-            torch.testing.assert_close(our_ll, stock_ll, rtol=0, atol=1e-4, msg=str(key))
+    assert len(_per_sample(ours)) == 32  # 16 tasks x 2 rows
+    _assert_same_samples(_per_sample(ours), _per_sample(stock_peft_results))
     for task, metrics in stock_peft_results["results"].items():
         for name, value in metrics.items():
             if name.startswith(("acc", "exact_match")) and "stderr" not in name:
@@ -274,7 +282,7 @@ def test_adapter_for_another_base_gives_a_clear_error(env, capsys):
         ({}, NeatModelArgsError, "needs an adapter"),
         ({"adapter": "  "}, NeatModelArgsError, "needs an adapter"),
         ({"adapter": "ADAPTER", "merge": "sometimes"}, NeatModelArgsError, "merge must be True or False"),
-        ({"adapter": "ADAPTER", "peft": "ADAPTER"}, NeatModelArgsError, "not peft="),
+        ({"adapter": "ADAPTER", "peft": "MISSING"}, NeatModelArgsError, "name two adapters"),
         ({"adapter": "ADAPTER", "delta": "x"}, NeatModelArgsError, "delta"),
         ({"adapter": "ADAPTER", "autogptq": True}, NeatModelArgsError, "GPTQ"),
         ({"adapter": "MISSING"}, AdapterLoadError, "not a folder"),
@@ -381,3 +389,124 @@ def test_ls_lists_bundled_groups_next_to_lm_evals(capsys):
 def test_console_script_is_declared():
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "neat-lm-eval"]
     assert script.load() is cli.main
+
+
+# ------------------------------------------------------------------------------- stock `lm_eval --model neat`
+
+STARTUP_PTH = "neat_hf_lm_eval.pth"
+_OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _python(code: str, *args: str) -> dict:
+    """Run `code` in a fresh interpreter of this environment (so its site-packages start-up runs) and parse the JSON
+    it prints last."""
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=_OFFLINE_ENV)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_startup_hook_is_installed_at_the_top_of_site_packages():
+    """The other start-up tests are only meaningful if this interpreter really processes the `.pth` file."""
+    installed = Path(sysconfig.get_paths()["purelib"]) / STARTUP_PTH
+    assert installed.is_file(), f"{installed} missing: reinstall neat-hf (pip install -e .)"
+    repo_copy = Path(__file__).resolve().parents[1] / STARTUP_PTH
+    assert installed.read_text() == repo_copy.read_text()
+
+
+def test_unrelated_python_process_imports_nothing_of_neat_hf_or_lm_eval():
+    loaded = _python(
+        "import json, sys; print(json.dumps(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('neat_hf', '_neat_hf_lm_eval', 'lm_eval'))))"
+    )
+    assert loaded == []
+
+
+def test_startup_line_acts_only_in_lm_eval_processes():
+    """The `.pth` line, run under the argv of other programs and then of lm-eval's three spellings."""
+    code = """
+import json, sys
+line = open(sys.argv[1]).read()
+seen = []
+for argv, orig in [(["-c"], ["python", "-c", "pass"]), (["/venv/bin/pytest"], ["python", "/venv/bin/pytest"]),
+                   (["-m"], ["python", "-m", "pytest"]), (["/venv/bin/lm_eval_tools"], ["python", "x"]),
+                   (["/venv/bin/lm_eval"], ["python", "/venv/bin/lm_eval"]),
+                   (["/venv/bin/lm-eval"], ["python", "/venv/bin/lm-eval"]),
+                   (["-m"], ["python", "-u", "-m", "lm_eval", "run"])]:
+    sys.argv, sys.orig_argv = list(argv), list(orig)
+    exec(line)
+    from_lm_eval = "lm_eval" in sys.modules
+    registered = from_lm_eval and "neat" in sys.modules["lm_eval.api.registry"].model_registry
+    seen.append([orig[-1], "_neat_hf_lm_eval" in sys.modules, registered])
+    if from_lm_eval:  # start each lm-eval spelling from an empty registry again
+        sys.modules["lm_eval.api.registry"].model_registry._objs.clear()
+        for name in [m for m in sys.modules if m == "lm_eval.models"]:
+            del sys.modules[name]
+        del sys.modules["_neat_hf_lm_eval"]
+print(json.dumps(seen))
+"""
+    seen = _python(code, str(Path(__file__).resolve().parents[1] / STARTUP_PTH))
+    assert seen == [
+        ["pass", False, False], ["/venv/bin/pytest", False, False], ["pytest", False, False], ["x", False, False],
+        ["/venv/bin/lm_eval", True, True], ["/venv/bin/lm-eval", True, True], ["run", True, True],
+    ]
+
+
+def test_hook_registers_neat_lazily_next_to_every_builtin_backend():
+    code = """
+import json, sys
+import _neat_hf_lm_eval as hook
+first, again = hook.install(), hook.install()
+from lm_eval.api.registry import get_model, model_registry
+from lm_eval.models import MODEL_MAPPING
+placeholder = dict(model_registry.items())["neat"]
+neat_hf_before = "neat_hf" in sys.modules
+hf = get_model("hf")
+neat = get_model("neat")
+print(json.dumps({"first": first, "again": again, "names": sorted(model_registry.keys()),
+                  "builtins": sorted(MODEL_MAPPING), "placeholder": placeholder, "neat_hf_before": neat_hf_before,
+                  "hf": f"{hf.__module__}:{hf.__name__}", "neat": f"{neat.__module__}:{neat.__name__}",
+                  "neat_is_hflm": issubclass(neat, hf)}))
+"""
+    seen = _python(code)
+    assert seen["first"] is True and seen["again"] is False
+    assert seen["names"] == sorted([*seen["builtins"], "neat"])  # every built-in backend is still there
+    assert seen["placeholder"] == "neat_hf.eval_harness.model:NeatLM"  # lazy: nothing of neat-hf imported ...
+    assert seen["neat_hf_before"] is False  # ... until a run asks for --model neat
+    assert seen["hf"] == "lm_eval.models.huggingface:HFLM"
+    assert seen["neat"] == "neat_hf.eval_harness.model:NeatLM" and seen["neat_is_hflm"]
+
+
+def _samples_from_files(out: Path) -> dict:
+    """`_per_sample` over the samples files that lm-eval's `--log_samples` wrote under `out`."""
+    samples: dict[str, list] = {}
+    for path in out.rglob("samples_*.jsonl"):
+        task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
+        samples[task] = [json.loads(line) for line in path.read_text().splitlines()]
+    return _per_sample({"samples": samples})
+
+
+def test_stock_lm_eval_command_runs_neat_and_matches_neat_lm_eval(env, capsys):
+    """The stock `lm_eval` console script resolves `--model neat` (with `--model hf`'s `peft=` spelling) and scores
+    every sample as `neat-lm-eval` does."""
+    tasks = "boolq,arc_easy,neat_boolq_gen"
+    common = ["--tasks", tasks, "--include_path", str(env.tasks), "--device", "cpu", "--batch_size", "2",
+              "--log_samples"]
+    stock_out, ours_out = env.root / "stock_lm_eval", env.root / "neat_lm_eval"
+    lm_eval_script = Path(sys.executable).with_name("lm_eval")
+    result = subprocess.run(
+        [str(lm_eval_script), "--model", "neat", "--model_args", f"pretrained={env.base},peft={env.adapter}",
+         *common, "--output_path", str(stock_out)],
+        capture_output=True, text=True, env=_OFFLINE_ENV,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "neat_boolq_gen" in result.stdout  # lm-eval's results table
+    (results_file,) = stock_out.rglob("results_*.json")
+    results = json.loads(results_file.read_text())
+    assert results["config"]["model"] == "neat" and results["config"]["adapter"] == str(env.adapter)
+
+    cli.main(["--model", "neat", "--model_args", f"pretrained={env.base},adapter={env.adapter}", *common,
+              "--output_path", str(ours_out)])
+    capsys.readouterr()
+    stock = _samples_from_files(stock_out)
+    assert len(stock) == 6  # 3 tasks x 2 rows
+    _assert_same_samples(stock, _samples_from_files(ours_out))

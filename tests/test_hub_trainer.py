@@ -22,7 +22,8 @@ from transformers import TrainingArguments
 from neat_hf import NeatModel
 
 REPO = "neat-tester/trained-neat"
-ROOT_FILES = {".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "training_info.json"}
+ROOT_FILES = {".gitattributes", "README.md", "adapter_config.json", "adapter_model.safetensors", "training_info.json",
+              "training_curve.png"}  # the card shows the loss curve: it goes up with it
 
 
 def _dataset(n=8):
@@ -36,21 +37,21 @@ def _dataset(n=8):
 
 def _train(tmp_path, model=None, args_class=TrainingArguments, **hub_args):
     model = model if model is not None else make_adapter(init_weights=True)  # B = 0: training must move it
-    args = args_class(
-        output_dir=str(tmp_path / "out"),
-        max_steps=4,
-        save_steps=2,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        remove_unused_columns=False,
-        push_to_hub=True,
-        hub_model_id=REPO,
-        hub_always_push=True,  # deterministic: never skip a checkpoint push because the previous one is running
+    args = args_class(**{
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 4,
+        "save_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "use_cpu": True,
+        "remove_unused_columns": False,
+        "push_to_hub": True,
+        "hub_model_id": REPO,
+        "hub_always_push": True,  # deterministic: never skip a checkpoint push because the previous one is running
         **hub_args,
-    )
+    })
     trainer = NeatTrainer(model=model, args=args, train_dataset=_dataset())
     trainer.neat_dataset_name = "neat-tester/tiny-text"
     trainer.train()  # waits for the asynchronous checkpoint pushes before returning
@@ -102,7 +103,8 @@ def test_hub_strategy_end_pushes_once_with_our_card(hub_server, tmp_path):
     ):
         assert needle in card.text, needle
     info_json = json.loads(files["training_info.json"])
-    assert info_json["global_step"] == 4 and "train_loss" in info_json
+    assert info_json["global_step"] == 4 and "train_loss" in info_json and "final_train_loss" in info_json
+    assert "](training_curve.png)" in card.text and files["training_curve.png"].startswith(b"\x89PNG")
     assert_no_token(b"\n".join(files.values()))
 
 
@@ -142,6 +144,27 @@ def test_hub_strategy_all_checkpoints(hub_server, tmp_path):
     assert {"checkpoint-2/adapter_model.safetensors", "checkpoint-4/adapter_model.safetensors"} <= set(files)
     assert not any(p.startswith("last-checkpoint/") for p in files)
     _assert_adapter_only(files, tmp_path)
+
+
+def test_trackio_run_pushes_card_with_badge_tag_losses_and_curve(hub_server, tmp_path):
+    """`report_to="trackio"`, logged locally (`trackio_static_space_id=False`: no Space is made on push): the pushed
+    card links the run (badge and `trackio:<url>` tag) and shows the final losses and the loss curve pushed with it."""
+    from neat_hf.trainers.training_record import trackio_run_url
+
+    trainer, _ = _train(tmp_path, hub_strategy="end", report_to="trackio", project="neat-hf-tests",
+                        run_name="hub-push", trackio_static_space_id=False)
+    trainer.push_to_hub()
+    files = hub_server.files(REPO)
+    assert set(files) == ROOT_FILES
+    card = ModelCard(files["README.md"].decode())
+    url = trackio_run_url("neat-hf-tests", "hub-push")
+    assert "trackio" in card.data.tags and f"trackio:{url}" in card.data.tags
+    assert f'title="Visualize in Trackio" width="150" height="24"/>]({url})' in card.text
+    info = json.loads(files["training_info.json"])
+    assert info["trackio_url"] == url and info["global_step"] == 4
+    assert f"| final training loss | {info['final_train_loss']:g} |" in card.text
+    assert files["training_curve.png"] == (tmp_path / "out" / "training_curve.png").read_bytes()
+    assert "](training_curve.png)" in card.text
 
 
 def test_create_model_card_writes_the_neat_card(tmp_path):

@@ -32,7 +32,10 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_has_one_namespace_and_its_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/", 1)[0] for n in names if not n.startswith("neat_hf-")}
-    assert top_level == {"neat_hf"}, top_level  # no top-level `hub`, `trainers`, `eval_harness`
+    # No top-level `hub`, `trainers`, `eval_harness`; beside `neat_hf` only the stock `lm_eval --model neat` hook: the
+    # start-up line (setup.py) and the module it imports in lm-eval processes only, which must not import `neat_hf`.
+    assert top_level == {"neat_hf", "neat_hf_lm_eval.pth", "_neat_hf_lm_eval.py"}, top_level
+    assert zipfile.ZipFile(wheel).read("neat_hf_lm_eval.pth") == (ROOT / "neat_hf_lm_eval.pth").read_bytes()
     for expected in (
         "neat_hf/__init__.py",
         "neat_hf/layer.py",
@@ -42,6 +45,7 @@ def test_wheel_has_one_namespace_and_its_data(wheel):
         "neat_hf/eval_harness/__init__.py",
         "neat_hf/deepspeed_configs/zero3.json",
         "neat_hf/trainers/accelerate_configs/fsdp2.yaml",
+        "neat_hf/integrations/axolotl/plugin.py",
     ):
         assert expected in names, expected
     assert any(n.startswith("neat_hf/trainers/recipes/") and n.endswith(".yaml") for n in names)

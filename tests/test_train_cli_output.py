@@ -38,3 +38,33 @@ def test_default_job_output_is_usable(tmp_path, capsys, monkeypatch):
     # neat-hub merge takes the saved base.
     assert hub_main(["merge", str(out / "base_model"), str(out), str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_report_to_trackio_offline_gives_a_card_with_badge_tag_losses_and_curve(tmp_path, capsys, monkeypatch):
+    """`neat-train --report_to trackio`, logged locally: the card links the run as TRL's cards do (badge and
+    `trackio:<url>` tag), and shows the final losses and the loss curve, drawn after the final evaluation."""
+    from huggingface_hub import ModelCard
+
+    from neat_hf.trainers.training_record import trackio_run_url
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert cli(["--max_steps", "6", "--max_train_samples", "64", "--max_eval_samples", "16", "--logging_steps", "1",
+                "--eval_strategy", "steps", "--eval_steps", "3", "--report_to", "trackio", "--project",
+                "neat-hf-tests", "--run_name", "cli-run"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "neat-output"
+    info = json.loads((out / "training_info.json").read_text())
+    url = trackio_run_url("neat-hf-tests", "cli-run")
+    assert info["trackio_url"] == url and info["global_step"] == 6
+    final_eval = json.loads((out / "eval_results.json").read_text())["eval_loss"]
+    assert info["final_eval_loss"] == pytest.approx(final_eval, abs=1e-6)  # the evaluation after training
+    card = ModelCard.load(out / "README.md")
+    assert "trackio" in card.data.tags and f"trackio:{url}" in card.data.tags
+    assert f"]({url})" in card.text and "Visualize in Trackio" in card.text
+    for row in (f"| final training loss | {info['final_train_loss']:g} |",
+                f"| final evaluation loss | {info['final_eval_loss']:g} |", "| optimizer steps | 6 |"):
+        assert row in card.text, row
+    assert "](training_curve.png)" in card.text
+    assert (out / "training_curve.png").read_bytes().startswith(b"\x89PNG")

@@ -9,7 +9,9 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
 - `init_hf_repo`: also creates the `hub_revision` branch when it does not exist (the Trainer would fail on the first
   push to a missing branch).
 - `create_model_card`: writes the NEAT card ([`write_model_card`]) with the training setup from
-  [`NeatHubMixin.neat_training_info`] into `output_dir`.
+  [`NeatHubMixin.neat_training_info`] and the loss curve into `output_dir`. `NeatTrainer.save_model` writes the same
+  record next to every adapter it saves (`_neat_write_card`), checkpoints included.
+- `log`: notes the experiment-tracker run (Trackio, W&B, Comet) while it is live, for the card's badge.
 - `push_to_hub` (`hub_strategy="end"`, and `trainer.push_to_hub()` / `save_model()` with `push_to_hub=True`): one
   commit with the adapter files, `README.md`, `training_info.json` and the tokenizer files of `output_dir` only.
 - `_push_from_checkpoint` (`hub_strategy="every_save"`, `"checkpoint"`, `"all_checkpoints"`): after each save, one
@@ -50,7 +52,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from transformers.utils.hub import PushInProgress
 
 from neat_hf.card import framework_versions, write_model_card
-from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME
+from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME, TRAINING_CURVE_NAME
 from neat_hf.hub_commit import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
@@ -64,6 +66,7 @@ from neat_hf.hub_commit import (
 )
 from neat_hf.hub_errors import hub_errors
 from neat_hf.io import is_hub_id
+from neat_hf.trainers.training_record import live_tracker_runs, loss_facts, tracker_urls, write_training_curve
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,8 @@ class NeatHubMixin:
         """The training setup written into the card and `training_info.json`.
 
         Reads `self.args` (epochs, learning rates of the NEAT and head groups, effective batch, schedule, precision,
-        seed), `self.state` (optimizer steps, final training loss), DeepSpeed's ZeRO stage and the hardware.
+        seed), `self.state` (optimizer steps, final training and evaluation loss, mean training loss), DeepSpeed's
+        ZeRO stage, the hardware and the tracker run (Trackio, W&B, Comet: its address, for the card's badge).
         Override and extend (`info = super().neat_training_info()`) to add facts such as the dataset.
         """
         args, state = self.args, self.state
@@ -135,12 +139,28 @@ class NeatHubMixin:
             info["learning_rate"] = lr
         if self.neat_dataset_name is not None:
             info["dataset"] = self.neat_dataset_name
-        losses = [log["train_loss"] for log in getattr(state, "log_history", []) if "train_loss" in log]
-        if losses:
-            info["train_loss"] = round(float(losses[-1]), 6)
+        info.update(loss_facts(getattr(state, "log_history", [])))
+        info.update(tracker_urls(getattr(self, "_neat_tracker_runs", {}), self.callback_handler.callbacks))
         used = ["deepspeed"] if info["deepspeed_stage"] else []
         info["framework_versions"] = framework_versions(used)
         return {k: v for k, v in info.items() if v is not None or k == "deepspeed_stage"}
+
+    def neat_training_record(self, folder: str | os.PathLike) -> dict[str, Any]:
+        """[`neat_training_info`] for the adapter saved in `folder`, with the loss curve drawn there
+        (`training_curve.png`, see `neat_hf.trainers.training_record`) when any loss was logged."""
+        info = self.neat_training_info()
+        if write_training_curve(getattr(self.state, "log_history", []), folder) is not None:
+            info["training_curve"] = TRAINING_CURVE_NAME
+        return info
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        # The reporting callbacks have seen these logs, so their runs are live now; Trackio's ends before the final
+        # card is written, so its address is taken here. The first run seen is the training's: an evaluation after
+        # `train()` makes the Trackio callback start another run.
+        runs = live_tracker_runs()
+        if runs:
+            self._neat_tracker_runs = {**runs, **getattr(self, "_neat_tracker_runs", {})}
 
     def _neat_zero_stage(self) -> int | None:
         plugin = getattr(getattr(getattr(self, "accelerator", None), "state", None), "deepspeed_plugin", None)
@@ -204,9 +224,21 @@ class NeatHubMixin:
         )
 
     def _neat_write_card(
-        self, folder: Path, *, finetuned_from: Any = None, dataset: Any = None, tags: Any = None, **kwargs: Any
+        self,
+        folder: str | os.PathLike,
+        *,
+        finetuned_from: Any = None,
+        dataset: Any = None,
+        tags: Any = None,
+        keep_eval_results: bool = False,
+        **kwargs: Any,
     ) -> None:
-        info = self.neat_training_info()
+        """Write the card, `training_info.json` and the loss curve of the adapter saved in `folder`.
+
+        `keep_eval_results=True` keeps the evaluation results of the folder's card when they describe the same weights
+        (`save_model`); pushes rebuild the card of a freshly trained adapter without them.
+        """
+        info = self.neat_training_record(folder)
         datasets = [dataset] if isinstance(dataset, str) else list(dataset) if dataset else None
         if datasets:
             info["dataset"] = datasets if len(datasets) > 1 else datasets[0]
@@ -223,7 +255,7 @@ class NeatHubMixin:
             model=self._neat_hub_model(),
             repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id,
             training_info=info,
-            keep_eval_results=False,
+            keep_eval_results=keep_eval_results,
             **card_kwargs,
         )
 

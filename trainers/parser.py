@@ -1,10 +1,11 @@
 """`NeatTrainParser`: the one parser of `neat-train`, an [`~transformers.HfArgumentParser`] that also reads a recipe
 and a config file, as TRL's `TrlParser` reads `--config`.
 
-Values come, lowest first, from the dataclasses, `neat-train`'s own defaults (`output_dir=neat-output`,
-`report_to=none`), a recipe (`--recipe`), a config file (`--config`), then the command line. Without `--recipe`,
-`--config` and `--model_name_or_path`, the `default` recipe applies. Recipe and config values become the parser's
-defaults (TRL's `set_defaults_with_config`), so `--help` and the command line treat them like any default.
+Values come, lowest first, from the dataclasses, `neat-train`'s own default (`output_dir=neat-output`; `report_to`
+stays transformers' default, `"none"`, so `--report_to trackio` or a recipe turns a tracker on), a recipe
+(`--recipe`), a config file (`--config`), then the command line. Without `--recipe`, `--config` and
+`--model_name_or_path`, the `default` recipe applies. Recipe and config values become the parser's defaults (TRL's
+`set_defaults_with_config`), so `--help` and the command line treat them like any default.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DATACLASSES = (ModelArguments, DataArguments, NeatArguments, NeatTrainingArgumen
 #: Flags of the parser itself (not dataclass fields).
 RUN_FLAGS = ("recipe", "config", "list")
 #: Defaults of `neat-train` that differ from the dataclasses' (the adapter lands in ./neat-output).
-CLI_DEFAULTS = {"output_dir": "neat-output", "report_to": "none"}
+CLI_DEFAULTS = {"output_dir": "neat-output"}
 
 
 #: The flags `neat-train --help` shows (after --recipe/--config/--list); `--help-all` shows every flag.

@@ -49,7 +49,7 @@ def write_run_card(job: Any, before: dict[str, float], after: dict[str, float]) 
     """Rewrite the adapter card of `output_dir` with the training setup and the before/after evaluation."""
     trainer, args = job.trainer, job.training_args
     data_args, model_args = job.data_args, job.model_args
-    info = trainer.neat_training_info()
+    info = trainer.neat_training_record(args.output_dir)  # after the final evaluation: the curve gets its point
     info["dataset"] = data_args.dataset_name or os.path.basename(data_args.train_file or "") or None
     if data_args.cutoff_len:
         info["max_seq_length"] = data_args.cutoff_len

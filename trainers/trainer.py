@@ -454,6 +454,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         elif getattr(self.data_collator, "tokenizer", None) is not None:
             self.data_collator.tokenizer.save_pretrained(output_dir)
         atomic_write_text(os.path.join(output_dir, TRAINING_ARGS_JSON_NAME), self.args.to_json_string())
+        self._neat_write_card(output_dir, keep_eval_results=True)  # losses, curve, tracker (NeatHubMixin)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # FSDP2 is sharded by NeatTrainer itself (trainers/fsdp.py), which the Trainer's FSDP code does not know.

@@ -1,0 +1,9 @@
+"""NEAT in Axolotl: list `neat_hf.integrations.axolotl.NeatPlugin` under `plugins:` and set `adapter: neat`.
+
+Needs Axolotl >= 0.18 (`pip install "neat-hf[axolotl]"`); see `plugin.py` for the keys and `examples/axolotl/`.
+"""
+
+from .args import NeatArgs
+from .plugin import NeatPlugin
+
+__all__ = ["NeatArgs", "NeatPlugin"]
