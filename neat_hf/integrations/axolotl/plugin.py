@@ -29,9 +29,11 @@ import logging
 import os
 from typing import Any
 
+import peft
 from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
 from neat_hf.errors import NeatError
+from neat_hf.peft_patch import apply_neat_to_peft
 from neat_hf.trainers.script_args import NeatArguments
 
 from .args import NeatArgs
@@ -91,10 +93,6 @@ class NeatPlugin(BasePlugin):
         """
         if cfg.adapter != ADAPTER_NAME:
             return None
-        import peft
-
-        from neat_hf.peft_patch import apply_neat_to_peft
-
         config = neat_arguments(cfg).to_neat_config(
             task=_task(model), base_model_name_or_path=getattr(cfg, "base_model", None)
         )
