@@ -3,8 +3,14 @@
 Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`]. Adapter files are PEFT's PEANUT format.
 """
 
-from .config import NeatConfig
+from .third_party_noise import quiet_known_import_noise
+
+quiet_known_import_noise()  # before anything imports peft (and with it bitsandbytes)
+
+from typing import TYPE_CHECKING
+
 from .constants import LIBRARY_VERSION
+from .lazy_imports import lazy_getattr
 from .errors import (
     AdapterLoadError,
     AdapterMismatchError,
@@ -14,9 +20,12 @@ from .errors import (
     UnsupportedModuleError,
     UnsupportedQuantizationError,
 )
-from .layer import NeatLayer
-from .model import NeatModel, get_neat_model
-from .quantization import prepare_model_for_kbit_training
+
+if TYPE_CHECKING:
+    from .config import NeatConfig
+    from .layer import NeatLayer
+    from .model import NeatModel, get_neat_model
+    from .quantization import prepare_model_for_kbit_training
 
 __version__ = LIBRARY_VERSION
 
@@ -35,3 +44,15 @@ __all__ = [
     "get_neat_model",
     "prepare_model_for_kbit_training",
 ]
+
+#: Public names whose modules import torch, transformers and peft: loaded on first use (PEP 562), so that `import
+#: neat_hf` and the command lines (which refuse careless input before any heavy import, issue 23) start fast.
+_LAZY = {
+    "NeatConfig": "config",
+    "NeatLayer": "layer",
+    "NeatModel": "model",
+    "get_neat_model": "model",
+    "prepare_model_for_kbit_training": "quantization",
+}
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

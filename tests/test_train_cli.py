@@ -212,7 +212,7 @@ def test_image_tasks_keep_the_raw_image_column(tmp_path):
     assert training_args.remove_unused_columns is False
     args, recipe = parse_args([*base, "--remove_unused_columns", "true"])
     assert args[3].remove_unused_columns is True
-    from neat_hf.trainers.train import prepare
+    from neat_hf.trainers.job import prepare
 
     with pytest.raises(ValueError, match="--remove_unused_columns false"):  # refused before the model is looked up
         prepare(*args, recipe=recipe)

@@ -26,16 +26,16 @@ import math
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from neat_hf.errors import HubError, NeatError, TrainerSetupError
-from neat_hf.trainers.job import PreparedJob, prepare, run
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.training_args import NeatTrainingArguments
+
+if TYPE_CHECKING:
+    from neat_hf.trainers.job import PreparedJob
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def main(
         >>> results["after"]["eval_exact_match"] >= results["before"]["eval_exact_match"]
         True
     """
+    from neat_hf.trainers.job import prepare, run  # lazy: the Trainer and peft, after parsing
+
     return run(prepare(model_args, data_args, neat_args, training_args, recipe=recipe))
 
 
@@ -137,6 +139,8 @@ def cli(argv: Sequence[str] | None = None) -> int:
         (model_args, data_args, neat_args, training_args), recipe = parse_args(argv)
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
+        from neat_hf.trainers.job import prepare, run  # lazy: careless input is refused before this import
+
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
     except USER_ERRORS as error:
         print(f"neat-train: error: {error}", file=sys.stderr)
@@ -183,6 +187,8 @@ def _resume_line(stopped: dict[str, Any], argv: Sequence[str]) -> str:
 
 def _leave_process_group() -> None:
     """End a distributed run in step on every rank (gloo/DeepSpeed threads left at interpreter exit can abort it)."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
