@@ -13,12 +13,14 @@ from typing import Any
 
 
 def lazy_getattr(package: str, names: Mapping[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
-    """A module `__getattr__` for `package`: `names` maps each public name to its submodule (relative to `package`);
-    the first access imports the submodule and caches the value in `namespace` (the package's `globals()`)."""
+    """A module `__getattr__` for `package`: `names` maps each public name to its module (a dotted name, or a
+    submodule of `package`); the first access imports it and caches the value in `namespace` (the package's
+    `globals()`)."""
 
     def __getattr__(name: str) -> Any:
         if name in names:
-            value = getattr(import_module(f"{package}.{names[name]}"), name)
+            module = names[name] if "." in names[name] else f"{package}.{names[name]}"
+            value = getattr(import_module(module), name)
             namespace[name] = value
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
