@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoTokenizer
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX
 from neat_hf.errors import AdapterMismatchError, NeatError
-from neat_hf.io import resolve_adapter_file
+from neat_hf.io import apply_umask, resolve_adapter_file
 from neat_hf.model import NeatModel
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.task_types import model_class_for
@@ -225,6 +225,7 @@ def export_merged(
         pickles = [p.name for p in tmp.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
         if pickles:  # transformers writes safetensors only; refuse to ship anything else
             raise NeatError(f"Merged model save produced pickle files {pickles}; refusing to keep them.")
+        apply_umask(tmp)  # mkdtemp made it 0700
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

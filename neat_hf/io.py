@@ -100,12 +100,30 @@ def _sort_metadata_in_place(path: str) -> None:
         handle.write(text.ljust(size))
 
 
-def _publish(tmp: str, path: str | os.PathLike) -> None:
-    """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set back at once)."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    return umask
+
+
+def _publish(tmp: str, path: str | os.PathLike) -> None:
+    """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
+    os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, path)
+
+
+def apply_umask(folder: str | os.PathLike) -> None:
+    """Give a folder made with `tempfile.mkdtemp` (0700), and everything written into it, the permissions `mkdir` and
+    `open()` would have given under the umask, before the folder is moved into place (files a library wrote through
+    its own temporary files can be 0600 too)."""
+    umask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
 
 
 def text_sha256(text: str) -> str:

@@ -233,3 +233,21 @@ def test_a_missing_local_adapter_is_named_at_once(tmp_path, monkeypatch, capsys,
     # A typo of a folder path is a missing local path too, whatever its spelling; a Hub id is still a Hub id.
     assert main([command, "./bsae", "neat-output", "out"]) == 1
     assert "BASE './bsae': no such local folder" in capsys.readouterr().err
+
+
+def test_merge_output_honours_the_umask(tmp_path):
+    """The merged folder and its files get the permissions mkdir/open would give (the folder was 0700, weights 0600)."""
+    import os
+    import stat
+
+    config = NeatConfig(r=4, init_weights=False, task_type="CAUSAL_LM")
+    base_dir, adapter_dir, _ = _saved_base_and_adapter(tmp_path, tiny_llama, config)
+    previous = os.umask(0o022)
+    try:
+        assert main(["merge", str(base_dir), str(adapter_dir), str(tmp_path / "merged")]) == 0
+    finally:
+        os.umask(previous)
+    out = tmp_path / "merged"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes

@@ -277,11 +277,17 @@ def test_embedded_default_job_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_shortened_4bit_default_job_gives_the_documented_numbers(tmp_path):
-    """The 4-bit table in the docs is the default job on an NF4 base, shortened to 300 steps so CI can repeat it."""
+def test_shortened_4bit_default_job_gives_the_documented_numbers(tmp_path, capsys):
+    """The 4-bit table in the docs is the default job on an NF4 base, shortened to 300 steps so CI can repeat it; the
+    printed snippet loads the base quantized, as the adapter was trained (it loaded it in full precision)."""
     pytest.importorskip("bitsandbytes")
     assert cli([*_documented_runs().RUNS["default-job-4bit"], "--output_dir", str(tmp_path / "out")]) == 0
     _assert_documented("default-job-4bit", tmp_path / "out")
+    snippet = capsys.readouterr().out.split("Use it from Python:", 1)[1].split("\n\n", 1)[1]
+    assert "BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype='float32')" in snippet
+    namespace: dict = {}
+    exec(snippet.split("\n\nEvaluate", 1)[0], namespace)
+    assert any(type(module).__name__ == "Linear4bit" for module in namespace["base"].modules())
 
 
 @pytest.mark.slow
