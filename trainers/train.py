@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neat_hf.errors import HubError, NeatError, TrainerSetupError
+from neat_hf.trainers.launch_checks import finished_run_message
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
@@ -139,6 +141,11 @@ def cli(argv: Sequence[str] | None = None) -> int:
         (model_args, data_args, neat_args, training_args), recipe = parse_args(argv)
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
+        finished = finished_run_message(training_args)
+        if finished:
+            if os.environ.get("RANK", "0") == "0":  # one line per launch, not per rank
+                print(f"neat-train: {finished}", file=sys.stderr)
+            return 0
         from neat_hf.trainers.job import prepare, run  # lazy: careless input is refused before this import
 
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
