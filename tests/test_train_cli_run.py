@@ -342,3 +342,25 @@ def test_torchrun_two_processes_on_cpu(tmp_path, stage):
     assert {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME} <= set(os.listdir(out))
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["epoch"] == pytest.approx(3 * 2 * 16 / 64)  # 3 steps × 2 ranks × 16 rows: the ranks shared the data
+
+
+def test_one_cpu_threads_rule_for_a_local_folder_model(tmp_path, llama_dir, monkeypatch):
+    """A small model from a local folder trains on one CPU thread like the identical built-in one (issue 23: it ran
+    on every core, 8-17x slower on a busy machine); OMP_NUM_THREADS still wins."""
+    from neat_hf.trainers.job import _load_tokenizer_and_model
+
+    if torch.cuda.is_available():
+        pytest.skip("the rule is for machines without a GPU")
+    (model_args, _, _, _), _ = parse_args(["--model_name_or_path", llama_dir, "--output_dir", str(tmp_path / "o")])
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        _load_tokenizer_and_model(model_args, "causal-lm", None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        _load_tokenizer_and_model(model_args, "causal-lm", None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
