@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -117,7 +118,8 @@ def _update_card(folder: Path, new_files: set[Path]) -> None:
 def bundled_tasks() -> list[str]:
     """Names of the task suites and tasks shipped in `TASKS_DIR` (groups first)."""
     names = [p.stem for p in sorted(Path(TASKS_DIR).rglob("neat_*.yaml"))]
-    groups = [n for n in names if n in ("neat_commonsense", "neat_commonsense_gen", "neat_math", "neat_math_gen")]
+    groups = [n for n in names if n in ("neat_commonsense", "neat_commonsense_gen", "neat_math", "neat_math_gen",
+                                        "neat_number_words")]
     return groups + [n for n in names if n not in groups]
 
 
@@ -142,8 +144,9 @@ def neat_help() -> str:
         "--update_card [ADAPTER_DIR]  fold this run's scores into the adapter's model card (README.md model-index);",
         "                             needs --output_path; defaults to the adapter= folder",
         "",
-        "Bundled tasks (always on the include path): " + ", ".join(tasks[:4]) + ";",
-        textwrap.fill("single tasks: " + ", ".join(tasks[4:]), width=116, initial_indent="  ", subsequent_indent="    "),
+        "Bundled tasks (always on the include path): " + ", ".join(tasks[:5]) + " (offline: the main job's held-out",
+        "  data, generated locally);",
+        textwrap.fill("single tasks: " + ", ".join(tasks[5:]), width=116, initial_indent="  ", subsequent_indent="    "),
         "",
         "lm-eval's own help follows (every lm-eval flag and subcommand works unchanged).",
         "",
@@ -192,6 +195,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.debug("neat-lm-eval failed", exc_info=True)
         print(f"neat-lm-eval: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except ConnectionError as err:  # `datasets` could not fetch a task's data (offline, or no network)
+        logger.debug("neat-lm-eval failed", exc_info=True)
+        print(f"neat-lm-eval: error: {offline_data_message(err)}", file=sys.stderr)
+        raise SystemExit(1) from err
+
+
+def offline_data_message(err: ConnectionError) -> str:
+    """One line for a task whose Hub data `datasets` could not load: which dataset, and what to do."""
+    match = re.search(r"Couldn't reach '([^']+)'", str(err))
+    dataset = f"dataset {match.group(1)!r}" if match else f"a task's dataset ({err})"
+    offline = [name for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    why = f"{' and '.join(n + '=1' for n in offline)} is set" if offline else "the Hub cannot be reached"
+    return (f"{dataset} is not in the local datasets cache and {why}. Run once with the Hub reachable (and "
+            "HF_DATASETS_OFFLINE unset) to cache it, or evaluate offline on the bundled task neat_number_words "
+            "(the main job's held-out data, generated locally).")
 
 
 if __name__ == "__main__":

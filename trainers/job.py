@@ -367,4 +367,5 @@ def run(job: PreparedJob) -> dict[str, Any]:
         "num_eval": job.num_eval,
         "interrupted": None,
         "snippet": run_output.usage_snippet(job),
+        "evaluate": run_output.evaluation_command(job),
     }

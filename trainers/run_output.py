@@ -79,6 +79,21 @@ def _is_score(key: str) -> bool:
     return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second", "_time", "epoch"))
 
 
+def evaluation_command(job: Any) -> str | None:
+    """The `neat-lm-eval` command that evaluates the saved adapter offline on the bundled task of the built-in data
+    (`neat_number_words`: the job's own held-out rows, generated locally), or None for other data."""
+    if not default_job.is_builtin(job.data_args.dataset_name) or job.model_args.task != "causal-lm":
+        return None
+    output_dir = job.training_args.output_dir
+    base = base_model_reference(job.model_args.model_name_or_path, output_dir)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model_args = f"pretrained={base},adapter={output_dir}"
+    quantization = {k: v for k, v in job.model_args.quantization_kwargs().items() if v not in (None, False)}
+    model_args += "".join(f",{key}={value}" for key, value in quantization.items())
+    return (f"neat-lm-eval --model neat --model_args {model_args} --tasks neat_number_words --device {device} "
+            "--batch_size 16")
+
+
 def _base_loading(model_args: Any, auto: str, base: str) -> tuple[list[str], str]:
     """(imports, expression) that load the run's base model the way the adapter was trained on it: quantized with
     the run's bitsandbytes settings after `--load_in_4bit` / `--load_in_8bit` (H = σ(W0ᵀAᵀ) was learned on that W0)."""

@@ -128,6 +128,10 @@ def _print_summary(results: dict[str, Any], job: PreparedJob) -> None:
     print(f"Adapter saved to {results['output_dir']}. Use it from Python:")
     print()
     print(results["snippet"])
+    if results.get("evaluate"):
+        print()
+        print("Evaluate it offline with lm-eval (the held-out data, generated locally; needs the eval extra):")
+        print(f"  {results['evaluate']}")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
