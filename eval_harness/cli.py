@@ -29,8 +29,10 @@ import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from neat_hf.card import write_model_card
+from neat_hf.cli_hints import option_strings, unknown_option_hints, unrecognized_options
 from neat_hf.errors import NeatError
 
 from .api import TASKS_DIR, task_include_paths
@@ -182,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(neat_help())  # ours first; lm-eval's own help follows
     setup_logging()
     parser = HarnessCLI()
+    _refuse_unknown_options(parser, lm_eval_argv)
     with _argv(["neat-lm-eval", *lm_eval_argv]):
         args = parser.parse_args()
     _with_bundled_tasks(args)
@@ -199,6 +202,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.debug("neat-lm-eval failed", exc_info=True)
         print(f"neat-lm-eval: error: {offline_data_message(err)}", file=sys.stderr)
         raise SystemExit(1) from err
+
+
+def _refuse_unknown_options(cli: Any, argv: Sequence[str]) -> None:
+    """Name an unrecognized option with the closest one of its subcommand (`run` when none is given, as lm-eval
+    assumes), in argparse's own format and exit status 2; lm-eval's parser would name it without a suggestion."""
+    subcommands = cli._subparsers.choices
+    command = subcommands.get(argv[0], subcommands["run"]) if argv else subcommands["run"]
+    known = option_strings(cli._parser, command)
+    unknown = unrecognized_options(argv, known)
+    if unknown:
+        hints = unknown_option_hints(unknown, known)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {'; '.join(hints)}" if hints else ""))
 
 
 def offline_data_message(err: ConnectionError) -> str:

@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from neat_hf.cli_hints import option_strings, unknown_option_hints
 from neat_hf.errors import NeatError
 from neat_hf.trainers.model_source import looks_like_path
 
@@ -239,9 +240,7 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-        known = [s for action in (*parser._actions, *command._actions) for s in action.option_strings]
-        hints = [f"{flag} (did you mean {close[0]}?)" for flag in (a.split("=", 1)[0] for a in unknown if a.startswith("-"))
-                 if (close := difflib.get_close_matches(flag, known, n=1))]
+        hints = unknown_option_hints(unknown, option_strings(parser, command))
         command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {'; '.join(hints)}" if hints else ""))
     return args
 
