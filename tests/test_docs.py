@@ -43,3 +43,15 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
     result = _build(copy / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert "no-such-page.md" in result.stdout + result.stderr
+
+
+def test_readme_is_short_and_links_into_the_docs():
+    """Issue 23: README was 1,140 lines; it keeps what/why, install, the quick start, the main job and links (the
+    rest lives in docs/), and every docs link it holds points to a page that exists."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\((docs/[^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 10
+    assert all((ROOT / link).is_file() for link in links), [link for link in links if not (ROOT / link).is_file()]
