@@ -9,23 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import datasets
+
+from neat_hf.trainers.default_job import generate_number_words
+from neat_hf.trainers.prompts import format_instruction_prompt
+
 #: The default recipe's values (trainers/recipes/default.yaml: max_train_samples, max_eval_samples, seed).
 NUM_TRAIN, NUM_EVAL, SEED = 2048, 256, 42
 
 
 def load_number_words(**kwargs: Any) -> dict[str, Any]:
     """lm-eval's `custom_dataset`: {"test": the held-out rows}."""
-    import datasets
-
-    from neat_hf.trainers.default_job import generate_number_words
-
     _, held_out = generate_number_words(num_train=NUM_TRAIN, num_eval=NUM_EVAL, seed=SEED)
     return {"test": datasets.Dataset.from_list(held_out)}
 
 
 def doc_to_text(doc: dict) -> str:
-    from neat_hf.trainers.prompts import format_instruction_prompt
-
     return format_instruction_prompt(doc["instruction"], doc["input"] or None, template="llm-adapters")
 
 
