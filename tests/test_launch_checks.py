@@ -76,3 +76,23 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     # More steps to go: not finished, the message stays silent.
     _, training_args = _args(tmp_path, "--max_steps", "5", "--resume_from_checkpoint", "true")
     assert finished_run_message(training_args) is None
+
+
+def test_the_launcher_is_checked_before_the_arguments_are_built(tmp_path, monkeypatch, capsys):
+    """Under accelerate's one-process launcher, building DeepSpeed training arguments waited for ranks that never
+    start (the issue's run trained alone instead): neat-train names the launch before parsing."""
+    import neat_hf.trainers.train as train_module
+
+    from neat_hf.trainers.launch_checks import deepspeed_flag
+
+    assert deepspeed_flag(["--max_steps", "1", "--deepspeed", "zero2"]) == "zero2"
+    assert deepspeed_flag(["--deepspeed=zero3"]) == "zero3" and deepspeed_flag(["--max_steps", "1"]) is None
+    for name, value in {**ACCELERATE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(train_module, "parse_args", lambda argv: pytest.fail("parsed before the launch check"))
+    assert cli(["--deepspeed", "zero2", "--max_steps", "1", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "accelerate launch was asked for several processes" in capsys.readouterr().err
+    monkeypatch.delenv("MASTER_ADDR")
+    assert cli(["--deepspeed", "zero2", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "accelerate launch was not told to use DeepSpeed" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from neat_hf.errors import TrainingArgumentError, UnsupportedQuantizationError
@@ -54,6 +54,27 @@ def check_launch(model_args: Any, training_args: Any, environ: Mapping[str, str]
             f"(WORLD_SIZE). Run `neat-train {quantized} ...` without torchrun/accelerate/deepspeed, or drop {quantized} "
             "to train the built-in model on several processes."
         )
+    check_launcher(training_args.deepspeed, environ)
+
+
+def deepspeed_flag(argv: Sequence[str]) -> str | None:
+    """The value of `--deepspeed` on a command line, before it is parsed (None without one)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--deepspeed="):
+            return arg.split("=", 1)[1]
+        if arg == "--deepspeed" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def check_launcher(deepspeed: str | None, environ: Mapping[str, str] | None = None) -> None:
+    """The launcher's part of [`check_launch`], which needs no parsed arguments: `neat-train` runs it before parsing,
+    since building the training arguments under such a launch can wait forever for ranks that never start.
+
+    Raises:
+        TrainingArgumentError: accelerate started fewer processes than asked, or ignores `--deepspeed`.
+    """
+    environ = os.environ if environ is None else environ
     if _launched_by_accelerate(environ) and "MASTER_ADDR" in environ and "WORLD_SIZE" not in environ:
         raise TrainingArgumentError(
             "accelerate launch was asked for several processes (--num_processes) but started one: without GPUs "
@@ -61,12 +82,11 @@ def check_launch(model_args: Any, training_args: Any, environ: Mapping[str, str]
             "batches. Launch with `torchrun --nproc_per_node N -m neat_hf.trainers.train ...`, or for DeepSpeed add "
             "`--use_deepspeed --deepspeed_config_file <the --deepspeed file>` to accelerate launch."
         )
-    if (training_args.deepspeed and _launched_by_accelerate(environ)
-            and environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true"):
+    if deepspeed and _launched_by_accelerate(environ) and environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
         raise TrainingArgumentError(
-            f"--deepspeed {training_args.deepspeed} was given, but accelerate launch was not told to use DeepSpeed, so "
-            "accelerate would not use that config. Add `--use_deepspeed --deepspeed_config_file "
-            f"{training_args.deepspeed}` to accelerate launch, or launch with torchrun or deepspeed."
+            f"--deepspeed {deepspeed} was given, but accelerate launch was not told to use DeepSpeed, so accelerate "
+            f"would not use that config. Add `--use_deepspeed --deepspeed_config_file {deepspeed}` to accelerate "
+            "launch, or launch with torchrun or deepspeed."
         )
 
 

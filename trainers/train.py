@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from neat_hf.errors import HubError, NeatError, TrainerSetupError
-from neat_hf.trainers.launch_checks import finished_run_message
+from neat_hf.trainers.launch_checks import check_launcher, deepspeed_flag, finished_run_message
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
@@ -142,6 +142,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if NeatTrainParser.parse_run_flags(argv).list:
             _print_recipes()
             return 0
+        check_launcher(deepspeed_flag(argv))  # before parsing: building the arguments can hang under such a launch
         (model_args, data_args, neat_args, training_args), recipe = parse_args(argv)
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
