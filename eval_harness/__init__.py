@@ -14,7 +14,9 @@ is first used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from neat_hf.lazy_imports import lazy_getattr
 
 #: Folder of the bundled lm-eval task suites.
 TASKS_DIR: Path = Path(__file__).resolve().parent / "tasks"
@@ -28,12 +30,5 @@ __all__ = ["TASKS_DIR", "NeatLM", "evaluate"]
 _LAZY = {"NeatLM": "model", "evaluate": "api"}
 
 
-def __getattr__(name: str) -> Any:
-    # Importing lm-eval costs seconds and is optional: load it the first time NeatLM or evaluate is asked for.
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Importing lm-eval costs seconds and is optional: load it the first time NeatLM or evaluate is asked for.
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

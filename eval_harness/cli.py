@@ -26,12 +26,15 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from neat_hf.card import write_model_card
+from neat_hf.cli_hints import option_strings, unknown_option_hints, unrecognized_options
 from neat_hf.errors import NeatError
 
 from .api import TASKS_DIR, task_include_paths
@@ -148,7 +151,8 @@ def _update_card(folder: Path, new_files: set[Path]) -> None:
 def bundled_tasks() -> list[str]:
     """Names of the task suites and tasks shipped in `TASKS_DIR` (groups first)."""
     names = [p.stem for p in sorted(Path(TASKS_DIR).rglob("neat_*.yaml"))]
-    groups = [n for n in names if n in ("neat_commonsense", "neat_commonsense_gen", "neat_math", "neat_math_gen")]
+    groups = [n for n in names if n in ("neat_commonsense", "neat_commonsense_gen", "neat_math", "neat_math_gen",
+                                        "neat_number_words")]
     return groups + [n for n in names if n not in groups]
 
 
@@ -174,8 +178,9 @@ def neat_help() -> str:
         "--update_card [ADAPTER_DIR]  fold this run's scores into the adapter's model card (README.md model-index);",
         "                             needs --output_path; defaults to the adapter= folder",
         "",
-        "Bundled tasks (always on the include path): " + ", ".join(tasks[:4]) + ";",
-        textwrap.fill("single tasks: " + ", ".join(tasks[4:]), width=116, initial_indent="  ", subsequent_indent="    "),
+        "Bundled tasks (always on the include path): " + ", ".join(tasks[:5]) + " (offline: the main job's held-out",
+        "  data, generated locally);",
+        textwrap.fill("single tasks: " + ", ".join(tasks[5:]), width=116, initial_indent="  ", subsequent_indent="    "),
         "",
         "lm-eval's own help follows (every lm-eval flag and subcommand works unchanged).",
         "",
@@ -211,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(neat_help())  # ours first; lm-eval's own help follows
     setup_logging()
     parser = HarnessCLI()
+    _refuse_unknown_options(parser, lm_eval_argv)
     with _argv(["neat-lm-eval", *lm_eval_argv]):
         args = parser.parse_args()
     _with_bundled_tasks(args)
@@ -226,6 +232,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.debug("neat-lm-eval failed", exc_info=True)
         print(f"neat-lm-eval: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except ConnectionError as err:  # `datasets` could not fetch a task's data (offline, or no network)
+        logger.debug("neat-lm-eval failed", exc_info=True)
+        print(f"neat-lm-eval: error: {offline_data_message(err)}", file=sys.stderr)
+        raise SystemExit(1) from err
+
+
+def _refuse_unknown_options(cli: Any, argv: Sequence[str]) -> None:
+    """Name an unrecognized option with the closest one of its subcommand (`run` when none is given, as lm-eval
+    assumes), in argparse's own format and exit status 2; lm-eval's parser would name it without a suggestion."""
+    subcommands = cli._subparsers.choices
+    command = subcommands.get(argv[0], subcommands["run"]) if argv else subcommands["run"]
+    known = option_strings(cli._parser, command)
+    unknown = unrecognized_options(argv, known)
+    if unknown:
+        hints = unknown_option_hints(unknown, known)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {'; '.join(hints)}" if hints else ""))
+
+
+def offline_data_message(err: ConnectionError) -> str:
+    """One line for a task whose Hub data `datasets` could not load: which dataset, and what to do."""
+    match = re.search(r"Couldn't reach '([^']+)'", str(err))
+    dataset = f"dataset {match.group(1)!r}" if match else f"a task's dataset ({err})"
+    offline = [name for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    why = f"{' and '.join(n + '=1' for n in offline)} is set" if offline else "the Hub cannot be reached"
+    return (f"{dataset} is not in the local datasets cache and {why}. Run once with the Hub reachable (and "
+            "HF_DATASETS_OFFLINE unset) to cache it, or evaluate offline on the bundled task neat_number_words "
+            "(the main job's held-out data, generated locally).")
 
 
 if __name__ == "__main__":

@@ -15,33 +15,45 @@ or process lists) and is never printed. Exit status: 0 on success, 1 when the op
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from neat_hf.card import write_model_card
-from neat_hf.eval_harness.results import eval_results_from_lm_eval
-from neat_hf.hub_commit import push_adapter_folder
-
-from .export import export_lora
-from .merge import export_merged
-from .push import push_folder
+from neat_hf.cli_hints import option_strings, unknown_option_hints
+from neat_hf.errors import NeatError
+from neat_hf.trainers.model_source import looks_like_path
 
 logger = logging.getLogger("neat_hf.hub")
 
 #: `--dtype` of `merge` and `export-lora`: "auto" keeps the checkpoint's dtype.
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
+#: One example per command, shown by `neat-hub --help` and by each command's `--help`.
+EXAMPLES = {
+    "push": "neat-hub push neat-output my-user/tiny-neat --private",
+    "card": "neat-hub card neat-output --eval-results results/",
+    "merge": "neat-hub merge neat-output/base_model neat-output merged/",
+    "export-lora": "neat-hub export-lora neat-output/base_model neat-output neat-lora/ --server vllm",
+}
+
+
+def _examples(*commands: str) -> str:
+    return "example" + ("s" if len(commands) > 1 else "") + ":\n" + "\n".join(f"  {EXAMPLES[c]}" for c in commands)
+
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neat-hub",
         description="Share NEAT adapters on the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
+        epilog=_examples(*EXAMPLES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{push,card,merge,export-lora}")
 
-    push = sub.add_parser("push", help="Push an adapter folder (adapter files + model card) in one commit.")
+    push = sub.add_parser("push", epilog=_examples("push"), formatter_class=argparse.RawDescriptionHelpFormatter, help="Push an adapter folder (adapter files + model card) in one commit.")
     push.add_argument("adapter_dir", help="Folder written by NeatModel.save_pretrained (or a NeatTrainer output dir).")
     push.add_argument("repo_id", help="Hub repo, 'namespace/name' or 'name'; created if missing.")
     push.add_argument("--private", action="store_true", help="Create the repo as private (if it does not exist).")
@@ -57,7 +69,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     _card_options(push)
 
-    card = sub.add_parser("card", help="(Re)build README.md of an adapter folder, e.g. after evaluation.")
+    card = sub.add_parser("card", epilog=_examples("card"), formatter_class=argparse.RawDescriptionHelpFormatter, help="(Re)build README.md of an adapter folder, e.g. after evaluation.")
     card.add_argument("adapter_dir", help="Adapter folder (adapter_config.json + adapter_model.safetensors).")
     card.add_argument(
         "--eval-results",
@@ -70,7 +82,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     model_output = [_adapter_on_base_options(), _push_output_options()]
     merge = sub.add_parser(
-        "merge", parents=model_output, help="Merge an adapter into its base model and save (or push) the full model."
+        "merge", parents=model_output, epilog=_examples("merge"), formatter_class=argparse.RawDescriptionHelpFormatter, help="Merge an adapter into its base model and save (or push) the full model."
     )
     merge.add_argument("out_dir", help="Output folder (must not exist or be empty, unless --overwrite).")
     merge.add_argument("--base-revision", help="Hub revision of the base model.")
@@ -94,6 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export-lora",
         parents=model_output,
+        epilog=_examples("export-lora"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="Write a NEAT adapter as an exact LoRA adapter (for vLLM, SGLang, TGI) for the base it will be served on.",
     )
     export.add_argument("out_dir", help="LoRA adapter folder to write (new, empty, or an earlier export).")
@@ -132,6 +146,8 @@ def _push_output_options() -> argparse.ArgumentParser:
 def _push_output(args: argparse.Namespace, out: str, commit_message: str) -> None:
     """Push the folder `merge` / `export-lora` wrote, when `--push-to-hub` asks for it, and print the commit URL."""
     if args.push_to_hub:
+        from neat_hf.hub import push_folder  # lazy: the Hub client, only to push
+
         info = push_folder(out, args.push_to_hub, private=True if args.private else None, commit_message=commit_message)
         print(info.commit_url)
 
@@ -149,6 +165,11 @@ def _card_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("merge", "export-lora"):
+        _check_sources(args)
+    # lazy: transformers, peft and the Hub client load after the arguments are checked (issue 23)
+    from neat_hf.hub import eval_results_from_lm_eval, export_lora, export_merged, push_adapter_folder, write_model_card
+
     if args.command == "push":
         info = push_adapter_folder(
             args.adapter_dir,
@@ -214,10 +235,39 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(f"unhandled command {args.command}")  # argparse restricts the choices
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parse_args`, with the closest known option suggested for each unrecognized one (argparse names them only)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        hints = unknown_option_hints(unknown, option_strings(parser, command))
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; {'; '.join(hints)}" if hints else ""))
+    return args
+
+
+def _check_sources(args: argparse.Namespace) -> None:
+    """Name a BASE or ADAPTER that is a missing local path at once, instead of asking the Hub for it (with retries).
+
+    Missing local path: path-like (`./x`, `/x`, `~/x`, `a/b/c`), or close to an entry of its folder (a typo of a
+    folder that exists), or an ADAPTER without a namespace (adapter repos are `namespace/name`). Other names are Hub ids.
+    """
+    for label, name in (("BASE", args.base), ("ADAPTER", args.adapter)):
+        path = os.path.expanduser(name)
+        if os.path.exists(path):
+            continue
+        parent = os.path.dirname(path) or "."
+        siblings = os.listdir(parent) if os.path.isdir(parent) else []
+        close = difflib.get_close_matches(os.path.basename(path), siblings, n=1, cutoff=0.75)
+        if looks_like_path(name) or close or (label == "ADAPTER" and "/" not in name):
+            hint = f" Did you mean {os.path.join(os.path.dirname(name), close[0])!r}?" if close else ""
+            raise NeatError(f"{label} {name!r}: no such local folder (looked in {os.path.abspath(path)!r}).{hint} "
+                            "A Hub repo id has the form 'namespace/name'.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `neat-hub`; returns the exit status (tests call `main([...])`)."""
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("neat_hf")

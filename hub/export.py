@@ -71,7 +71,7 @@ def export_lora(
     return model.save_as_lora(
         out_dir,
         server=server,
-        base_model=base_name if is_hub_id(base_name) else Path(base_name).name,
+        base_model=base_name,
         revision=revision,
         exported_from=source + (f" at revision {adapter_revision}" if adapter_revision else ""),
         repo_id=repo_id,

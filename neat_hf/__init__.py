@@ -5,8 +5,14 @@ Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`] (a
 Adapter files are PEFT's PEANUT format.
 """
 
-from .config import NeatConfig
+from .third_party_noise import quiet_known_import_noise
+
+quiet_known_import_noise()  # before anything imports peft (and with it bitsandbytes)
+
+from typing import TYPE_CHECKING
+
 from .constants import LIBRARY_VERSION
+from .lazy_imports import lazy_getattr
 from .errors import (
     AdapterLoadError,
     AdapterMismatchError,
@@ -16,11 +22,14 @@ from .errors import (
     UnsupportedModuleError,
     UnsupportedQuantizationError,
 )
-from .layer import NeatLayer
-from .model import NeatModel, get_neat_model
-from .peft_patch import apply_neat_to_peft, revert_neat_to_peft
-from .quantization import prepare_model_for_kbit_training
-from .tuner import NeatTuner  # registers itself as the tuner apply_neat_to_peft installs
+
+if TYPE_CHECKING:
+    from .config import NeatConfig
+    from .layer import NeatLayer
+    from .model import NeatModel, get_neat_model
+    from .peft_patch import apply_neat_to_peft, revert_neat_to_peft
+    from .quantization import prepare_model_for_kbit_training
+    from .tuner import NeatTuner
 
 __version__ = LIBRARY_VERSION
 
@@ -42,3 +51,18 @@ __all__ = [
     "prepare_model_for_kbit_training",
     "revert_neat_to_peft",
 ]
+
+#: Public names whose modules import torch, transformers and peft: loaded on first use (PEP 562), so that `import
+#: neat_hf` and the command lines (which refuse careless input before any heavy import, issue 23) start fast.
+_LAZY = {
+    "NeatConfig": "config",
+    "NeatLayer": "layer",
+    "NeatModel": "model",
+    "NeatTuner": "tuner",
+    "apply_neat_to_peft": "peft_patch",
+    "revert_neat_to_peft": "peft_patch",
+    "get_neat_model": "model",
+    "prepare_model_for_kbit_training": "quantization",
+}
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

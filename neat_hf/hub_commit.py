@@ -22,7 +22,6 @@ logged; before uploading, the staged files and the commit message are checked no
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -197,10 +197,30 @@ def _sort_metadata_in_place(path: str) -> None:
         handle.write(text.ljust(size))
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _publish(tmp: str, path: str | os.PathLike) -> None:
     """Give the temporary file the permissions a plain `open()` would (mkstemp makes it 0600), then move it into place."""
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, 0o666 & ~current_umask())
     os.replace(tmp, path)
+
+
+def apply_umask(folder: str | os.PathLike) -> None:
+    """Give a folder made with `tempfile.mkdtemp` (0700), and everything written into it, the permissions `mkdir` and
+    `open()` would have given under the umask, before the folder is moved into place (files a library wrote through
+    its own temporary files can be 0600 too)."""
+    umask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
 
 
 def text_sha256(text: str) -> str:
@@ -280,7 +300,7 @@ def staging_directory(out: str | os.PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it 0700; a plain mkdir would not
+        apply_umask(staging)  # mkdtemp makes it 0700 (and libraries' own temporary files 0600); mkdir would not
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -291,12 +311,6 @@ def staging_directory(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:

@@ -37,13 +37,13 @@ def build_lora_card(
 
     Args:
         lora_config (`Mapping`): the exported adapter_config.json.
-        export_info (`Mapping`): `exported_from`, `export_exact_for_base`, `export_base_revision`,
+        export_info (`Mapping`): `exported_from`, `export_exact_for_base`, `export_base_is_local`, `export_base_revision`,
             `export_base_dtype`, `neat_r`, `neat_depth`, `neat_act_fn`, `neat_scaling` (see `neat_hf.lora_export`).
         issues (`Sequence[ServingIssue]`, *optional*): server limits found at export, listed in the card.
         repo_id (`str`, *optional*): the Hub repo the export is pushed to, for the snippets.
     """
     base = export_info.get("export_exact_for_base")
-    base_id = base if is_hub_id(base) else None
+    base_id = base if is_hub_id(base) and not export_info.get("export_base_is_local") else None
     tags = list(LORA_EXPORT_TAGS) + ([f"base_model:adapter:{base_id}"] if base_id else [])
     card_data = ModelCardData(
         library_name="peft",

@@ -31,7 +31,7 @@ import torch
 from .constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KEY_PREFIX, MODEL_CARD_NAME
 from .distributed import gathered
 from .errors import NeatError
-from .io import atomic_save_safetensors, atomic_write_text, remove_stale_staging, staging_directory
+from .io import atomic_save_safetensors, atomic_write_text, is_hub_id, remove_stale_staging, staging_directory
 from .layer import NeatLayer, layer_adapter_parameters, layer_external_parameters
 from .lora_card import write_lora_card
 from .serving import ServingIssue, check_serving_limits, raise_for_server
@@ -140,15 +140,14 @@ def lora_config_dict(model: NeatModel, adapter_name: str, *, base_model: str | N
 def base_identity(model: NeatModel, adapter_name: str, base_model: str | None, revision: str | None) -> tuple[str | None, str | None]:
     """(base id, revision) the export is exact for: the arguments, else the NEAT config / the base's own config.
 
-    A local folder is recorded by its name (its full path says nothing on another machine). The revision falls back
-    to the commit transformers loaded the base from (`config._commit_hash`), when it came from the Hub.
+    A local folder is recorded as given (as PEFT records `base_model_name_or_path`), and the export says it is local
+    (`export_base_is_local`), so the card never links a folder name to the Hub. The revision falls back to the commit
+    transformers loaded the base from (`config._commit_hash`), when it came from the Hub.
     """
     hf_config = getattr(model.base_model, "config", None)
     name = base_model or model.peft_config[adapter_name].base_model_name_or_path or getattr(hf_config, "name_or_path", None) or None
     if revision is None:
         revision = model.peft_config[adapter_name].revision or getattr(hf_config, "_commit_hash", None)
-    if name and os.path.isdir(name):
-        name = os.path.basename(os.path.normpath(name))
     return name, revision
 
 
@@ -210,6 +209,7 @@ def save_as_lora(
     export_info = {
         "exported_from": exported_from or f"NEAT adapter {adapter_name!r}",
         "export_exact_for_base": base_id,
+        "export_base_is_local": bool(base_id) and not is_hub_id(base_id),
         "export_base_revision": base_revision,
         "export_base_dtype": served_dtype(model, adapter_name, torch_dtype),
         "neat_r": neat.r,

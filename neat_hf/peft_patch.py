@@ -13,12 +13,14 @@ layers; files stay PEFT's PEANUT format, so unpatched PEFT loads them.
 (a `NeatConfig` asks for neat-hf's layer, so `peft_config=NeatConfig(...)` in TRL gets it without another call).
 
 This module sits on the floor of `neat_hf.config`, below the tuner: `neat_hf.tuner` registers `NeatTuner` here when
-it is imported (which `import neat_hf` does), so the config can apply the patch without importing upwards.
+it is imported, and the first `apply_neat_to_peft` loads it by name if nothing has yet (as the package's lazy exports
+load their modules, `neat_hf.lazy_imports`), so the config can apply the patch without an import cycle.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import import_module
 
 import peft
 
@@ -85,8 +87,8 @@ def apply_neat_to_peft(*, allow_untested: bool = False) -> None:
     if is_neat_applied():
         return
     check_peft_version(allow_untested=allow_untested)
-    if _neat_tuner is None:  # only when neat_hf.peft_patch is loaded without the package (never through `import neat_hf`)
-        raise NeatError("neat_hf.tuner is not imported; `import neat_hf` before applying the patch.")
+    if _neat_tuner is None:
+        import_module(f"{__package__}.tuner")  # registers NeatTuner (register_tuner) as it is imported
     _original_tuner = PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT]
     PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT] = _neat_tuner
 

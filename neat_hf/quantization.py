@@ -22,6 +22,7 @@ bitsandbytes layers, and the error when it is missing names the extra.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from typing import Any
@@ -68,7 +69,7 @@ def import_bitsandbytes() -> Any:
     except ImportError as err:
         raise MissingDependencyError(
             "This model holds bitsandbytes-quantized layers, but bitsandbytes is not installed; "
-            'install it with pip install "neat-hf[bnb]".'
+            'install it with pip install "bitsandbytes>=0.45" (the neat-hf[bnb] extra; from a clone: pip install -e ".[bnb]").'
         ) from err
     return bitsandbytes
 
@@ -324,6 +325,8 @@ def quantization_settings(model: Any) -> dict[str, Any] | None:
             continue
         if isinstance(value, torch.dtype):
             value = str(value).removeprefix("torch.")
+        if isinstance(value, enum.Enum):  # transformers' QuantizationMethod: record "bitsandbytes", not its repr
+            value = value.value
         if value is not None:
             settings[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return settings or None

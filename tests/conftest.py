@@ -19,6 +19,11 @@ from safetensors.torch import load_file
 
 from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 
+try:  # bitsandbytes asks the Hub for a CPU kernel when first imported (peft and transformers import it): import it
+    import bitsandbytes  # noqa: F401  before a test points HF_ENDPOINT at the loopback Hub, which has no such endpoint
+except ImportError:
+    pass
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -510,3 +510,31 @@ def test_stock_lm_eval_command_runs_neat_and_matches_neat_lm_eval(env, capsys):
     stock = _samples_from_files(stock_out)
     assert len(stock) == 6  # 3 tasks x 2 rows
     _assert_same_samples(stock, _samples_from_files(ours_out))
+
+
+def test_unrecognized_option_gets_a_suggestion(capsys):
+    """Issue 23: every command line suggests the option meant (lm-eval's parser only names the unknown one)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--model", "neat", "--taks", "neat_number_words"])
+    assert exit_info.value.code == 2
+    assert "--taks (did you mean --tasks?)" in capsys.readouterr().err
+
+
+def test_number_words_task_is_the_main_jobs_held_out_data():
+    """The bundled offline task holds exactly the rows the default job evaluates on (no download)."""
+    import importlib.util
+
+    from neat_hf.trainers.default_job import generate_number_words
+
+    spec = importlib.util.spec_from_file_location("nw_utils", TASKS_DIR / "number_words" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    from neat_hf.trainers.train import parse_args
+
+    (_, data_args, _, training_args), _ = parse_args(["--output_dir", "unused"])  # the default job's values
+    rows = list(utils.load_number_words()["test"])
+    train, held_out = generate_number_words(num_train=data_args.max_train_samples, num_eval=data_args.max_eval_samples,
+                                            seed=training_args.seed)
+    assert rows == held_out and not {json.dumps(r, sort_keys=True) for r in rows} & {json.dumps(r, sort_keys=True) for r in train}
+    assert utils.doc_to_text(rows[0]).endswith("### Response:\n")
+    assert "neat_number_words" in cli.bundled_tasks()[:5]

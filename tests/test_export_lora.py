@@ -253,8 +253,13 @@ def test_cli_export_lora(tmp_path, capsys):
     stock = peft.PeftModel.from_pretrained(tiny_llama(), out).eval()
     torch.testing.assert_close(model_output(stock, inputs), model_output(model, inputs), atol=1e-5, rtol=1e-5)
     info = json.loads((out / "training_info.json").read_text())
-    assert info == {**info, "export_exact_for_base": "base", "export_base_dtype": "float32",
-                    "exported_from": "local folder 'adapter'"}
+    assert info == {**info, "export_exact_for_base": str(base), "export_base_is_local": True,
+                    "export_base_dtype": "float32", "exported_from": "local folder 'adapter'"}
+    # A local base is kept as given, never turned into a Hub link or an adapter tag of a Hub model (issue 23).
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model is None and not any(tag.startswith("base_model:") for tag in card.data.tags)
+    assert "https://huggingface.co/" + base.name not in card.text and f"`{base}` (local folder)" in card.text
     assert main(["export-lora", str(base), str(adapter), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
     assert json.loads((tmp_path / "bf16" / "training_info.json").read_text())["export_base_dtype"] == "bfloat16"
 

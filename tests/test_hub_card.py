@@ -175,3 +175,28 @@ def test_write_model_card_rebuilds_from_folder(tmp_path):
     )
     write_model_card(tmp_path, keep_eval_results=False)
     assert ModelCard.load(tmp_path / "README.md").data.eval_results is None
+
+
+def test_card_says_how_to_install_neat_hf_and_names_each_quantity(tmp_path):
+    """Issue 23: neat-hf is not on an index (the card said `pip install neat-hf`); a `warmup_steps` below 1 is the
+    ratio transformers reads it as (the "warmup steps" row showed 0.05); enums are written as their values."""
+    from types import SimpleNamespace
+
+    from transformers import BitsAndBytesConfig, TrainingArguments
+
+    from neat_hf.quantization import quantization_settings
+    from neat_hf.trainers.hub_mixin import _warmup
+
+    model = make_adapter()
+    model.save_pretrained(tmp_path)
+    args = TrainingArguments(str(tmp_path / "run"), warmup_steps=0.05, report_to="none")
+    warmup = _warmup(args, SimpleNamespace(max_steps=3000))
+    assert warmup == {"warmup_ratio": 0.05, "warmup_steps": 150}
+    write_model_card(tmp_path, model=model, training_info={"num_train_epochs": 1, **warmup})
+    card = (tmp_path / "README.md").read_text()
+    assert "pip install neat-hf`" not in card and "git+https://github.com/neat-hf/neat-hf" in card
+    assert "| warmup ratio | 0.05 |" in card and "| warmup steps | 150 |" in card
+
+    quantized = SimpleNamespace(config=SimpleNamespace(quantization_config=BitsAndBytesConfig(load_in_4bit=True)))
+    assert quantization_settings(quantized)["quant_method"] == "bitsandbytes"
+    assert type(quantization_settings(quantized)["quant_method"]) is str

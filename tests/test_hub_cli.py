@@ -190,3 +190,64 @@ def test_console_script_in_a_subprocess_uses_hf_endpoint(hub_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "adapter_model.safetensors" in hub_server.files(REPO)
     assert_no_token(proc.stdout + proc.stderr)
+
+
+def test_help_shows_an_example_per_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    shown = capsys.readouterr().out
+    for command in ("push", "card", "merge", "export-lora"):
+        assert f"\n  neat-hub {command} " in shown, command
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"neat-hub {command} " in capsys.readouterr().out.split("example:")[1]
+
+
+def test_unrecognized_option_gets_a_suggestion(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", str(tmp_path), str(tmp_path), str(tmp_path / "out"), "--dtpye", "float32"])
+    assert exit_info.value.code == 2
+    assert "--dtpye (did you mean --dtype?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["merge", "export-lora"])
+def test_a_missing_local_adapter_is_named_at_once(tmp_path, monkeypatch, capsys, command):
+    """The issue's `neat-hub merge base neat-outptu out`: no Hub request (and no retries), one line within a second."""
+    import time
+
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "neat-output").mkdir()
+    start = time.monotonic()
+    assert main([command, "base", "neat-outptu", "out"]) == 1
+    assert time.monotonic() - start < 1.0
+    err = capsys.readouterr().err
+    assert "ADAPTER 'neat-outptu': no such local folder" in err and "Did you mean 'neat-output'?" in err
+    assert not (tmp_path / "out").exists()
+    # A typo of a folder path is a missing local path too, whatever its spelling; a Hub id is still a Hub id.
+    assert main([command, "./bsae", "neat-output", "out"]) == 1
+    assert "BASE './bsae': no such local folder" in capsys.readouterr().err
+
+
+def test_merge_output_honours_the_umask(tmp_path):
+    """The merged folder and its files get the permissions mkdir/open would give (the folder was 0700, weights 0600)."""
+    import os
+    import stat
+
+    config = NeatConfig(r=4, init_weights=False, task_type="CAUSAL_LM")
+    base_dir, adapter_dir, _ = _saved_base_and_adapter(tmp_path, tiny_llama, config)
+    previous = os.umask(0o022)
+    try:
+        assert main(["merge", str(base_dir), str(adapter_dir), str(tmp_path / "merged")]) == 0
+    finally:
+        os.umask(previous)
+    out = tmp_path / "merged"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes

@@ -183,6 +183,23 @@ def test_unknown_flag_gets_a_suggestion(capsys):
     assert "Unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, suggestion", [
+    ("--r", "--neat_r"),  # the issue's `--r 0`: a NeatConfig name without the neat_ prefix
+    ("--target_modules", "--neat_target_modules"),
+    ("--lr", "--learning_rate"),
+    ("--learning-rat", "--learning_rate"),
+])
+def test_unknown_flag_suggests_the_flag_meant(flag, suggestion):
+    with pytest.raises(ValueError, match=rf"{flag} \(did you mean {suggestion}\?\)"):
+        parse_args([flag, "1"])
+
+
+def test_unknown_flag_without_a_close_one_names_the_help(capsys):
+    assert cli(["--xyzzy", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" not in err and "--help-all" in err and err.count("--xyzzy") == 1
+
+
 def test_missing_deepspeed_config_fails_while_parsing(tmp_path, capsys):
     with pytest.raises(NeatError, match="not found"):
         parse_args(["--max_steps", "1", "--deepspeed", str(tmp_path / "nope.json")])
@@ -212,7 +229,7 @@ def test_image_tasks_keep_the_raw_image_column(tmp_path):
     assert training_args.remove_unused_columns is False
     args, recipe = parse_args([*base, "--remove_unused_columns", "true"])
     assert args[3].remove_unused_columns is True
-    from neat_hf.trainers.train import prepare
+    from neat_hf.trainers.job import prepare
 
     with pytest.raises(ValueError, match="--remove_unused_columns false"):  # refused before the model is looked up
         prepare(*args, recipe=recipe)

@@ -4,6 +4,7 @@ the real setup and metrics, and the run prints a load-and-generate snippet that 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -30,11 +31,27 @@ def test_default_job_output_is_usable(tmp_path, capsys, monkeypatch):
     info = json.loads((out / "training_info.json").read_text())
     assert info["global_step"] == 40 and info["learning_rate"] == 0.01 and info["dataset"] == "builtin:number-words"
     # The printed snippet runs as printed, from the folder the user ran neat-train in.
-    snippet = stdout.split("Use it from Python:", 1)[1].strip()
+    snippet, evaluate = stdout.split("Use it from Python:", 1)[1].split("\n\nEvaluate it offline", 1)
+    snippet = snippet.strip()
     assert "format_instruction_prompt" in snippet and "neat-output/base_model" in snippet
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("the correct answer is")
+    # The printed lm-eval command runs offline on the bundled task of the job's held-out data (issue 23).
+    command = evaluate.strip().splitlines()[-1].split()
+    assert command[:2] == ["neat-lm-eval", "--model"] and "neat_number_words" in command
+    offline = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    lm_eval = [sys.executable, "-m", "neat_hf.eval_harness.cli"]
+    done = subprocess.run([*lm_eval, *command[1:], "--limit", "8"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=offline)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "neat_number_words" in done.stdout and "exact_match" in done.stdout
+    # A task whose data lives on the Hub ends, offline, in one line naming the dataset (was ~40 traceback lines).
+    hub_task = [*command[1:command.index("--tasks")], "--tasks", "neat_boolq_gen", "--device", "cpu", "--limit", "2"]
+    done = subprocess.run([*lm_eval, *hub_task], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=offline)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("neat-lm-eval: error: dataset 'aps/super_glue'") and "HF_DATASETS_OFFLINE" in last
     # neat-hub merge takes the saved base.
     assert hub_main(["merge", str(out / "base_model"), str(out), str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "config.json").is_file()

@@ -3,6 +3,7 @@ errors raised before training, and 2-process launches on CPU (DeepSpeed ZeRO-3 a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,12 +29,33 @@ from neat_hf import NeatModel
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import NoTargetModulesError
 from neat_hf.trainers.data import IGNORE_INDEX
-from neat_hf.trainers.train import cli, main, parse_args, prepare, run
+from neat_hf.trainers.job import prepare, run
+from neat_hf.trainers.train import cli, main, parse_args
 
 # Recipes written for GPUs, shrunk for a CPU test: fp32, two steps, no checkpoints.
 SHRINK = ["--torch_dtype", "float32", "--bf16", "false", "--max_steps", "2", "--per_device_train_batch_size", "2",
           "--gradient_accumulation_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
           "--dataloader_num_workers", "0", "--warmup_steps", "0", "--logging_steps", "1"]
+
+
+def _documented_runs():
+    """docs/gen_default_job.py, which writes the documented before/after tables of the main job."""
+    spec = importlib.util.spec_from_file_location("gen_default_job", Path(__file__).parent.parent / "docs" / "gen_default_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_documented(name: str, output_dir: Path) -> None:
+    """The run's before/after table is, text for text, the one every page documents (issue 23)."""
+    runs = _documented_runs()
+    table = runs.render_table(name, *runs.results_of(output_dir))
+    shown = runs.documented_tables(name)
+    assert shown, f"no page shows the generated table {name!r}"
+    stale = {page: text for page, text in shown.items() if text != table}
+    assert not stale, (f"`neat-train {' '.join(runs.RUNS[name])}` no longer gives the documented numbers in "
+                       f"{sorted(stale)}; if the change is intended, run `python docs/gen_default_job.py --only {name}`. "
+                       f"Now:\n{table}")
 
 
 def _safetensors_keys(folder) -> list[str]:
@@ -244,6 +266,7 @@ def test_embedded_default_job_end_to_end(tmp_path, monkeypatch, capsys):
     assert after["eval_exact_match"] > before["eval_exact_match"] + 0.5
     assert after["eval_token_accuracy"] > 0.9
     assert after["eval_loss"] < 0.1 * before["eval_loss"]
+    _assert_documented("default-job", folder)
 
     # The printed numbers are those of the saved adapter, reloaded onto the rebuilt base.
     args, recipe = parse_args(["--max_steps", "1", "--output_dir", str(tmp_path / "unused")])
@@ -251,6 +274,20 @@ def test_embedded_default_job_end_to_end(tmp_path, monkeypatch, capsys):
     reloaded = _reloaded_metrics(folder, job.trainer.eval_dataset, job.trainer.data_collator)
     assert reloaded["exact_match"] == pytest.approx(after["eval_exact_match"], abs=1e-6)
     assert reloaded["token_accuracy"] == pytest.approx(after["eval_token_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_shortened_4bit_default_job_gives_the_documented_numbers(tmp_path, capsys):
+    """The 4-bit table in the docs is the default job on an NF4 base, shortened to 300 steps so CI can repeat it; the
+    printed snippet loads the base quantized, as the adapter was trained (it loaded it in full precision)."""
+    pytest.importorskip("bitsandbytes")
+    assert cli([*_documented_runs().RUNS["default-job-4bit"], "--output_dir", str(tmp_path / "out")]) == 0
+    _assert_documented("default-job-4bit", tmp_path / "out")
+    snippet = capsys.readouterr().out.split("Use it from Python:", 1)[1].split("\n\n", 1)[1]
+    assert "BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_compute_dtype='float32')" in snippet
+    namespace: dict = {}
+    exec(snippet.split("\n\nEvaluate", 1)[0], namespace)
+    assert any(type(module).__name__ == "Linear4bit" for module in namespace["base"].modules())
 
 
 @pytest.mark.slow
@@ -305,3 +342,25 @@ def test_torchrun_two_processes_on_cpu(tmp_path, stage):
     assert {ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME} <= set(os.listdir(out))
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["epoch"] == pytest.approx(3 * 2 * 16 / 64)  # 3 steps × 2 ranks × 16 rows: the ranks shared the data
+
+
+def test_one_cpu_threads_rule_for_a_local_folder_model(tmp_path, llama_dir, monkeypatch):
+    """A small model from a local folder trains on one CPU thread like the identical built-in one (issue 23: it ran
+    on every core, 8-17x slower on a busy machine); OMP_NUM_THREADS still wins."""
+    from neat_hf.trainers.job import _load_tokenizer_and_model
+
+    if torch.cuda.is_available():
+        pytest.skip("the rule is for machines without a GPU")
+    (model_args, _, _, _), _ = parse_args(["--model_name_or_path", llama_dir, "--output_dir", str(tmp_path / "o")])
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        _load_tokenizer_and_model(model_args, "causal-lm", None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        _load_tokenizer_and_model(model_args, "causal-lm", None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

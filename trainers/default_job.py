@@ -20,15 +20,18 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from neat_hf.errors import TrainingArgumentError
 from neat_hf.trainers.prompts import PROMPT_TEMPLATES, format_instruction_prompt
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 BUILTIN_PREFIX = "builtin:"
 TINY_LLAMA = "builtin:tiny-llama"
@@ -192,6 +195,9 @@ def build_default_base_model(
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
+    # lazy: the modeling code costs seconds of import, and neat-train's argument parsing imports this module
+    from transformers import LlamaForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_MODEL_SEED)
         model = LlamaForCausalLM(config)

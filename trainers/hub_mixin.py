@@ -122,8 +122,7 @@ class NeatHubMixin:
             "world_size": world_size,
             "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
             "lr_scheduler_type": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
-            "warmup_ratio": getattr(args, "warmup_ratio", None) or None,
-            "warmup_steps": getattr(args, "warmup_steps", None) or None,
+            **_warmup(args, state),
             "weight_decay": args.weight_decay,
             "optim": getattr(args.optim, "value", args.optim),
             "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
@@ -359,3 +358,15 @@ class NeatHubMixin:
             blocking=blocking,
             conflicts=self._neat_conflicts(),
         )
+
+
+def _warmup(args: Any, state: Any) -> dict[str, Any]:
+    """`warmup_ratio` and `warmup_steps` as the card names them: transformers 5 reads a `warmup_steps` below 1 as a
+    ratio of the training steps, so such a value is recorded as the ratio, with the number of steps it came to."""
+    ratio = getattr(args, "warmup_ratio", None) or None
+    steps = getattr(args, "warmup_steps", None) or None
+    if isinstance(steps, float) and 0 < steps < 1:
+        ratio, steps = steps, None
+    if ratio and not steps and getattr(state, "max_steps", 0) and hasattr(args, "get_warmup_steps"):
+        steps = args.get_warmup_steps(state.max_steps) or None
+    return {"warmup_ratio": ratio, "warmup_steps": steps}

@@ -31,7 +31,7 @@ from neat_hf.errors import HubError, TrainingArgumentError
 from neat_hf.io import folder_lock
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.trainers import data as data_lib
-from neat_hf.trainers import default_job, metrics, model_source, run_output
+from neat_hf.trainers import default_job, launch_checks, metrics, model_source, run_output
 from neat_hf.trainers.interrupt import StopOnSignal, stop_on_signal
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.trainer import NeatTrainer
@@ -113,12 +113,13 @@ def _load_tokenizer_and_model(
     model_args: ModelArguments, task: str, labels: tuple[int, list[str] | None, bool] | None
 ) -> tuple[Any, Any]:
     if not default_job.is_builtin(model_args.model_name_or_path):
-        return _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
-    if not torch.cuda.is_available():
-        _use_one_cpu_thread_for_the_tiny_model()
+        tokenizer, model = _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
+        use_cpu_threads_for(model)
+        return tokenizer, model
     tokenizer = default_job.build_default_tokenizer()
     dtype = None if model_args.torch_dtype in (None, "auto") else getattr(torch, model_args.torch_dtype)
     model = default_job.build_default_base_model(tokenizer, dtype=dtype)
+    use_cpu_threads_for(model)
     quantization = _quantization_kwargs(model_args)
     if quantization:  # bitsandbytes quantizes while loading a checkpoint: round-trip the built model through one
         with tempfile.TemporaryDirectory(prefix="neat-tiny-llama-") as folder:
@@ -150,14 +151,29 @@ def _build_inputs(raw: Any, tokenizer: Any, dataset_format: str, data_args: Data
     return raw, data_lib.collate_images, metrics.classification_metrics, None
 
 
-def _use_one_cpu_thread_for_the_tiny_model() -> None:
-    """Measured on 2 busy CPU cores: the tiny model's matmuls are too small to gain from intra-op threads, and
-    spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; without flushing
-    denormals the step rate halved after ~1000 steps (33 steps/s steady with flushing)."""
+#: On CPU, models below this many parameters train on one intra-op thread (see [`use_cpu_threads_for`]).
+ONE_THREAD_MAX_PARAMETERS = 50_000_000
+
+
+def use_cpu_threads_for(model: Any) -> None:
+    """The one CPU threads rule of `neat-train`, for every base (built-in, local folder or Hub id): on a machine
+    without a GPU, a model under [`ONE_THREAD_MAX_PARAMETERS`] trains on one intra-op thread, with denormals flushed,
+    unless `OMP_NUM_THREADS` is set.
+
+    Measured on 2 busy CPU cores with the built-in tiny LLaMA: its matmuls are too small to gain from intra-op
+    threads, and spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; without flushing
+    denormals the step rate halved after ~1000 steps (33 steps/s steady with flushing). The same model from a local
+    folder trained 8-17x slower before this rule covered it (issue 23)."""
+    if torch.cuda.is_available():
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters >= ONE_THREAD_MAX_PARAMETERS:
+        return
     torch.set_flush_denormal(True)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
-        logger.info("builtin:tiny-llama on CPU: one intra-op thread (set OMP_NUM_THREADS to override).")
+        logger.info("A %.1fM-parameter model on CPU: one intra-op thread (set OMP_NUM_THREADS to override).",
+                    parameters / 1e6)
 
 
 def _check_before_loading(
@@ -186,6 +202,7 @@ def _check_before_loading(
             )
     else:
         model_source.check_model_source(name, task=model_args.task, tokenizer_name_or_path=model_args.tokenizer_name_or_path)
+    launch_checks.check_launch(model_args, training_args)
     training_args.check_resume_checkpoint()
     if os.path.isdir(training_args.output_dir):  # refuse a run into a folder another run is writing, before loading
         with _output_dir_held(training_args, timeout=0):
@@ -378,4 +395,5 @@ def _run(job: PreparedJob) -> dict[str, Any]:
         "num_eval": job.num_eval,
         "interrupted": None,
         "snippet": run_output.usage_snippet(job),
+        "evaluate": run_output.evaluation_command(job),
     }

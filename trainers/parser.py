@@ -42,6 +42,14 @@ COMMON_FLAGS = (
 )
 
 
+#: Names users bring from other trainers (PEFT, torchtune, common scripts) -> the neat-train flag (without dashes).
+FLAG_ALIASES = {
+    "lr": "learning_rate", "rank": "neat_r", "lora_r": "neat_r",
+    "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "model": "model_name_or_path",
+    "dataset": "dataset_name", "steps": "max_steps", "output": "output_dir",
+}
+
+
 class _HelpAction(argparse.Action):
     """`-h/--help`: the short help; `--help-all`: every flag."""
 
@@ -133,8 +141,8 @@ class NeatTrainParser(HfArgumentParser):
         if unknown:
             hints = []
             for key in unknown:
-                close = difflib.get_close_matches(key, list(actions), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                close = self.closest_flag(key)
+                hints.append(f"{key!r}" + (f" (did you mean {close.lstrip('-')!r}?)" if close else ""))
             raise TrainingArgumentError(
                 f"Unknown key(s) in {source}: {', '.join(hints)}. Keys are neat-train flags without the dashes "
                 "(`neat-train --help` lists them)."
@@ -184,14 +192,34 @@ class NeatTrainParser(HfArgumentParser):
             outputs.append(dtype(**{k: v for k, v in values.items() if k in names}))
         return tuple(outputs), recipe  # type: ignore[return-value]
 
+    def closest_flag(self, name: str) -> str | None:
+        """The known `--flag` closest to `name` (a flag or config key, dashes and `-`/`_` spelling ignored), or None.
+
+        NEAT flags also answer to their `NeatConfig` name (`r` → `--neat_r`, `target_modules` →
+        `--neat_target_modules`), and a few names from other trainers map to ours ([`FLAG_ALIASES`]).
+        """
+        spellings: dict[str, str] = {}
+        flags = sorted((s for action in self._actions for s in action.option_strings if s.startswith("--")),
+                       key=lambda s: ("-" in s[2:], s))  # prefer the underscore spelling the docs use
+        for flag in flags:
+            key = flag[2:].replace("-", "_")
+            spellings.setdefault(key, flag)
+            spellings.setdefault(key.removeprefix("neat_"), flag)
+        for alias, target in FLAG_ALIASES.items():
+            if target in spellings:
+                spellings.setdefault(alias, spellings[target])
+        close = difflib.get_close_matches(name.lstrip("-").replace("-", "_"), list(spellings), n=1)
+        return spellings[close[0]] if close else None
+
     def _unknown_flags_message(self, unknown: list[str]) -> str:
-        flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
-        known = [s for action in self._actions for s in action.option_strings]
-        hints = [
-            f"{flag}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(flag, known, n=1)) else "")
-            for flag in flags
-        ]
-        return f"Unrecognized arguments: {' '.join(unknown)}. {'; '.join(hints)}".rstrip(". ") + "."
+        hints = []
+        for flag in (a.split("=", 1)[0] for a in unknown if a.startswith("-")):
+            close = self.closest_flag(flag)
+            if close:
+                hints.append(f"{flag} (did you mean {close}?)")
+        hint = f" {'; '.join(hints)}." if hints else ""
+        return (f"Unrecognized arguments: {' '.join(unknown)}.{hint} `neat-train --help` lists the common flags, "
+                "`--help-all` every flag.")
 
 
 def _convert(action: argparse.Action, value: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from huggingface_hub import EvalResult
 
 from neat_hf.card import write_model_card
@@ -78,14 +79,49 @@ def _is_score(key: str) -> bool:
     return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second", "_time", "epoch"))
 
 
+def evaluation_command(job: Any) -> str | None:
+    """The `neat-lm-eval` command that evaluates the saved adapter offline on the bundled task of the built-in data
+    (`neat_number_words`: the job's own held-out rows, generated locally), or None for other data."""
+    if not default_job.is_builtin(job.data_args.dataset_name) or job.model_args.task != "causal-lm":
+        return None
+    output_dir = job.training_args.output_dir
+    base = base_model_reference(job.model_args.model_name_or_path, output_dir)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model_args = f"pretrained={base},adapter={output_dir}"
+    quantization = {k: v for k, v in job.model_args.quantization_kwargs().items() if v not in (None, False)}
+    model_args += "".join(f",{key}={value}" for key, value in quantization.items())
+    return (f"neat-lm-eval --model neat --model_args {model_args} --tasks neat_number_words --device {device} "
+            "--batch_size 16")
+
+
+def _base_loading(model_args: Any, auto: str, base: str) -> tuple[list[str], str]:
+    """(imports, expression) that load the run's base model the way the adapter was trained on it: quantized with
+    the run's bitsandbytes settings after `--load_in_4bit` / `--load_in_8bit` (H = σ(W0ᵀAᵀ) was learned on that W0)."""
+    quantization = {k: v for k, v in model_args.quantization_kwargs().items() if v not in (None, False)}
+    if not quantization:
+        return [], f"{auto}.from_pretrained({base!r})"
+    settings = ", ".join(f"{key}={value!r}" for key, value in quantization.items())
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    return (["from transformers import BitsAndBytesConfig"],
+            f"{auto}.from_pretrained(\n    {base!r}, quantization_config=BitsAndBytesConfig({settings}), "
+            f"device_map={{'': {device!r}}}\n)")
+
+
 def usage_snippet(job: Any) -> str:
-    """Python that loads the adapter just saved and uses it once (printed at the end of `neat-train`)."""
+    """Python that loads the adapter just saved and uses it once (printed at the end of `neat-train`); a quantized
+    run's snippet loads the base quantized as it was trained."""
     model_args, data_args, output_dir = job.model_args, job.data_args, job.training_args.output_dir
     base = base_model_reference(model_args.model_name_or_path, output_dir)
     auto = _AUTO_CLASSES.get(model_args.task, "AutoModelForCausalLM")
-    lines = [f"from transformers import {auto}, AutoTokenizer", "from neat_hf import NeatModel"]
+    imports, load_base = _base_loading(model_args, auto, base)
+    if imports:
+        load = ["# The adapter was trained on the quantized base: load the base the same way.",
+                f"base = {load_base}", f"model = NeatModel.from_pretrained(base, {output_dir!r})"]
+    else:
+        load = [f"model = NeatModel.from_pretrained({load_base}, {output_dir!r})"]
+    lines = [f"from transformers import {auto}, AutoTokenizer", *imports, "from neat_hf import NeatModel"]
     if model_args.task == "causal-lm":
-        lines.insert(2, "from neat_hf.trainers import format_instruction_prompt")
+        lines.append("from neat_hf.trainers import format_instruction_prompt")
         if default_job.is_builtin(data_args.dataset_name):
             instruction = "What number comes after 17 ?"
         else:
@@ -93,7 +129,7 @@ def usage_snippet(job: Any) -> str:
         lines += [
             "",
             f"tokenizer = AutoTokenizer.from_pretrained({output_dir!r})",
-            f"model = NeatModel.from_pretrained({auto}.from_pretrained({base!r}), {output_dir!r})",
+            *load,
             "# The adapter learned its task in this prompt format: render every prompt with it.",
             f"prompt = format_instruction_prompt({instruction!r}, template={data_args.prompt_template!r})",
             "inputs = tokenizer(prompt, return_tensors='pt', return_token_type_ids=False)",
@@ -104,11 +140,10 @@ def usage_snippet(job: Any) -> str:
         lines += [
             "",
             f"tokenizer = AutoTokenizer.from_pretrained({output_dir!r})",
-            f"model = NeatModel.from_pretrained({auto}.from_pretrained({base!r}), {output_dir!r})",
+            *load,
             "inputs = tokenizer('Your text here', return_tensors='pt')",
             "print(model(**inputs).logits.argmax(-1).item())",
         ]
     else:
-        lines = [f"from transformers import {auto}", "from neat_hf import NeatModel", "",
-                 f"model = NeatModel.from_pretrained({auto}.from_pretrained({base!r}), {output_dir!r})"]
+        lines = [f"from transformers import {auto}", *imports, "from neat_hf import NeatModel", "", *load]
     return "\n".join(lines)

@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch.distributed as dist
-
-from neat_hf.errors import HubError, NeatError
-from neat_hf.trainers.job import PreparedJob, prepare, run
+from neat_hf.errors import HubError, NeatError, TrainerSetupError
+from neat_hf.trainers.launch_checks import check_launcher, deepspeed_flag, finished_run_message
 from neat_hf.trainers.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.trainers.recipe_registry import list_recipes, recipe_summary
 from neat_hf.trainers.script_args import DataArguments, ModelArguments, NeatArguments
 from neat_hf.trainers.training_args import NeatTrainingArguments
+
+if TYPE_CHECKING:
+    from neat_hf.trainers.job import PreparedJob
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ def main(
         >>> results["after"]["eval_exact_match"] >= results["before"]["eval_exact_match"]
         True
     """
+    from neat_hf.trainers.job import prepare, run  # lazy: the Trainer and peft, after parsing
+
     return run(prepare(model_args, data_args, neat_args, training_args, recipe=recipe))
 
 
@@ -124,6 +128,10 @@ def _print_summary(results: dict[str, Any], job: PreparedJob) -> None:
     print(f"Adapter saved to {results['output_dir']}. Use it from Python:")
     print()
     print(results["snippet"])
+    if results.get("evaluate"):
+        print()
+        print("Evaluate it offline with lm-eval (the held-out data, generated locally; needs the eval extra):")
+        print(f"  {results['evaluate']}")
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
@@ -134,9 +142,17 @@ def cli(argv: Sequence[str] | None = None) -> int:
         if NeatTrainParser.parse_run_flags(argv).list:
             _print_recipes()
             return 0
+        check_launcher(deepspeed_flag(argv))  # before parsing: building the arguments can hang under such a launch
         (model_args, data_args, neat_args, training_args), recipe = parse_args(argv)
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
+        finished = finished_run_message(training_args)
+        if finished:
+            if os.environ.get("RANK", "0") == "0":  # one line per launch, not per rank
+                print(f"neat-train: {finished}", file=sys.stderr)
+            return 0
+        from neat_hf.trainers.job import prepare, run  # lazy: careless input is refused before this import
+
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
     except USER_ERRORS as error:  # bad input: 2; the Hub failing (unreachable, a server error): 1
         print(f"neat-train: error: {error}", file=sys.stderr)
@@ -200,6 +216,8 @@ def _resume_line(stopped: dict[str, Any], argv: Sequence[str]) -> str:
 
 def _leave_process_group() -> None:
     """End a distributed run in step on every rank (gloo/DeepSpeed threads left at interpreter exit can abort it)."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
