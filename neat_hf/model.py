@@ -94,7 +94,7 @@ def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
 class NeatModel(PeftModel):
     """A `peft.PeftModel` whose PEANuT adapters are neat-hf's factored NEAT layers, with neat-hf's checks on top.
 
-    Built on PEFT's machinery (`PeftModel` holding a [`NeatTuner`](neat_hf.tuner.NeatTuner), PEFT's `BaseTuner`):
+    Built on PEFT's machinery (`PeftModel` holding a `neat_hf.tuner.NeatTuner`, PEFT's `BaseTuner`):
     target matching, `modules_to_save`, forward, generate, parameter counts and the Trainer/TRL/Accelerate integrations
     are PEFT's, so every tool that checks `isinstance(model, peft.PeftModel)` takes it. What neat-hf adds: a config is
     checked against the model before anything changes (bounded target regexes, neat-hf's per-architecture presets,

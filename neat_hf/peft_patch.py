@@ -3,7 +3,7 @@
 PEFT's PEANuT (`peft.tuners.peanut`) builds the dense out×in ΔW in every forward; neat-hf computes the same function
 factored (`neat_hf.layer`). PEFT picks a tuner class per `peft_type` from `peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING`,
 and 0.21's `register_peft_method` only accepts types already in `PeftType`, so a new type cannot be added; PEANUT's
-own entry can be pointed at [`NeatTuner`](neat_hf.tuner.NeatTuner). That one dictionary entry is the whole patch, in
+own entry can be pointed at `neat_hf.tuner.NeatTuner`. That one dictionary entry is the whole patch, in
 the way liger-kernel patches transformers: explicit, idempotent, reversible, and refused on a PEFT it was not tested
 against. After it, everything that builds PEANuT through PEFT — `peft.get_peft_model(model, PeanutConfig(...))`,
 `PeftModel.from_pretrained`, TRL's `peft_config=`, Axolotl, transformers' `model.load_adapter` — builds neat-hf's

@@ -163,8 +163,8 @@ def test_fsdp2_gathers_each_weight_once_per_forward_and_backward(fsdp_run):
     # Root once (kept unsharded from forward to backward), each decoder layer once in forward and once in backward.
     assert gathers["units"] == {
         "<root>": {"forward": 1},
-        "base_model.model.layers.0": {"forward": 1, "backward": 1},
-        "base_model.model.layers.1": {"forward": 1, "backward": 1},
+        "base_model.model.model.layers.0": {"forward": 1, "backward": 1},
+        "base_model.model.model.layers.1": {"forward": 1, "backward": 1},
     }
     neat = gathers["neat_params"]
     assert len([k for k in neat if k.endswith("base_layer.weight")]) == 10 and len(neat) == 50  # W0 + A, B, enc, dec
