@@ -17,7 +17,8 @@ import weakref
 import pytest
 import torch
 from conftest import lm_dataset, tiny_llama
-from test_layer import _ALIASING_OPS, dense_reference
+from test_layer import dense_reference
+from testing_common import ALIASING_OPS
 from torch import nn
 
 from neat_hf import (
@@ -205,7 +206,7 @@ class _DenseTracker:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                if func.overloadpacket.__name__ not in _ALIASING_OPS:
+                if func.overloadpacket.__name__ not in ALIASING_OPS:
                     for t in out if isinstance(out, (tuple, list)) else [out]:
                         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() >= tracker.min_numel:
                             key = id(t)

@@ -133,7 +133,7 @@ def assert_logits_differ(a: torch.Tensor, b: torch.Tensor) -> None:
     assert (a - b).abs().max() > 1e-3, "the adapter has no effect, so this comparison would pass trivially"
 
 
-_ALIASING_OPS = {"t", "transpose", "view", "_unsafe_view", "expand", "detach", "alias", "permute", "as_strided"}
+ALIASING_OPS = {"t", "transpose", "view", "_unsafe_view", "expand", "detach", "alias", "permute", "as_strided"}
 
 
 def dense_tensors_created(threshold: int, forward: Callable[[], Any]) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
@@ -146,7 +146,7 @@ def dense_tensors_created(threshold: int, forward: Callable[[], Any]) -> list[tu
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func.overloadpacket.__name__ not in _ALIASING_OPS:
+            if func.overloadpacket.__name__ not in ALIASING_OPS:
                 for t in out if isinstance(out, (tuple, list)) else [out]:
                     if isinstance(t, torch.Tensor) and t.numel() >= threshold:
                         created.append((func.overloadpacket.__name__, tuple(t.shape), t.dtype))
