@@ -87,13 +87,13 @@ def _tiny_llama() -> Any:
     return LlamaForCausalLM(config)
 
 
-def _run_loader(loader: str, base: str, adapter: str, out: str) -> None:
-    from neat_hf import NeatConfig, NeatModel, get_neat_model
+def _run_loader(loader: str, base: str, adapter: str, out: str, model: Any) -> None:
+    from neat_hf import NeatModel
 
     if loader == "from_pretrained":
-        NeatModel.from_pretrained(_tiny_llama(), adapter)
+        NeatModel.from_pretrained(model, adapter)
     elif loader == "load_adapter":
-        get_neat_model(_tiny_llama(), NeatConfig(r=2, target_modules=TARGETS)).load_adapter(adapter, "other")
+        model.load_adapter(adapter, "other")
     elif loader == "merge":
         from neat_hf.hub.merge import export_merged
 
@@ -107,13 +107,17 @@ def _run_loader(loader: str, base: str, adapter: str, out: str) -> None:
 def worker(spec: dict[str, Any], result_file: str) -> None:
     """One (adapter, loader) run in this fresh process: wall time, peak RSS, the error line (if refused)."""
     torch.set_num_threads(1)
-    import neat_hf.hub.export  # noqa: F401  (imports are not part of the refusal being timed)
+    import neat_hf.hub.export  # noqa: F401  (imports and the in-memory base are not part of the refusal timed)
     import neat_hf.hub.merge  # noqa: F401
+    from neat_hf import NeatConfig, get_neat_model
 
+    model = _tiny_llama()
+    if spec["loader"] == "load_adapter":
+        model = get_neat_model(model, NeatConfig(r=2, target_modules=TARGETS))
     start = time.perf_counter()
     error = None
     try:
-        _run_loader(spec["loader"], spec["base"], spec["adapter"], spec["out"])
+        _run_loader(spec["loader"], spec["base"], spec["adapter"], spec["out"], model)
     except Exception as err:  # the refusal being measured
         error = f"{type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
