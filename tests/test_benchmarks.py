@@ -59,10 +59,11 @@ def test_bench_train_tiny(tmp_path):
                "--output-dir", str(tmp_path))
     report = load_outputs(tmp_path, "train_tiny_cpu_fp32")
     summary = report["summary"]
-    assert set(summary) == {"floor", "lora", "peanut", "neat"}
+    assert set(summary) == {"floor", "lora", "peanut", "peanut_patched", "neat"}
     assert summary["floor"]["trainable_params"] == 0
     # NEAT and PEANuT train the same parameters (A: r×out, B: out×r per target); LoRA's A is r×in.
     assert summary["neat"]["trainable_params"] == summary["peanut"]["trainable_params"] > 0
+    assert summary["peanut_patched"]["trainable_params"] == summary["neat"]["trainable_params"]
     assert summary["lora"]["trainable_params"] > 0
     for method, s in summary.items():
         assert s["step_s_median"] > 0 and s["tokens_per_s"] > 0 and s["peak_memory_bytes"] > 0, method
@@ -71,7 +72,8 @@ def test_bench_train_tiny(tmp_path):
     first = [s["first_loss"] for s in summary.values()]
     assert max(first) - min(first) < 1e-4, first
     assert set(report["comparison"]["target_checks"]) == {
-        "neat_time_le_1.00x_lora", "neat_cpu_time_le_1.00x_lora", "neat_memory_le_1.02x_lora"}
+        "neat_time_le_1.00x_lora", "neat_cpu_time_le_1.00x_lora", "neat_memory_le_1.02x_lora",
+        "peanut_patched_cpu_time_le_1.05x_lora"}
     assert all(len(r[0]["step_cpu_times_s"]) == 2 for r in report["runs"].values())
 
 
@@ -108,8 +110,8 @@ def test_bench_train_bf16_base_fp32_adapters(tmp_path):
     ("preset", "expected"),
     [
         # ../shared/ANCHORS.md: 16.9 M (LoRA) and 14.4 M (PEANuT, factored NEAT) at 1.1B; 56.1 M for all at 7B.
-        ("1b", {"lora": 16_941_056, "peanut": 14_417_920, "neat": 14_417_920, "floor": 0}),
-        ("7b", {"lora": 56_098_816, "peanut": 56_098_816, "neat": 56_098_816, "floor": 0}),
+        ("1b", {"lora": 16_941_056, "peanut": 14_417_920, "peanut_patched": 14_417_920, "neat": 14_417_920, "floor": 0}),
+        ("7b", {"lora": 56_098_816, "peanut": 56_098_816, "peanut_patched": 56_098_816, "neat": 56_098_816, "floor": 0}),
     ],
 )
 def test_bench_train_gpu_presets_dry_run_match_anchor_shapes(tmp_path, preset, expected):
@@ -117,7 +119,7 @@ def test_bench_train_gpu_presets_dry_run_match_anchor_shapes(tmp_path, preset, e
     run_script("bench_train.py", "--preset", preset, "--dtype", "bf16", "--dry-run", "--output-dir", str(tmp_path))
     report = json.loads((tmp_path / f"dryrun_{preset}_bf16.json").read_text(encoding="utf-8"))
     assert {m: c["trainable_params"] for m, c in report["params"].items()} == expected
-    for method in ("lora", "peanut", "neat"):
+    for method in ("lora", "peanut", "peanut_patched", "neat"):
         assert report["params"][method]["trainable_dtypes"] == ["float32"]
 
 

@@ -302,3 +302,34 @@ def test_trl_grpo_trains_neat_without_vllm(tmp_path):
     trainer.save_model(str(tmp_path / "out"))
     assert set(os.listdir(tmp_path / "out")) >= {"adapter_model.safetensors", "adapter_config.json"}
     _check_saved_adapter_loads_everywhere(tmp_path / "out", trainer.model, tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dpo", "grpo"])
+def test_trl_dpo_and_grpo_checkpoint_the_adapter_only_and_resume_exactly(tmp_path, kind):
+    from datasets import Dataset
+
+    tokenizer = _tokenizer()
+
+    def reward_length(completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def trainer(output_dir):
+        model = get_neat_model(_tokenizer_base(tokenizer), NeatConfig(r=4, init_weights=False))
+        if kind == "dpo":
+            data = Dataset.from_dict({"prompt": [PROMPT] * 8, "chosen": [" 5"] * 8, "rejected": [" 7"] * 8})
+            return trl.DPOTrainer(model=model, args=_trl_args(trl.DPOConfig, output_dir, max_length=16),
+                                  train_dataset=data, processing_class=tokenizer)
+        args = _trl_args(trl.GRPOConfig, output_dir, num_generations=2, max_completion_length=4)
+        return trl.GRPOTrainer(model=model, reward_funcs=reward_length, args=args,
+                               train_dataset=Dataset.from_dict({"prompt": [PROMPT] * 8}), processing_class=tokenizer)
+
+    trainer(tmp_path / "full").train()
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert "adapter_model.safetensors" in os.listdir(checkpoint)
+    assert not set(os.listdir(checkpoint)) & {"model.safetensors", "pytorch_model.bin"}
+    trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(checkpoint))
+    final, again = _adapter(tmp_path / "full" / "checkpoint-4"), _adapter(tmp_path / "resumed" / "checkpoint-4")
+    assert final.keys() == again.keys()
+    for key, tensor in final.items():
+        assert torch.equal(again[key], tensor), key
