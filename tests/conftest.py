@@ -27,6 +27,33 @@ except ImportError:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+#: What torch.distributed / DeepSpeed put in the environment when a process group is started in the test process.
+_PROCESS_GROUP_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "CROSS_RANK",
+                      "CROSS_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_outlives_its_test():
+    """A test that builds DeepSpeed arguments in-process starts a one-rank gloo group (deepspeed.init_distributed)
+    and sets MASTER_PORT: later Trainers would then wrap models in DDP, and subprocesses would inherit a port in use.
+    End the group and restore the environment after each test."""
+    import torch.distributed as dist
+
+    before = {name: os.environ.get(name) for name in _PROCESS_GROUP_ENV}
+    had_group = dist.is_available() and dist.is_initialized()
+    yield
+    if not had_group and dist.is_available() and dist.is_initialized():
+        from accelerate.state import AcceleratorState
+
+        dist.destroy_process_group()
+        AcceleratorState._reset_state(reset_partial_state=True)  # accelerate's singletons remember the group
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _restore_neat_hf_log_level():
     """`neat-train`'s `cli()` sets the `neat_hf` logger to INFO for its progress lines; in-process CLI tests must not

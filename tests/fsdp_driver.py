@@ -46,6 +46,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--count_gathers", action="store_true")
     parser.add_argument("--merge_check", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--save_total_limit", type=int, default=None)  # read by ds_driver.build_args
     ns = parser.parse_args(argv)
     ns.deepspeed, ns.activation_checkpointing = None, False
     return ns

@@ -157,7 +157,7 @@ class NeatHubMixin:
         # The reporting callbacks have seen these logs, so their runs are live now; Trackio's ends before the final
         # card is written, so its address is taken here. The first run seen is the training's: an evaluation after
         # `train()` makes the Trackio callback start another run.
-        runs = live_tracker_runs()
+        runs = live_tracker_runs(getattr(self.args, "report_to", None))
         if runs:
             self._neat_tracker_runs = {**runs, **getattr(self, "_neat_tracker_runs", {})}
 

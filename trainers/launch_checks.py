@@ -100,7 +100,8 @@ def finished_run_message(training_args: Any) -> str | None:
         complete = [f for f in checkpoints.checkpoint_folders(training_args.output_dir) if checkpoints.is_complete(f)]
         folder = complete[-1] if complete else None
     else:
-        folder = value
+        # An interrupted checkpoint is not a finished run: the resume refuses it (neat_hf.trainers.checkpoints).
+        folder = value if os.path.isdir(value) and checkpoints.is_complete(value) else None
     state_file = os.path.join(folder, "trainer_state.json") if folder else None
     if not state_file or not os.path.isfile(state_file):
         return None

@@ -90,15 +90,21 @@ def trackio_run_url(project: str, run: str | None, space_id: str | None = None) 
     return f"{TRACKIO_LOCAL_DASHBOARD}?{query}"
 
 
-def live_tracker_runs() -> dict[str, Any]:
+def live_tracker_runs(report_to: Sequence[str] | str | None = None) -> dict[str, Any]:
     """The tracker runs live in this process: `{"trackio": (project, run name, Space id or None), "wandb_url": ...,
-    "comet_url": ...}` (absent keys: no such run).
+    "comet_url": ...}` (absent keys: no such run), for the trackers in `report_to` only (a run another trainer of
+    the same process left open is not this one's; None asks every tracker).
 
     Only trackers already imported are asked (the Trainer's reporting callbacks import them), so this costs nothing
     when none is used.
     """
     runs: dict[str, Any] = {}
-    if "trackio" in sys.modules:
+    asked = None if report_to is None else {report_to} if isinstance(report_to, str) else set(report_to)
+
+    def reported(tracker: str) -> bool:
+        return asked is None or tracker in asked or "all" in asked
+
+    if "trackio" in sys.modules and reported("trackio"):
         from trackio import context_vars
 
         run = context_vars.current_run.get()
@@ -106,10 +112,10 @@ def live_tracker_runs() -> dict[str, Any]:
             # `_space_id` is how TRL reads a run's Space too (trl.trainer.utils.get_trackio_space_url).
             runs["trackio"] = (run.project, run.name, getattr(run, "_space_id", None))
     wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
+    if wandb is not None and getattr(wandb, "run", None) is not None and reported("wandb"):
         runs["wandb_url"] = wandb.run.url
     comet_ml = sys.modules.get("comet_ml")
-    if comet_ml is not None and hasattr(comet_ml, "get_running_experiment"):
+    if comet_ml is not None and hasattr(comet_ml, "get_running_experiment") and reported("comet_ml"):
         experiment = comet_ml.get_running_experiment()
         if experiment is not None:
             runs["comet_url"] = experiment.url
