@@ -2,7 +2,7 @@
 """FSDP2 against DeepSpeed ZeRO-3 for NEAT (and PEFT LoRA): step time, memory and all-gathers per step, 2 CPU ranks.
 
 Both engines shard the frozen base weights and the adapter across ranks and gather them for use. Under FSDP2
-(`neat_hf.fsdp.fully_shard_neat_model`, what `NeatTrainer` applies) each decoder layer is one FSDP unit holding its
+(`neat_hf.parallel.fsdp.fully_shard_neat_model`, what `NeatTrainer` applies) each decoder layer is one FSDP unit holding its
 NEAT layers with their W0, so a unit is all-gathered in one collective when its forward starts and again for its
 backward (the root unit once per step); under ZeRO-3 (`deepspeed_configs/zero3.json` as `bench_zero3.py` fills it,
 `shipped`) DeepSpeed gathers per module with its prefetch and persistence rules, W0 registered as an external
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from neat_hf.layer import register_zero3_parameters
+from neat_hf.parallel.zero3 import register_zero3_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -116,7 +116,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any] | None:
     rank, world = dist.get_rank(), dist.get_world_size()
     model = apply_method(build_llama(preset, "cpu", torch.float32, spec["seed"]), method, preset, spec["seed"])
     if engine_name == "fsdp2":
-        from neat_hf.fsdp import fully_shard_neat_model
+        from neat_hf.parallel.fsdp import fully_shard_neat_model
 
         fully_shard_neat_model(model)  # one unit per LlamaDecoderLayer + the root (PEFT LoRA models too)
         params = [p for p in model.parameters() if p.requires_grad]

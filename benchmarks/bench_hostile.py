@@ -95,11 +95,11 @@ def _run_loader(loader: str, base: str, adapter: str, out: str, model: Any) -> N
     elif loader == "load_adapter":
         model.load_adapter(adapter, "other")
     elif loader == "merge":
-        from neat_hf.hub.merge import export_merged
+        from neat_hf.export.merged import export_merged
 
         export_merged(base, adapter, out)
     else:
-        from neat_hf.hub.export import export_lora
+        from neat_hf.export.saved_adapter import export_lora
 
         export_lora(base, adapter, out)
 
@@ -107,8 +107,8 @@ def _run_loader(loader: str, base: str, adapter: str, out: str, model: Any) -> N
 def worker(spec: dict[str, Any], result_file: str) -> None:
     """One (adapter, loader) run in this fresh process: wall time, peak RSS, the error line (if refused)."""
     torch.set_num_threads(1)
-    import neat_hf.hub.export  # noqa: F401  (imports and the in-memory base are not part of the refusal timed)
-    import neat_hf.hub.merge  # noqa: F401
+    import neat_hf.export.saved_adapter  # noqa: F401  (imports and the in-memory base are not part of the refusal timed)
+    import neat_hf.export.merged  # noqa: F401
     from neat_hf import NeatConfig, get_neat_model
 
     model = _tiny_llama()

@@ -3,7 +3,7 @@
 
 NEAT reads the frozen base weight W0 twice per layer (in the base matmul W0·x and in H = relu(W0ᵀAᵀ)); under ZeRO-3
 W0 is partitioned across ranks and must be all-gathered before each use. neat-hf registers W0 (and the adapter
-weights) as external parameters of the NEAT layer (`neat_hf.layer.register_zero3_parameters`, which
+weights) as external parameters of the NEAT layer (`neat_hf.parallel.zero3.register_zero3_parameters`, which
 `NeatTrainer` calls once DeepSpeed has partitioned the model), so DeepSpeed should gather W0 once per layer per forward,
 as it does for LoRA, whose adapter never touches W0. The loop here is a bare DeepSpeed engine (no Trainer), so the step
 times hold only the model, the gathers and the optimizer. This script measures that:
@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from neat_hf.layer import register_zero3_parameters
+from neat_hf.parallel.zero3 import register_zero3_parameters
 from neat_hf.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -17,13 +17,13 @@ Methods (`--methods`; defined as data in `sweeps/quality_experiments.yaml`, with
 
 For each run the dev metric is evaluated after every epoch; the report gives the *final* (last epoch) and the *best*
 (best epoch) metric, as mean ± std over seeds, at the learning rate that maximizes the mean final metric (the
-all-runs JSON keeps every run). Metrics: accuracy; Matthews correlation for CoLA (`neat_hf.trainers.metrics`:
+all-runs JSON keeps every run). Metrics: accuracy; Matthews correlation for CoLA (`neat_hf.cli.train.metrics`:
 `evaluate`'s when its metric scripts load, which needs the network, else the same formula in numpy).
 
 Data: the built-in tasks read `<data-dir>/SST2/{train,dev}.tsv` (`label<TAB>sentence`) and
 `<data-dir>/CoLA/{train,dev}.tsv` (`sentence<TAB>label`); `--data-dir` defaults to the repository's `../shared/data`.
 Any other data: `--train-file/--dev-file` (tsv/csv/json/jsonl) with `--text-column/--label-column`, or a Hub
-dataset with `--hf-dataset glue --hf-config sst2`. Files and Hub datasets are read by `neat_hf.trainers.data`, as
+dataset with `--hf-dataset glue --hf-config sst2`. Files and Hub datasets are read by `neat_hf.cli.train.data`, as
 `neat-train` reads them.
 
 The sweeps behind the README's numbers are data too: `sweeps/{cpu_seeds,cpu_sweep,gpu}.yaml` list their runs, and
@@ -77,9 +77,9 @@ from transformers.utils import logging as hf_logging
 
 from neat_hf.errors import NeatError
 from neat_hf.trainers import NeatTrainer
-from neat_hf.trainers.data import load_raw_datasets
-from neat_hf.trainers.metrics import compute_metric, logits_to_predictions, metric_backend
-from neat_hf.trainers.script_args import DataArguments
+from neat_hf.cli.train.data import load_raw_datasets
+from neat_hf.cli.train.metrics import compute_metric, logits_to_predictions, metric_backend
+from neat_hf.cli.train.script_args import DataArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -109,12 +109,12 @@ logger = logging.getLogger("neat_hf.benchmarks.quality")
 
 #: Built-in tasks (`--tasks`): data folder, tsv columns and metric, from `sweeps/quality_experiments.yaml`.
 BUILTIN_TASKS: dict[str, dict[str, Any]] = EXPERIMENTS["tasks"]
-#: `--metric` choices: the classification metrics of `neat_hf.trainers.metrics`.
+#: `--metric` choices: the classification metrics of `neat_hf.cli.train.metrics`.
 METRIC_CHOICES = ("accuracy", "matthews_correlation", "f1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data (read by neat_hf.trainers.data, as `neat-train --train_file/--validation_file/--column_names` does)
+# Data (read by neat_hf.cli.train.data, as `neat-train --train_file/--validation_file/--column_names` does)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -160,7 +160,7 @@ def _header_less_names(path: Path) -> str:
 def read_splits(train: Path, dev: Path | None, text_col: int | str, label_col: int | str,
                 pair_col: int | str | None = None, header: bool | None = None) -> list[dict[str, list[Any]]]:
     """Read a train (and dev) file — tsv/csv (header optional; integer columns index a header-less file), json or
-    jsonl — through `neat_hf.trainers.data.load_raw_datasets`.
+    jsonl — through `neat_hf.cli.train.data.load_raw_datasets`.
 
     Returns:
         `[train, dev]` (or `[train]`), each `{"text": [...], "label": [...]}` (plus `"text_pair"`), labels as ints.
@@ -222,7 +222,7 @@ def subsample(data: dict[str, list[Any]], n: int | None, seed: int) -> dict[str,
 
 
 class MetricFn:
-    """`compute_metrics` for the Trainer: metric `name` of the argmax predictions (`neat_hf.trainers.metrics`:
+    """`compute_metrics` for the Trainer: metric `name` of the argmax predictions (`neat_hf.cli.train.metrics`:
     `evaluate`'s when it loads, which needs the network, else the same formula in numpy)."""
 
     def __init__(self, name: str, try_evaluate: bool = True) -> None:

@@ -13,22 +13,19 @@ is first used.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from neat_hf.eval_harness.api import TASKS_DIR, evaluate
 from neat_hf.lazy_imports import lazy_getattr
 
-#: Folder of the bundled lm-eval task suites.
-TASKS_DIR: Path = Path(__file__).resolve().parent / "tasks"
-
 if TYPE_CHECKING:
-    from .api import evaluate
-    from .model import NeatLM
+    from neat_hf.eval_harness.model import NeatLM
 
 __all__ = ["TASKS_DIR", "NeatLM", "evaluate"]
 
-_LAZY = {"NeatLM": "model", "evaluate": "api"}
+_LAZY = {"NeatLM": "model"}
 
 
-# Importing lm-eval costs seconds and is optional: load it the first time NeatLM or evaluate is asked for.
+# Importing lm-eval costs seconds and is optional: load it the first time NeatLM is asked for (`evaluate` imports it
+# when called).
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())

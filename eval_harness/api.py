@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neat_hf.errors import NeatError
-
-from . import TASKS_DIR
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
 
 PathLike = str | os.PathLike
+
+#: Folder of the bundled lm-eval task suites.
+TASKS_DIR: Path = Path(__file__).resolve().parent / "tasks"
 
 
 def task_include_paths(include_path: PathLike | Sequence[PathLike] | None = None) -> list[str]:
@@ -95,7 +97,7 @@ def evaluate(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from . import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
+    from neat_hf.eval_harness import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
 
     if task_manager is None:
         # simple_evaluate hands the model arguments to the tasks as metadata when it builds the manager itself.

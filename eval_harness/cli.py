@@ -8,7 +8,7 @@ is always on the include path, in front of any `--include_path` you pass (yours 
 `token=` in `--model_args` is passed to the Hub as `HF_TOKEN` instead of being logged and saved with the results.
 
 One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
-(`README.md`, `model-index` entries) through `neat_hf.card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
+(`README.md`, `model-index` entries) through `neat_hf.cards.adapter_card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
 does. It needs `--output_path` (the results file is read back from there); without a value it uses the local
 `adapter=` (or `peft=`) folder of `--model_args`.
 
@@ -33,12 +33,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from neat_hf.card import write_model_card
-from neat_hf.cli_hints import option_strings, unknown_option_hints, unrecognized_options
+from neat_hf.cards.adapter_card import write_model_card
+from neat_hf.cli.hints import option_strings, unknown_option_hints, unrecognized_options
 from neat_hf.errors import NeatError
 
-from .api import TASKS_DIR, task_include_paths
-from .results import eval_results_from_lm_eval
+from neat_hf.eval_harness.api import TASKS_DIR, task_include_paths
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"neat-lm-eval needs lm-eval >= 0.4.10 ({err}). From a clone: pip install -e '.[eval]'"
         ) from err
 
-    from . import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
+    from neat_hf.eval_harness import model as _register_neat  # noqa: F401  (lazy: registers `--model neat`; imports lm-eval, optional and heavy)
 
     update_card, lm_eval_argv = _pop_update_card(sys.argv[1:] if argv is None else argv)
     if not lm_eval_argv or any(a in ("-h", "--help") for a in lm_eval_argv):

@@ -2,7 +2,7 @@
 
 `neat-lm-eval --output_path` (and plain `lm_eval`) write `results_<date>.json`; [`eval_results_from_lm_eval`] turns it
 (or the dict `simple_evaluate` returns) into one `EvalResult` per task, metric and filter, which
-`neat_hf.card.write_model_card` (and `neat-hub card --eval-results`) put into the card. Reading the JSON needs no
+`neat_hf.cards.adapter_card.write_model_card` (and `neat-hub card --eval-results`) put into the card. Reading the JSON needs no
 lm-eval install.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult
 
-from neat_hf.card import LM_EVAL_URL
+from neat_hf.cards.adapter_card import LM_EVAL_URL
 from neat_hf.errors import NeatError
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """`neat-hub merge --push-to-hub`: push a merged-model folder in one commit, without pickle-based files.
 
 Adapter folders (`neat-hub push`, `NeatModel.push_to_hub`) are pushed by the core's single Hub path,
-`neat_hf.hub_commit.push_adapter_folder`; a merged model goes through the same staging checks and commit
-(`neat_hf.hub_commit.push_staged`), with pickle-based files left out.
+`neat_hf.hub.commit.push_adapter_folder`; a merged model goes through the same staging checks and commit
+(`neat_hf.hub.commit.push_staged`), with pickle-based files left out.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import CommitInfo
 
 from neat_hf.errors import NeatError
-from neat_hf.hub_commit import PICKLE_SUFFIXES, check_repo_id, push_staged
+from neat_hf.hub.commit import PICKLE_SUFFIXES, check_repo_id, push_staged
 
 
 def push_folder(
@@ -28,7 +28,7 @@ def push_folder(
         repo_id (`str`): target repo, created if missing.
         commit_message (`str`, *optional*, defaults to `"Upload model"`)
         options: `private`, `token`, `revision`, `commit_description`, `create_pr`, as in
-            `neat_hf.hub_commit.push_adapter_folder`.
+            `neat_hf.hub.commit.push_adapter_folder`.
     """
     check_repo_id(repo_id)
     source = Path(folder)

@@ -5,15 +5,15 @@ Public API, mirroring PEFT: [`NeatConfig`], [`get_neat_model`], [`NeatModel`] (a
 Adapter files are PEFT's PEANUT format.
 """
 
-from .third_party_noise import quiet_known_import_noise
+from neat_hf.third_party_noise import quiet_known_import_noise
 
 quiet_known_import_noise()  # before anything imports peft (and with it bitsandbytes)
 
 from typing import TYPE_CHECKING
 
-from .constants import LIBRARY_VERSION
-from .lazy_imports import lazy_getattr
-from .errors import (
+from neat_hf.constants import LIBRARY_VERSION
+from neat_hf.lazy_imports import lazy_getattr
+from neat_hf.errors import (
     AdapterLoadError,
     AdapterMismatchError,
     MissingDependencyError,
@@ -24,12 +24,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .config import NeatConfig
-    from .layer import NeatLayer
-    from .model import NeatModel, get_neat_model
-    from .peft_patch import apply_neat_to_peft, revert_neat_to_peft
-    from .quantization import prepare_model_for_kbit_training
-    from .tuner import NeatTuner
+    from neat_hf.config import NeatConfig
+    from neat_hf.layer import NeatLayer
+    from neat_hf.model import NeatModel, get_neat_model
+    from neat_hf.peft_patch import apply_neat_to_peft, revert_neat_to_peft
+    from neat_hf.quantization import prepare_model_for_kbit_training
+    from neat_hf.tuner import NeatTuner
 
 __version__ = LIBRARY_VERSION
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from transformers.activations import ACT2FN
 
-from .errors import NeatError
+from neat_hf.errors import NeatError
 
 #: Activations that neat-hf provides beyond transformers' ACT2FN.
 EXTRA_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

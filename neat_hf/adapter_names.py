@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .errors import NeatError
+from neat_hf.errors import NeatError
 
 #: Name standing for "no adapter" in `adapter_names` (PEFT's); reserved, so no adapter can be called that.
 BASE_ADAPTER = "__base__"

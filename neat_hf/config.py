@@ -22,12 +22,13 @@ from peft import PeanutConfig
 from peft.config import PeftConfigMixin
 from peft.utils import PeftType
 
-from .activations import available_activations, is_peft_compatible_activation
-from .constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
-from .errors import AdapterLoadError, NeatError
-from .io import atomic_write_text, fetch_companion_file, read_json_file, resolve_adapter_file
-from .peft_patch import apply_neat_to_peft
-from .training_info import current_training_info, load_training_info, save_training_info
+from neat_hf.activations import available_activations, is_peft_compatible_activation
+from neat_hf.constants import ADAPTER_CONFIG_NAME, PEFT_TYPE, TASK_TYPES, TRAINING_INFO_NAME
+from neat_hf.errors import AdapterLoadError, NeatError
+from neat_hf.io import atomic_write_text, read_json_file
+from neat_hf.hub.download import fetch_companion_file, resolve_adapter_file
+from neat_hf.peft_patch import apply_neat_to_peft
+from neat_hf.training_info import current_training_info, load_training_info, save_training_info
 
 logger = logging.getLogger(__name__)
 

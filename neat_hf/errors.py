@@ -69,7 +69,7 @@ class FsdpConfigError(TrainerSetupError):
     a quantized base); the message names the supported setting."""
 
 
-# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub_commit / neat_hf.hub, neat_hf.eval_harness,
+# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub.commit / neat_hf.hub, neat_hf.eval_harness,
 # neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
 
 
@@ -85,7 +85,7 @@ class DeepSpeedConfigError(NeatError):
     """A DeepSpeed config is missing, is not valid JSON, or holds a value DeepSpeed would reject."""
 
 
-# --- Serving (neat_hf.lora_export, neat_hf.serving) ------------------------------------------------------------------
+# --- Serving (neat_hf.export.lora, neat_hf.export.serving) ------------------------------------------------------------------
 
 
 class ServingLimitError(NeatError):

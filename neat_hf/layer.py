@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -33,13 +34,14 @@ from peft.tuners.peanut import PeanutLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .activations import get_activation
-from .config import NeatConfig
-from .distributed import gathered, is_zero3_partitioned, register_external_weight
-from .dtensor import all_ranks_true, is_dtensor, local_merge_delta, local_rows
-from .errors import NeatError, UnsupportedModuleError, UnsupportedQuantizationError
-from .mixed_batch import neat_mixed_forward
-from .quantization import (
+from neat_hf.activations import get_activation
+from neat_hf.adapter_names import BASE_ADAPTER
+from neat_hf.config import NeatConfig
+from neat_hf.parallel.zero3 import gathered, is_zero3_partitioned, register_external_weight
+from neat_hf.parallel.dtensor import all_ranks_true, is_dtensor, local_merge_delta, local_rows
+from neat_hf.errors import NeatError, UnsupportedModuleError, UnsupportedQuantizationError
+from neat_hf.mixed_batch import row_groups
+from neat_hf.quantization import (
     a_times_w0,
     base_and_a_times_w0,
     can_fuse_base_forward,
@@ -259,7 +261,7 @@ class NeatLayer(nn.Module, PeanutLayer):
     ) -> torch.Tensor:
         """s·Hᵀ from the projection A·W0 (r×in, or r×some input columns): σ, the r×r layers with residuals, scaling.
 
-        `encoders`/`decoders` replace the layers' weights (FSDP2 merging passes gathered copies, `neat_hf.dtensor.local_merge_delta`).
+        `encoders`/`decoders` replace the layers' weights (FSDP2 merging passes gathered copies, `neat_hf.parallel.dtensor.local_merge_delta`).
         """
         act = self._activations[adapter_name]
         if encoders is None:
@@ -279,7 +281,7 @@ class NeatLayer(nn.Module, PeanutLayer):
         """ΔW (out×in, adapter dtype), computed from the *original* W0 even while merged. Built densely: for merging
         and inspection only, never in forward."""
         # Under ZeRO-3, W0 and the adapter weights are placeholders here: gather them (no-op otherwise, or if gathered).
-        with gathered(layer_external_parameters(self)):
+        with gathered(self.zero3_external_parameters()):
             base = self._weight_before_merge if self._weight_before_merge is not None else self.base_weight()
             if self.fan_in_fan_out and self._weight_before_merge is not None:
                 base = base.t()
@@ -317,7 +319,7 @@ class NeatLayer(nn.Module, PeanutLayer):
 
     def forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str] | None = None, **kwargs: Any) -> torch.Tensor:
         if adapter_names is not None:  # one adapter per row (NeatModel(..., adapter_names=[...])), see mixed_batch.py
-            return neat_mixed_forward(self, x, adapter_names, *args, **kwargs)
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         name = self.active_adapter
         active = not (self.disable_adapters or self.merged or name not in self.peanut_A)
         a_w0 = None
@@ -343,6 +345,26 @@ class NeatLayer(nn.Module, PeanutLayer):
             # step (benchmarks/README.md, "Performance"); the values are bit-identical to `result + delta`.
             return result.add_(delta)
         return result + delta
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: Sequence[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """The forward with one adapter per row of `x` (PEFT's `_mixed_batch_forward`, factored: one pair of thin
+        matmuls per adapter present, added to its rows only; `"__base__"` rows get none)."""
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return result
+        if x.shape[0] != len(adapter_names):
+            raise NeatError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} rows.")
+        in_place = not torch.is_grad_enabled() or self._can_add_in_place(result)
+        for name, rows in row_groups(adapter_names, x.device).items():
+            if name == BASE_ADAPTER or name not in self.peanut_A:
+                continue
+            h_t = (self._cached_hidden_t(name) if not torch.is_grad_enabled() else self.hidden_t(name)).to(x.dtype)
+            sub = self.peanut_dropout[name](x.index_select(0, rows))
+            delta = F.linear(F.linear(sub, h_t), self.peanut_B[name].weight.to(x.dtype)).to(result.dtype)
+            result = result.index_add_(0, rows, delta) if in_place else result.index_add(0, rows, delta)
+        return result
 
     def _can_add_in_place(self, result: torch.Tensor) -> bool:
         """Whether the base layer's output is ours to modify: a plain `nn.Linear` (its backward needs its inputs, not
@@ -392,7 +414,7 @@ class NeatLayer(nn.Module, PeanutLayer):
             local.add_(delta)
             self.merged_adapters.append(name)
             return
-        with gathered(layer_adapter_parameters(self)), gathered([weight], modifier_rank=0):
+        with gathered(self.adapter_parameters()), gathered([weight], modifier_rank=0):
             delta = self.delta_weight(name)
             delta = (delta.t() if self.fan_in_fan_out else delta).to(device=weight.device, dtype=weight.dtype)
             if safe_merge and not torch.isfinite(weight.data + delta).all():
@@ -447,33 +469,12 @@ class NeatLayer(nn.Module, PeanutLayer):
     def __repr__(self) -> str:
         return "neat." + super().__repr__()
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """Every adapter weight of this layer (A, B, encoders, decoders of all adapters)."""
+        return [p for attr in self.adapter_layer_names for p in getattr(self, attr).parameters()]
 
-# ---------------------------------------------------------------------------------------------------- ZeRO-3
-def layer_external_parameters(layer: NeatLayer) -> list[nn.Parameter]:
-    """The parameters a NEAT layer reads in its own forward without calling their module: W0 and every adapter
-    weight (all adapters, so switching the active adapter needs no new registration)."""
-    return [layer.base_layer.weight, *layer_adapter_parameters(layer)]
-
-
-def layer_adapter_parameters(layer: NeatLayer) -> list[nn.Parameter]:
-    """Every adapter weight of a NEAT layer (A, B, encoders, decoders of all adapters)."""
-    return [p for attr in NeatLayer.adapter_layer_names for p in getattr(layer, attr).parameters()]
-
-
-def register_zero3_parameters(model: nn.Module) -> int:
-    """Register, for every NEAT layer of `model`, W0 and the adapter weights as external parameters of that layer
-    (see `neat_hf.distributed` for why).
-
-    Call it once DeepSpeed has partitioned the model (after `deepspeed.initialize`, or after `zero.Init` plus
-    adapter injection); [`NeatTrainer`] does. Idempotent. Returns the number of NEAT layers registered (0 when the
-    model is not partitioned by ZeRO-3).
-    """
-    count = 0
-    for module in model.modules():
-        if not isinstance(module, NeatLayer):
-            continue
-        params = [p for p in layer_external_parameters(module) if is_zero3_partitioned(p)]
-        for param in params:
-            register_external_weight(module, param)
-        count += bool(params)
-    return count
+    def zero3_external_parameters(self) -> list[nn.Parameter]:
+        """The parameters this layer reads in its own forward without calling their module: W0 and every adapter
+        weight (all adapters, so switching the active adapter needs no new registration); DeepSpeed ZeRO-3 must
+        gather them for this layer (`neat_hf.parallel.zero3.register_zero3_parameters`)."""
+        return [self.base_layer.weight, *self.adapter_parameters()]

@@ -3,7 +3,7 @@
 Follows PEFT's design (`peft/tuners/tuners_utils.py::BaseTuner._enable_peft_forward_hooks` and
 `peft/tuners/lora/layer.py::LoraLayer._mixed_batch_forward`): for the duration of one `forward`/`generate` call,
 forward pre-hooks inject `adapter_names` into every NEAT layer and every `modules_to_save` wrapper (PEFT's, which
-picks each row's trained copy itself); each layer runs
+picks each row's trained copy itself); each layer (`NeatLayer._mixed_batch_forward`) runs
 the frozen base once on the whole batch, then adds each adapter's factored output (x·s·Hᵀ)·Bᵀ to its own rows only,
 grouping the rows per adapter (one pair of thin matmuls per adapter present, never a dense ΔW). `"__base__"` marks a
 row that gets no adapter. Like PEFT, it is refused in training mode and while an adapter is merged.
@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .adapter_names import BASE_ADAPTER
-from .errors import NeatError
+from neat_hf.adapter_names import BASE_ADAPTER
+from neat_hf.errors import NeatError
 
-if TYPE_CHECKING:
-    from .layer import NeatLayer
 
 def _hooked_modules(root: nn.Module) -> list[nn.Module]:
     """The modules that take `adapter_names`: NEAT layers and `modules_to_save` wrappers (found by what they hold, so
@@ -108,21 +104,3 @@ def row_groups(adapter_names: Sequence[str], device: torch.device) -> dict[str, 
     for i, name in enumerate(adapter_names):
         groups.setdefault(name, []).append(i)
     return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
-
-
-def neat_mixed_forward(layer: NeatLayer, x: torch.Tensor, adapter_names: Sequence[str], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """A NEAT layer's forward with one adapter per row of `x` (PEFT's `_mixed_batch_forward`, factored)."""
-    result = layer.base_layer(x, *args, **kwargs)
-    if layer.disable_adapters:
-        return result
-    if x.shape[0] != len(adapter_names):
-        raise NeatError(f"adapter_names has {len(adapter_names)} entries but the batch has {x.shape[0]} rows.")
-    in_place = not torch.is_grad_enabled() or layer._can_add_in_place(result)
-    for name, rows in row_groups(adapter_names, x.device).items():
-        if name == BASE_ADAPTER or name not in layer.peanut_A:
-            continue
-        h_t = (layer._cached_hidden_t(name) if not torch.is_grad_enabled() else layer.hidden_t(name)).to(x.dtype)
-        sub = layer.peanut_dropout[name](x.index_select(0, rows))
-        delta = F.linear(F.linear(sub, h_t), layer.peanut_B[name].weight.to(x.dtype)).to(result.dtype)
-        result = result.index_add_(0, rows, delta) if in_place else result.index_add(0, rows, delta)
-    return result

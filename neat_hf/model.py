@@ -11,57 +11,58 @@ import contextlib
 import copy
 import logging
 import os
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import CommitInfo
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer, set_adapter
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter_names import check_adapter_name
-from .card import write_model_card
-from .config import NeatConfig, read_adapter_config, store_neat_only_settings
-from .constants import (
+from neat_hf.adapter_names import check_adapter_name
+from neat_hf.cards.adapter_card import write_model_card
+from neat_hf.config import NeatConfig, read_adapter_config, store_neat_only_settings
+from neat_hf.constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
     TRAINING_INFO_NAME,
 )
-from .dtensor import copy_into, full_tensor, is_dtensor
-from .errors import AdapterLoadError, AdapterMismatchError, NeatError, UnsupportedQuantizationError
-from .hub_commit import push_to_hub as push_adapter_to_hub
-from .io import (
+from neat_hf.parallel.dtensor import copy_into, full_tensor, is_dtensor
+from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError, UnsupportedQuantizationError
+from neat_hf.hub.commit import PUSH_OPTIONS, check_repo_id, push_adapter_folder
+from neat_hf.io import (
     CONFIG_SHA_KEY,
     WEIGHTS_SHA_KEY,
     atomic_save_safetensors,
     atomic_write_text,
     check_saved_together,
-    fetch_companion_file,
     folder_lock,
     read_adapter_weights,
     read_tensor_shapes,
     remove_stale_temporaries,
-    resolve_adapter_file,
     tensors_sha256,
     text_sha256,
 )
-from .layer import NeatLayer, layer_features
-from .lora_export import save_as_lora
-from .mixed_batch import adapter_names_hooks
-from .peft_patch import apply_neat_to_peft
-from .quantization import (
+from neat_hf.hub.download import fetch_companion_file, resolve_adapter_file
+from neat_hf.layer import NeatLayer, layer_features
+from neat_hf.export.lora import save_as_lora
+from neat_hf.mixed_batch import adapter_names_hooks
+from neat_hf.peft_patch import apply_neat_to_peft
+from neat_hf.quantization import (
     check_quantized_model,
     dequantize_model,
     dequantize_weight,
     requantize_layer,
 )
-from .targets import InjectionPlan, plan_injection
+from neat_hf.targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
 
@@ -420,18 +421,22 @@ class NeatModel(PeftModel):
         is_main_process: bool = True,
         safe_serialization: bool = True,
         selected_adapters: list[str] | None = None,
+        model_card: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """Write adapter_config.json and adapter_model.safetensors (PEFT PEANUT format) into `save_directory`.
 
         Adapters other than "default" go to a sub-folder of their name, as in PEFT. Files are written atomically. The
-        active adapter's folder also gets a model card (README.md, see `neat_hf.card`).
+        active adapter's folder also gets a model card (README.md, see `neat_hf.cards.adapter_card`).
 
         Args:
             state_dict (`dict`, *optional*): full state dict to take the tensors from (the Trainer passes one under
                 DeepSpeed ZeRO-3).
             is_main_process (`bool`, *optional*, defaults to `True`): only the main process writes.
             safe_serialization (`bool`, *optional*, defaults to `True`): must stay True; only safetensors is written.
+            model_card (`dict`, *optional*): what the card says beyond the saved files (`repo_id`, `training_info`,
+                `eval_results`, `tags`, ...: `neat_hf.cards.write_model_card`'s arguments). The card is written once
+                per save, here; `NeatTrainer` passes everything its run has gathered (`neat_hf.cards.CardFacts`).
         """
         if not safe_serialization:
             raise NeatError("neat-hf writes safetensors only; drop safe_serialization=False.")
@@ -462,14 +467,14 @@ class NeatModel(PeftModel):
                 # training_info.json (stamped with the weights' digest); the config last. A save killed anywhere in
                 # between leaves a folder that loading refuses (`neat_hf.io.check_saved_together`), never one that
                 # loads as a mix of two saves.
-                config = self._config_for_saving(name)
+                config = self.config_for_saving(name)
                 config_text = config.to_json_string()
                 metadata = {CONFIG_SHA_KEY: text_sha256(config_text), WEIGHTS_SHA_KEY: tensors_sha256(tensors)}
                 atomic_save_safetensors(tensors, os.path.join(directory, ADAPTER_WEIGHTS_NAME), metadata=metadata)
                 if name == self.active_adapter:
                     # Like PEFT, a saved adapter carries its model card (README.md); kept up to date on each save.
                     # The neat-only settings (dropout) go into training_info.json, which stock PEFT does not read.
-                    write_model_card(directory, model=self, config=config)
+                    write_model_card(directory, model=self, config=config, **dict(model_card or {}))
                 else:
                     store_neat_only_settings(directory, config.neat_only_settings())
                 atomic_write_text(os.path.join(directory, ADAPTER_CONFIG_NAME), config_text)
@@ -480,7 +485,9 @@ class NeatModel(PeftModel):
         keys = sorted({key for name in self.peft_config for key in self.adapter_key_map(name)})
         return {key: state[key] for key in keys}
 
-    def _config_for_saving(self, adapter_name: str) -> NeatConfig:
+    def config_for_saving(self, adapter_name: str) -> NeatConfig:
+        """The config `save_pretrained` writes for `adapter_name`: a copy in inference mode, naming the base model's
+        class when it has no task type (PEFT's `auto_mapping`)."""
         config = copy.deepcopy(self.peft_config[adapter_name])
         config.inference_mode = True
         if config.task_type is None and config.auto_mapping is None:
@@ -598,7 +605,7 @@ class NeatModel(PeftModel):
         """Write the adapter as an exact, standard PEFT LoRA adapter folder, for LoRA-only servers (vLLM, SGLang, TGI).
 
         NEAT's ΔW = s·B·Hᵀ has rank ≤ r for a fixed base, so lora_B = B, lora_A = s·Hᵀ, lora_alpha = r reproduce it
-        exactly on *this* base; see `neat_hf.lora_export.save_as_lora` for the keyword options (`server`,
+        exactly on *this* base; see `neat_hf.export.lora.save_as_lora` for the keyword options (`server`,
         `base_model`, `revision`, `exported_from`, `repo_id`).
 
         Args:
@@ -610,9 +617,42 @@ class NeatModel(PeftModel):
         """
         return save_as_lora(self, save_directory, adapter_name, dtype, **kwargs)
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
-        """Push the adapter and its model card to the Hub in one commit; see `neat_hf.hub_commit.push_to_hub`."""
-        return push_adapter_to_hub(self, repo_id, **kwargs)
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> CommitInfo:
+        """Push the adapter(s) and the model card to the Hub in one commit.
+
+        The model is saved with [`save_pretrained`] into a temporary folder, its card naming `repo_id` (written once),
+        and that folder is pushed by `neat_hf.hub.push_adapter_folder`: `adapter_config.json`,
+        `adapter_model.safetensors` (PEFT PEANUT format: stock `peft` loads it), `README.md`, `training_info.json`;
+        non-default adapters in sub-folders, as `save_pretrained` writes them. Base model weights are never uploaded.
+
+        Args:
+            repo_id (`str`): `"namespace/name"`, or `"name"` for your own namespace. Created if missing.
+            kwargs: `private`, `token`, `revision`, `commit_message`, `commit_description`, `create_pr`,
+                `delete_conflicting` (see `push_adapter_folder`); `training_info`, `eval_results` and the card's
+                `base_model`, `datasets`, `license`, `language`, `pipeline_tag`, `tags`, `model_name` (see
+                `neat_hf.cards.write_model_card`).
+
+        Returns:
+            `huggingface_hub.CommitInfo` of the commit (with `pr_url` when `create_pr=True`).
+
+        Raises:
+            HubError: the repo, revision or permissions are wrong (message names which).
+            NeatError: invalid card inputs, or the token would end up in an uploaded file or the commit message.
+
+        Example:
+
+        ```python
+        >>> model.push_to_hub("my-user/llama-neat-r8", training_info={"dataset": "yahma/alpaca-cleaned"})
+        ```
+        """
+        check_repo_id(repo_id)
+        push = {k: kwargs.pop(k) for k in PUSH_OPTIONS if k in kwargs}
+        with tempfile.TemporaryDirectory(prefix="neat-save-") as folder:
+
+            def save(full_id: str) -> None:
+                self.save_pretrained(folder, model_card={**kwargs, "repo_id": full_id})
+
+            return push_adapter_folder(folder, repo_id, save=save, **push)
 
 
 def _read_and_check_adapter(

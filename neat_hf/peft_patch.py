@@ -29,7 +29,7 @@ from packaging.version import Version
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 
-from .errors import NeatError
+from neat_hf.errors import NeatError
 
 #: PEFT versions whose PEANuT neat-hf was tested against (same files, same outputs within 1e-6): the patch refuses
 #: others unless `NEAT_HF_ALLOW_UNTESTED_PEFT=1` is set.

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import BitsAndBytesConfig
 
-from .errors import MissingDependencyError, UnsupportedQuantizationError
+from neat_hf.errors import MissingDependencyError, UnsupportedQuantizationError
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import regex
 from torch import nn
 
-from .config import NeatConfig
-from .constants import DEFAULT_TARGET_MODULES, TASK_HEAD_NAMES
-from .errors import NeatError, NoTargetModulesError, UnsupportedModuleError
-from .layer import NeatLayer, supported_layer_types
+from neat_hf.config import NeatConfig
+from neat_hf.constants import DEFAULT_TARGET_MODULES, TASK_HEAD_NAMES
+from neat_hf.errors import NeatError, NoTargetModulesError, UnsupportedModuleError
+from neat_hf.layer import NeatLayer, supported_layer_types
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`training_info.json`: the training setup recorded next to an adapter, scrubbed of credentials.
 
 NeatTrainer (or [`save_training_info`]) writes a flat JSON object with the setup of the run; the model card shows it
-(see `neat_hf.card`). Known keys (all optional): `dataset`, `num_train_epochs`, `max_steps`, `global_step`,
+(see `neat_hf.cards.adapter_card`). Known keys (all optional): `dataset`, `num_train_epochs`, `max_steps`, `global_step`,
 `learning_rate`, `learning_rates` (`{group: lr}`), `effective_batch_size`, `per_device_train_batch_size`,
 `gradient_accumulation_steps`, `world_size`, `lr_scheduler_type`, `warmup_ratio`, `warmup_steps`, `weight_decay`,
 `optim`, `max_seq_length`, `precision`, `seed`, `deepspeed_stage`, `hardware`, `train_runtime`, `final_train_loss`
@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
-from .errors import AdapterLoadError, NeatError
-from .io import (
+from neat_hf.constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
+from neat_hf.errors import AdapterLoadError, NeatError
+from neat_hf.io import (
     MAX_TRAINING_INFO_BYTES,
     WEIGHTS_SHA_KEY,
     WEIGHTS_STAMP_KEY,

@@ -17,10 +17,10 @@ from peft.tuners.peanut import PeanutModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .layer import NeatLayer
-from .mixed_batch import adapter_names_hooks
-from .peft_patch import register_tuner
-from .quantization import check_quantized_model, prepare_quantized_model
+from neat_hf.layer import NeatLayer
+from neat_hf.mixed_batch import adapter_names_hooks
+from neat_hf.peft_patch import register_tuner
+from neat_hf.quantization import check_quantized_model, prepare_quantized_model
 
 
 class NeatTuner(PeanutModel):

@@ -162,7 +162,7 @@ def _merged_weights(trainer, path: str) -> str:
     """merge_adapter() under the current (maybe ZeRO-3) setup, gather each merged W0, unmerge; rank 0 saves them."""
     from safetensors.torch import save_file
 
-    from neat_hf.distributed import gathered
+    from neat_hf.parallel.zero3 import gathered
 
     model = trainer.model
     model.merge_adapter()

@@ -136,7 +136,7 @@ def _merged_weights(trainer, path: str) -> dict[str, Any]:
     unmerging restored W0 exactly; rank 0 saves the merged weights."""
     from safetensors.torch import save_file
 
-    from neat_hf.dtensor import full_tensor
+    from neat_hf.parallel.dtensor import full_tensor
 
     model = trainer.model
     layers = _neat_layers(model)

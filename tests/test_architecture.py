@@ -1,14 +1,18 @@
 """The house rules of the import graph, checked on the source with `ast` (nothing is imported).
 
-- The core (`neat_hf/*.py`) imports nothing from the integrations (`neat_hf.trainers`, `neat_hf.hub`,
-  `neat_hf.eval_harness`, `neat_hf.deepspeed_configs`), at module level or inside a function.
-- No import circles between project modules (module-level imports; `if TYPE_CHECKING:` blocks do not run).
+- Floors: every project module sits on one floor of [`FLOORS`] and imports only from its own floor or lower ones, at
+  module level, inside a function or under `if TYPE_CHECKING:` alike. So the library (floors up to `trainers`) never
+  imports the command lines (`neat_hf.cli`), `eval_harness` or the integrations; `neat_hf.hub` uploads what
+  `neat_hf.cards` wrote and knows no model; the model is built on the method, never the other way round.
+- No import circles between project modules, type-only and function-level imports included.
 - Project imports sit at module top; one inside a function is allowed only for a lazy optional heavy package (lm-eval,
   deepspeed, ...) and must say so with a `lazy` comment on its line or the line above.
 - Every `NeatError` subclass is defined in `neat_hf/errors.py`.
+- No module of the library is over ~500 lines.
 
 The folders install under one namespace (pyproject `[tool.setuptools.package-dir]`): `trainers/` is
-`neat_hf.trainers`, and so on.
+`neat_hf.trainers`, and so on. A package `__init__` that only re-exports lazily (PEP 562) sits on the floor of what
+it re-exports; its name strings are not imports.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: import name -> source folder, as in pyproject's [tool.setuptools.package-dir].
@@ -26,7 +32,21 @@ PACKAGE_DIRS = {
     "neat_hf.eval_harness": "eval_harness",
     "neat_hf.deepspeed_configs": "deepspeed_configs",
 }
-INTEGRATIONS = tuple(name for name in PACKAGE_DIRS if name != "neat_hf")
+#: The floors of the house, lowest first: (name, module-name prefixes). Docs: docs/concepts/architecture.md.
+FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    ("basics", ("neat_hf.errors", "neat_hf.constants", "neat_hf.lazy_imports", "neat_hf.third_party_noise",
+                "neat_hf.task_types", "neat_hf.adapter_names", "neat_hf.activations", "neat_hf.deepspeed_configs")),
+    ("files", ("neat_hf.io", "neat_hf.hub.error_translation", "neat_hf.hub.download")),
+    ("method", ("neat_hf.peft_patch", "neat_hf.config", "neat_hf.training_info", "neat_hf.quantization",
+                "neat_hf.parallel", "neat_hf.mixed_batch", "neat_hf.layer", "neat_hf.targets", "neat_hf.tuner")),
+    ("cards, uploads, LoRA export", ("neat_hf.cards", "neat_hf.hub", "neat_hf.export.lora", "neat_hf.export.serving")),
+    ("model", ("neat_hf.model", "neat_hf")),
+    ("trainers, exports of saved adapters", ("neat_hf.trainers", "neat_hf.export")),
+    ("front ends: command lines, lm-eval, Axolotl", ("neat_hf.cli", "neat_hf.eval_harness", "neat_hf.integrations")),
+]
+#: Lines above which a module must be split (or be listed in ONE_CONCERN_MODULES, with the reason).
+MAX_MODULE_LINES = 520
+ONE_CONCERN_MODULES: dict[str, str] = {}
 ERRORS_MODULE = "neat_hf.errors"
 
 
@@ -63,20 +83,12 @@ def _load_modules() -> dict[str, Module]:
     return modules
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _walk(nodes: list[ast.stmt], module_level: bool):
-    """Yield (import node, at module level?) outside `if TYPE_CHECKING:` blocks; class bodies run at import time."""
+    """Yield (import node, at module level?) for every import, `if TYPE_CHECKING:` blocks included (a type-only import
+    is still an edge of the picture); class bodies run at import time."""
     for node in nodes:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node, module_level
-        elif isinstance(node, ast.If) and _is_type_checking(node):
-            yield from _walk(node.orelse, module_level)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             yield from _walk(node.body, False)
         else:
@@ -123,8 +135,9 @@ def _core_modules() -> list[Module]:
 
 
 def _cycles() -> list[list[str]]:
-    """Strongly connected components of more than one module (or a self-loop) in the module-level import graph."""
-    graph = {name: sorted({t for _, t, top in m.imports if top}) for name, m in MODULES.items()}
+    """Strongly connected components of more than one module in the import graph (every import: module level,
+    function level, type-only)."""
+    graph = {name: sorted({t for _, t, _ in m.imports}) for name, m in MODULES.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -166,8 +179,8 @@ def test_the_scan_sees_the_whole_project():
     for expected in ("neat_hf.model", "neat_hf.hub.push", "neat_hf.trainers.trainer", "neat_hf.eval_harness.cli"):
         assert expected in MODULES, expected
     model_imports = {t for _, t, _ in MODULES["neat_hf.model"].imports}
-    assert {"neat_hf.config", "neat_hf.layer", "neat_hf.hub_commit"} <= model_imports, model_imports
-    assert "neat_hf.hub_commit" in {t for _, t, _ in MODULES["neat_hf.hub.push"].imports}
+    assert {"neat_hf.config", "neat_hf.layer", "neat_hf.hub.commit"} <= model_imports, model_imports
+    assert "neat_hf.hub.commit" in {t for _, t, _ in MODULES["neat_hf.hub.push"].imports}
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -182,17 +195,55 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     cycles = _cycles()
-    assert not cycles, "import circles (module-level imports): " + "; ".join(" <-> ".join(c) for c in cycles)
+    assert not cycles, "import circles (type-only imports included): " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-def test_core_imports_no_integration():
+def floor_of(module: str) -> int:
+    """Index in [`FLOORS`] of the floor holding `module` (the longest matching prefix wins)."""
+    best, floor = -1, None
+    for index, (_, prefixes) in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, floor = len(prefix), index
+    if floor is None:
+        raise AssertionError(f"{module} is on no floor: add it to FLOORS in tests/test_architecture.py")
+    return floor
+
+
+def test_every_module_is_on_a_floor():
+    for name in MODULES:
+        floor_of(name)
+
+
+def test_imports_go_down_the_floors():
     bad = [
-        f"{m.path.relative_to(ROOT)}:{line} imports {target}"
-        for m in _core_modules()
+        f"{m.path.relative_to(ROOT)}:{line} ({FLOORS[floor_of(m.name)][0]}) imports {target} "
+        f"({FLOORS[floor_of(target)][0]})"
+        for m in MODULES.values()
         for line, target, _ in m.imports
-        if any(target == package or target.startswith(f"{package}.") for package in INTEGRATIONS)
+        if floor_of(target) > floor_of(m.name)
     ]
-    assert not bad, "the core (neat_hf/*.py) must not import the integrations:\n" + "\n".join(bad)
+    assert not bad, "imports must go to the same floor or lower ones (see FLOORS):\n" + "\n".join(bad)
+
+
+def test_the_floor_check_catches_an_upward_import():
+    backup = list(MODULES["neat_hf.hub.commit"].imports)
+    try:
+        MODULES["neat_hf.hub.commit"].imports.append((1, "neat_hf.model", True))
+        with pytest.raises(AssertionError, match="neat_hf.model"):
+            test_imports_go_down_the_floors()
+    finally:
+        MODULES["neat_hf.hub.commit"].imports = backup
+
+
+def test_library_modules_are_small():
+    """No library module over ~500 lines (a longer one mixes concerns; split it where it joins two)."""
+    big = [
+        f"{m.path.relative_to(ROOT)}: {len(m.lines)} lines"
+        for m in MODULES.values()
+        if len(m.lines) > MAX_MODULE_LINES and m.name not in ONE_CONCERN_MODULES
+    ]
+    assert not big, "\n".join(big)
 
 
 def _function_level_imports(folders: set[str]) -> list[str]:

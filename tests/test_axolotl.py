@@ -60,7 +60,7 @@ def test_plugin_declares_neat_and_config_validation_accepts_it_only_with_the_plu
 def test_neat_keys_are_neat_trains_flags():
     from dataclasses import fields
 
-    from neat_hf.trainers.script_args import NeatArguments
+    from neat_hf.trainers.neat_arguments import NeatArguments
 
     assert set(NeatArgs.model_fields) == {f.name for f in fields(NeatArguments)}
     assert NeatArgs.model_fields["neat_depth"].description == next(

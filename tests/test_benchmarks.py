@@ -267,7 +267,7 @@ def _quality_module():
 
 
 def test_quality_metrics_match_known_values():
-    from neat_hf.trainers import metrics as q  # quality.py's metrics are the library's (tests/test_metrics.py)
+    from neat_hf.cli.train import metrics as q  # quality.py's metrics are the library's (tests/test_metrics.py)
 
     labels = [1, 1, 1, 1, 0, 0, 0, 1, 0, 1]
     preds = [1, 1, 0, 1, 0, 1, 0, 1, 0, 0]

@@ -14,9 +14,9 @@ from hub_fixtures import hub_server  # noqa: F401  (pytest finds fixtures import
 from train_cli_helpers import COMMONSENSE_ROWS, SST2_ROWS, save_tiny_bert, write_jsonl
 
 from neat_hf.errors import DatasetError
-from neat_hf.trainers import data as data_lib
-from neat_hf.trainers.script_args import DataArguments
-from neat_hf.trainers.train import cli
+from neat_hf.cli.train import data as data_lib
+from neat_hf.cli.train.script_args import DataArguments
+from neat_hf.cli.train.main import cli
 
 
 def _load(path, **kwargs):
@@ -98,7 +98,7 @@ def test_one_huge_row_is_cut_before_tokenizing():
     cutoff_len * MAX_CHARS_PER_TOKEN characters first, with the same first cutoff_len tokens."""
     from transformers import PreTrainedTokenizerFast
 
-    from neat_hf.trainers.default_job import build_default_tokenizer
+    from neat_hf.cli.train.default_job import build_default_tokenizer
 
     tokenizer = build_default_tokenizer()
     seen = []

@@ -524,12 +524,12 @@ def test_number_words_task_is_the_main_jobs_held_out_data():
     """The bundled offline task holds exactly the rows the default job evaluates on (no download)."""
     import importlib.util
 
-    from neat_hf.trainers.default_job import generate_number_words
+    from neat_hf.cli.train.default_job import generate_number_words
 
     spec = importlib.util.spec_from_file_location("nw_utils", TASKS_DIR / "number_words" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
-    from neat_hf.trainers.train import parse_args
+    from neat_hf.cli.train.main import parse_args
 
     (_, data_args, _, training_args), _ = parse_args(["--output_dir", "unused"])  # the default job's values
     rows = list(utils.load_number_words()["test"])

@@ -17,8 +17,8 @@ from testing_common import assert_logits_differ, randomize_adapter
 
 from neat_hf import AdapterMismatchError, NeatConfig, NeatError, NeatModel, get_neat_model
 from neat_hf.errors import ServingLimitError
-from neat_hf.hub.cli import main
-from neat_hf.serving import check_serving_limits, vllm_max_lora_rank
+from neat_hf.cli.hub import main
+from neat_hf.export.serving import check_serving_limits, vllm_max_lora_rank
 
 peft = pytest.importorskip("peft")
 
@@ -168,7 +168,7 @@ def test_card_and_training_info(tmp_path):
 def test_export_is_atomic_and_never_overwrites_other_files(tmp_path, monkeypatch):
     model = neat_model("llama")
     out = tmp_path / "lora"
-    import neat_hf.lora_export as lora_export
+    import neat_hf.export.lora as lora_export
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -300,7 +300,7 @@ def test_lora_weights_reproduce_the_layer_delta_in_column_slabs(monkeypatch, dep
     """W0 is cast to fp32 a slab of columns at a time; the slabs give the same H as the whole weight at once."""
     from torch import nn
 
-    import neat_hf.lora_export as lora_export
+    import neat_hf.export.lora as lora_export
     from neat_hf.layer import NeatLayer
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from eval_helpers import build_adapter, build_base_model, write_local_tasks
 from test_eval_harness import _per_sample, offline  # noqa: F401 (module-scoped offline fixture)
 
 from neat_hf.eval_harness.api import evaluate, task_include_paths
-from neat_hf.hub.cli import main
+from neat_hf.cli.hub import main
 
 pytestmark = pytest.mark.slow
 

@@ -36,7 +36,7 @@ from neat_hf.config import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_R
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
 from neat_hf.io import CONFIG_SHA_KEY, text_sha256
-from neat_hf.trainers.train import cli  # at import time: importing it reaches for bitsandbytes' Hub kernels
+from neat_hf.cli.train.main import cli  # at import time: importing it reaches for bitsandbytes' Hub kernels
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj"]
@@ -172,7 +172,7 @@ def test_hostile_adapter_is_refused_quickly_and_changes_nothing(tmp_path, name, 
 
 def test_hostile_configs_are_refused_by_every_loader(tmp_path):
     """neat-hub merge and the lm-eval backend read the config first, through the same checks."""
-    from neat_hf.hub.merge import export_merged
+    from neat_hf.export.merged import export_merged
 
     folder = _saved_adapter(tmp_path / "adapter")
     _edit_config(folder, depth=10**9)
@@ -196,7 +196,7 @@ def test_hostile_configs_are_refused_by_every_loader(tmp_path):
 
 @pytest.mark.parametrize("name", ["AutoTokenizer", "LlamaConfig"])
 def test_merge_refuses_an_auto_mapping_that_names_no_model_class(tmp_path, name):
-    from neat_hf.hub.merge import export_merged
+    from neat_hf.export.merged import export_merged
 
     folder = _saved_adapter(tmp_path / "adapter")
     _edit_config(folder, auto_mapping={"base_model_class": name, "parent_library": "transformers.models.auto"}, task_type=None)
@@ -247,11 +247,11 @@ def _run_loader(loader: str, base_dir: Path, folder: Path, out: Path) -> None:
     elif loader == "load_adapter":
         get_neat_model(tiny_llama(seed=1), NeatConfig(r=2, target_modules=TARGETS)).load_adapter(folder, "other")
     elif loader == "neat_hub_merge":
-        from neat_hf.hub.merge import export_merged
+        from neat_hf.export.merged import export_merged
 
         export_merged(base_dir, folder, out)
     elif loader == "neat_hub_export_lora":
-        from neat_hf.hub.export import export_lora
+        from neat_hf.export.saved_adapter import export_lora
 
         export_lora(base_dir, folder, out)
     else:  # what the lm-eval backend runs: the config first, then the same from_pretrained on the loaded base
@@ -296,8 +296,8 @@ def test_a_head_claiming_huge_num_labels_is_refused_before_the_base_is_built(tmp
     within seconds): above MAX_NUM_LABELS it is one AdapterLoadError line."""
     from conftest import tiny_bert_classifier
 
-    from neat_hf.hub.cli import main as neat_hub
-    from neat_hf.hub.merge import MAX_NUM_LABELS
+    from neat_hf.cli.hub import main as neat_hub
+    from neat_hf.export.merged import MAX_NUM_LABELS
 
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     tiny_bert_classifier(num_labels=2).save_pretrained(base_dir)
@@ -312,7 +312,7 @@ def test_a_head_claiming_huge_num_labels_is_refused_before_the_base_is_built(tmp
     save_file(tensors, weights, metadata=metadata)
     start = time.perf_counter()
     with pytest.raises(AdapterLoadError, match=f"{MAX_NUM_LABELS + 1:,d} classes"):
-        from neat_hf.hub.merge import adapter_load_plan
+        from neat_hf.export.merged import adapter_load_plan
 
         adapter_load_plan(base_dir, adapter_dir)
     assert neat_hub([tool, str(base_dir), str(adapter_dir), str(tmp_path / "out")]) == 1
@@ -423,7 +423,7 @@ def test_save_and_card_killed_at_every_step_never_mix_two_saves(tmp_path):
     with a card and record that never mention the old run, or refused."""
     from huggingface_hub import EvalResult
 
-    from neat_hf.card import write_model_card
+    from neat_hf.cards.adapter_card import write_model_card
 
     def save_run(model: NeatModel, folder: Path, dataset: str, score: float) -> None:
         model.save_pretrained(folder)
@@ -514,7 +514,7 @@ def test_merge_overwrite_killed_at_every_step_is_old_new_or_absent_then_cleaned(
     merge, the new one or absent, never a half-deleted folder (a kill in the middle of removing the old one left only
     generation_config.json); the next merge removes every staging folder and safetensors `.tmpXXXXXX` orphan a kill
     left (safetensors' writer is invisible to the kill hook, so such an orphan is planted)."""
-    from neat_hf.hub.merge import export_merged
+    from neat_hf.export.merged import export_merged
 
     base_dir = tmp_path / "base"
     tiny_llama().save_pretrained(base_dir)
@@ -688,7 +688,7 @@ def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_
 
 from hub_fixtures import hub_server, make_adapter  # noqa: E402,F401 (fixture)
 from neat_hf.errors import HubError  # noqa: E402
-from neat_hf.hub_commit import conflicting_files, push_adapter_folder  # noqa: E402
+from neat_hf.hub.commit import conflicting_files, push_adapter_folder  # noqa: E402
 
 HUB_REPO = "neat-tester/faulty"
 
@@ -767,7 +767,7 @@ def test_retry_after_a_lost_answer_makes_no_duplicate_commit(hub_server, tmp_pat
 def test_suggested_neat_hub_push_after_a_landed_final_push_makes_no_commit(hub_server, tmp_path, capsys):
     """neat-train's final push lands but its answer is lost; the `neat-hub push` it suggests must find everything
     already there: no new commit, and the card (with its neat-hf tag) unchanged (it rebuilt another card: 22/22)."""
-    from neat_hf.hub.cli import main as neat_hub
+    from neat_hf.cli.hub import main as neat_hub
 
     repo, out = "neat-tester/landed", tmp_path / "out"
     hub_server.inject_fault("drop_after", times=1)  # the first commit: the final push (no checkpoint pushes)
@@ -787,7 +787,7 @@ def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tm
     hub_server.add_file(HUB_REPO, "adapter_model.bin", b"an old pickled adapter")
     hub_server.add_file(HUB_REPO, "model.safetensors", b"full weights")
     hub_server.add_file(HUB_REPO, "last-checkpoint/optimizer.pt", b"resume state, kept")
-    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
         push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
     assert "adapter_model.bin" in caplog.text and "model.safetensors" in caplog.text and "delete_conflicting" in caplog.text
     assert {"adapter_model.bin", "model.safetensors"} <= set(hub_server.files(HUB_REPO))
@@ -824,9 +824,9 @@ def test_push_names_another_adapters_config_that_it_replaces(hub_server, tmp_pat
     push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
     hub_server.add_file(HUB_REPO, ADAPTER_CONFIG_NAME, remote)
     before = len(hub_server.requests)
-    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
         push_adapter_folder(folder, HUB_REPO)
-    warned = [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub_commit" and r.levelno >= logging.WARNING]
+    warned = [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub.commit" and r.levelno >= logging.WARNING]
     assert len(warned) == 1 and "holds another adapter, which this push replaces" in warned[0], warned
     assert all(fragment in warned[0] for fragment in fragments), warned[0]
     assert hub_server.files(HUB_REPO)[ADAPTER_CONFIG_NAME] == (folder / ADAPTER_CONFIG_NAME).read_bytes()
@@ -838,10 +838,10 @@ def test_push_over_an_earlier_version_of_the_same_adapter_warns_nothing(hub_serv
     push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
     other_rank = tmp_path / "r2"
     make_adapter(seed=1, r=2).save_pretrained(other_rank)  # another config file, same PEFT type and base
-    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
         push_adapter_folder(other_rank, HUB_REPO)
         push_adapter_folder(_pushed_folder(tmp_path, 2), HUB_REPO)
-    assert [r for r in caplog.records if r.name == "neat_hf.hub_commit" and r.levelno >= logging.WARNING] == []
+    assert [r for r in caplog.records if r.name == "neat_hf.hub.commit" and r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize(
@@ -877,7 +877,7 @@ def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishe
     # The first listing is refused (a 500 or a dropped connection would do too, but the client retries those for
     # about 20 s before giving up).
     hub_server.inject_fault("403", path_contains="/tree/", method="GET")
-    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
         trainer.train()
     failed = [r.getMessage() for r in caplog.records if "Background push" in r.getMessage()]
     assert len(failed) == 1 and "'Training in progress, step 2'" in failed[0], caplog.text
@@ -891,7 +891,7 @@ def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishe
 def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
     trainer = _checkpoint_pushing_trainer(tmp_path)
     hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
-    with caplog.at_level("WARNING", logger="neat_hf.hub_commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
         trainer.train()
     assert "Background push 'Training in progress, step 2'" in caplog.text and "500" in caplog.text, caplog.text
     assert trainer.state.global_step == 4
@@ -900,7 +900,7 @@ def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_s
 
 @pytest.mark.slow
 def test_neat_train_keeps_local_results_when_the_final_push_fails(hub_server, tmp_path, capsys):
-    from neat_hf.trainers.train import cli
+    from neat_hf.cli.train.main import cli
 
     out = tmp_path / "out"
     hub_server.inject_fault("500", times=100)  # every commit fails

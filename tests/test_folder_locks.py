@@ -20,7 +20,7 @@ from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
 from neat_hf.errors import FolderInUseError
 from neat_hf.io import WEIGHTS_SHA_KEY, check_saved_together, folder_lock, read_weights_metadata, recorded_weights_stamp
-from neat_hf.trainers.train import cli
+from neat_hf.cli.train.main import cli
 
 
 def _adapter(seed: int) -> NeatModel:
@@ -128,7 +128,7 @@ def test_a_second_neat_train_into_a_busy_output_dir_is_refused_before_loading(tm
     def fail(*args, **kwargs):
         raise AssertionError("data or model was loaded before the check")
 
-    monkeypatch.setattr("neat_hf.trainers.job.data_lib.load_raw_datasets", fail)
+    monkeypatch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
     pid = _hold_in_child(out)  # another run holds the folder
     try:
         assert cli(["--max_steps", "1", "--output_dir", str(out)]) == 2
@@ -156,7 +156,7 @@ def test_neat_train_holds_its_output_dir_while_it_runs(tmp_path, monkeypatch):
         seen.append(os.waitpid(pid, 0)[1] >> 8)
         raise FolderInUseError("stop here")
 
-    monkeypatch.setattr("neat_hf.trainers.job._run", probe)
+    monkeypatch.setattr("neat_hf.cli.train.job._run", probe)
     assert cli(["--max_steps", "1", "--output_dir", str(out), "--max_train_samples", "8", "--max_eval_samples", "4"]) == 2
     assert seen == [3]
     with folder_lock(out, timeout=0):  # released when the run ended

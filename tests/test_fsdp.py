@@ -25,7 +25,7 @@ from transformers.training_args import ParallelMode
 from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import FsdpConfigError
-from neat_hf.fsdp import check_shardable, fully_shard_neat_model
+from neat_hf.parallel.fsdp import check_shardable, fully_shard_neat_model
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
 from neat_hf.trainers.fsdp import ACCELERATE_FSDP2_CONFIG, fsdp_plan
 
@@ -262,7 +262,7 @@ def test_local_merge_delta_of_an_unsharded_layer_is_the_dense_delta(kind):
     # GPT-2 Conv1D: rows = inputs, columns of H), checked on the whole weight against the dense ΔW.
     from transformers.pytorch_utils import Conv1D
 
-    from neat_hf.dtensor import local_merge_delta
+    from neat_hf.parallel.dtensor import local_merge_delta
     from neat_hf.layer import NeatLayer
 
     torch.manual_seed(0)

@@ -25,7 +25,8 @@ from huggingface_hub import (
     metadata_load,
     model_info,
 )
-from neat_hf.hub import HubError, eval_results_from_lm_eval, push_adapter_folder
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.hub import HubError, push_adapter_folder
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 

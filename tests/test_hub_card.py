@@ -8,15 +8,9 @@ import pytest
 from hub_fixtures import LM_EVAL_RESULTS, make_adapter
 from hub_server import DUMMY_TOKEN
 from huggingface_hub import EvalResult, ModelCard
-from neat_hf.hub import (
-    build_model_card,
-    eval_results_from_lm_eval,
-    load_training_info,
-    merge_eval_results,
-    save_training_info,
-    write_model_card,
-)
-from neat_hf.training_info import sanitize_training_info
+from neat_hf.cards import build_model_card, merge_eval_results, write_model_card
+from neat_hf.eval_harness.results import eval_results_from_lm_eval
+from neat_hf.training_info import load_training_info, sanitize_training_info, save_training_info
 
 from neat_hf import AdapterLoadError, NeatConfig, NeatError
 

@@ -11,7 +11,7 @@ import torch
 from conftest import model_inputs, model_output, tiny_bert_classifier, tiny_gpt2, tiny_llama, tiny_vit_classifier
 from hub_fixtures import LM_EVAL_RESULTS, assert_no_token, hub_server, make_adapter  # noqa: F401 (fixture)
 from huggingface_hub import ModelCard, metadata_load
-from neat_hf.hub.cli import main
+from neat_hf.cli.hub import main
 from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForSequenceClassification
 
 from neat_hf import NeatConfig, NeatModel, get_neat_model
@@ -181,7 +181,7 @@ def test_console_script_in_a_subprocess_uses_hf_endpoint(hub_server, tmp_path):
     """The installed CLI reads HF_ENDPOINT / HF_TOKEN from the environment like any huggingface_hub program."""
     _, folder = _saved_adapter(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "neat_hf.hub.cli", "push", str(folder), REPO],
+        [sys.executable, "-m", "neat_hf.cli.hub", "push", str(folder), REPO],
         env=hub_server.env,
         capture_output=True,
         text=True,

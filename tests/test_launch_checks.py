@@ -1,5 +1,5 @@
 """Launches that would crash on one rank, or train differently from what was asked, are named before anything loads;
-resuming a finished run says so and does nothing (issue 23, `neat_hf.trainers.launch_checks`)."""
+resuming a finished run says so and does nothing (issue 23, `neat_hf.cli.train.launch_checks`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 
 from neat_hf.errors import TrainingArgumentError, UnsupportedQuantizationError
-from neat_hf.trainers.launch_checks import check_launch, finished_run_message
-from neat_hf.trainers.train import cli, parse_args
+from neat_hf.cli.train.launch_checks import check_launch, finished_run_message
+from neat_hf.cli.train.main import cli, parse_args
 
 #: What `accelerate launch` puts in the environment of the processes it starts.
 ACCELERATE = {"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "NO", "ACCELERATE_USE_CPU": "False"}
@@ -35,7 +35,7 @@ def test_quantized_launches_neat_hf_cannot_run_are_refused(tmp_path, flags, envi
 
 
 def test_accelerate_starting_fewer_processes_than_asked_is_named(tmp_path):
-    """`accelerate launch --num_processes 2 -m neat_hf.trainers.train` on a machine without GPUs: one process."""
+    """`accelerate launch --num_processes 2 -m neat_hf.cli.train` on a machine without GPUs: one process."""
     model_args, training_args = _args(tmp_path)
     with pytest.raises(TrainingArgumentError, match="asked for several processes .* but started one"):
         check_launch(model_args, training_args, {**ACCELERATE, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
@@ -81,9 +81,9 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
 def test_the_launcher_is_checked_before_the_arguments_are_built(tmp_path, monkeypatch, capsys):
     """Under accelerate's one-process launcher, building DeepSpeed training arguments waited for ranks that never
     start (the issue's run trained alone instead): neat-train names the launch before parsing."""
-    import neat_hf.trainers.train as train_module
+    import neat_hf.cli.train.main as train_module
 
-    from neat_hf.trainers.launch_checks import deepspeed_flag
+    from neat_hf.cli.train.launch_checks import deepspeed_flag
 
     assert deepspeed_flag(["--max_steps", "1", "--deepspeed", "zero2"]) == "zero2"
     assert deepspeed_flag(["--deepspeed=zero3"]) == "zero3" and deepspeed_flag(["--max_steps", "1"]) is None

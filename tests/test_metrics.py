@@ -1,4 +1,4 @@
-"""`neat_hf.trainers.metrics`: the numpy fallback gives scikit-learn's/scipy's numbers, and `evaluate` is used when its
+"""`neat_hf.cli.train.metrics`: the numpy fallback gives scikit-learn's/scipy's numbers, and `evaluate` is used when its
 metric loads (monkeypatched here: `evaluate.load` needs the network, which tests never use)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from neat_hf.trainers import metrics
+from neat_hf.cli.train import metrics
 
 
 @pytest.fixture(autouse=True)

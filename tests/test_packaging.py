@@ -39,16 +39,23 @@ def test_wheel_has_one_namespace_and_its_data(wheel):
     for expected in (
         "neat_hf/__init__.py",
         "neat_hf/layer.py",
-        "neat_hf/templates/adapter_card.md",  # the card template (package data of the core, which writes cards)
+        "neat_hf/cards/templates/adapter_card.md",  # the card templates (package data of neat_hf.cards)
+        "neat_hf/cards/templates/lora_export_card.md",
         "neat_hf/hub/__init__.py",
+        "neat_hf/hub/commit.py",
+        "neat_hf/export/merged.py",
+        "neat_hf/parallel/zero3.py",
+        "neat_hf/cli/train/__main__.py",
+        "neat_hf/cli/train/recipes/tiny_llama_config.json",
+        "neat_hf/trainers/train.py",  # the `python -m neat_hf.trainers.train` alias
         "neat_hf/trainers/__init__.py",
         "neat_hf/eval_harness/__init__.py",
         "neat_hf/deepspeed_configs/zero3.json",
-        "neat_hf/trainers/accelerate_configs/fsdp2.yaml",
+        "neat_hf/cli/train/accelerate_configs/fsdp2.yaml",
         "neat_hf/integrations/axolotl/plugin.py",
     ):
         assert expected in names, expected
-    assert any(n.startswith("neat_hf/trainers/recipes/") and n.endswith(".yaml") for n in names)
+    assert any(n.startswith("neat_hf/cli/train/recipes/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("neat_hf/eval_harness/tasks/") and n.endswith(".yaml") for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -67,7 +74,7 @@ def test_regular_install_imports_from_site_packages(wheel, tmp_path):
     )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import neat_hf, neat_hf.hub, neat_hf.trainers, neat_hf.eval_harness;"
+        "import neat_hf, neat_hf.hub, neat_hf.trainers, neat_hf.eval_harness, neat_hf.cards, neat_hf.export, neat_hf.cli.train.main;"
         "assert neat_hf.__file__.startswith(sys.argv[1]), neat_hf.__file__;"
         "print('ok')"
     )

@@ -186,13 +186,13 @@ trl = pytest.importorskip("trl")
 
 
 def _tokenizer():
-    from neat_hf.trainers.default_job import build_default_tokenizer
+    from neat_hf.cli.train.default_job import build_default_tokenizer
 
     return build_default_tokenizer()
 
 
 def _tokenizer_base(tokenizer) -> nn.Module:
-    from neat_hf.trainers.default_job import build_default_base_model
+    from neat_hf.cli.train.default_job import build_default_base_model
 
     torch.manual_seed(0)
     return build_default_base_model(tokenizer)

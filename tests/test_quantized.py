@@ -486,7 +486,7 @@ def test_deepspeed_zero_with_a_quantized_base_is_refused_before_anything_is_buil
 
 @pytest.mark.slow
 def test_neat_train_load_in_4bit_learns_on_the_builtin_tiny_llama(tmp_path, capsys):
-    from neat_hf.trainers.train import cli
+    from neat_hf.cli.train.main import cli
 
     out = tmp_path / "out"
     argv = ["--load_in_4bit", "--bnb_4bit_compute_dtype", "float32", "--bnb_4bit_use_double_quant", "true",
@@ -503,7 +503,7 @@ def test_neat_train_load_in_4bit_learns_on_the_builtin_tiny_llama(tmp_path, caps
 
 
 def test_neat_train_quantization_flags_are_checked():
-    from neat_hf.trainers.train import parse_args
+    from neat_hf.cli.train.main import parse_args
 
     with pytest.raises(ValueError, match="not both"):
         parse_args(["--load_in_4bit", "--load_in_8bit"])
@@ -523,7 +523,7 @@ def test_neat_hub_merge_and_lm_eval_with_a_4bit_base(tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 
     from neat_hf.eval_harness.api import evaluate, task_include_paths
-    from neat_hf.hub.cli import main as hub_main
+    from neat_hf.cli.hub import main as hub_main
 
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.setenv(name, "1")

@@ -52,7 +52,7 @@ def test_verbose_shows_the_kernel_notice(captured, monkeypatch):
 def test_a_refused_flag_is_one_line_without_import_noise(tmp_path):
     """The issue's `--r 0`: stderr holds neat-train's line only (the kernel notice made it two)."""
     env = {key: value for key, value in os.environ.items() if key != VERBOSE_ENV}
-    result = subprocess.run([sys.executable, "-m", "neat_hf.trainers.train", "--r", "0"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "neat_hf.cli.train.main", "--r", "0"], capture_output=True,
                             text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
@@ -64,9 +64,9 @@ def test_a_refusal_imports_neither_the_trainer_nor_the_job(tmp_path):
     """What parsing does not need stays unimported until the arguments are accepted."""
     probe = (
         "import sys\n"
-        "from neat_hf.trainers.train import cli\n"
+        "from neat_hf.cli.train.main import cli\n"
         "assert cli(['--r', '0']) == 2\n"
-        "heavy = [m for m in ('neat_hf.trainers.job', 'neat_hf.trainers.trainer', 'transformers.trainer', "
+        "heavy = [m for m in ('neat_hf.cli.train.job', 'neat_hf.trainers.trainer', 'transformers.trainer', "
         "'neat_hf.model', 'datasets', 'transformers.models.llama.modeling_llama') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

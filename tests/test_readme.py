@@ -27,7 +27,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from neat_hf.trainers.train import cli
+from neat_hf.cli.train.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_RUN = re.compile(r"#\s*not-run:(.*)")

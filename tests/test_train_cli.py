@@ -9,8 +9,8 @@ import re
 import pytest
 
 from neat_hf.errors import NeatError
-from neat_hf.trainers.recipe_registry import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
-from neat_hf.trainers.train import cli, make_parser, parse_args
+from neat_hf.cli.train.recipe_registry import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
+from neat_hf.cli.train.main import cli, make_parser, parse_args
 from neat_hf.trainers.training_args import RENAMED_FIELDS
 
 EXPECTED_RECIPES = {
@@ -229,7 +229,7 @@ def test_image_tasks_keep_the_raw_image_column(tmp_path):
     assert training_args.remove_unused_columns is False
     args, recipe = parse_args([*base, "--remove_unused_columns", "true"])
     assert args[3].remove_unused_columns is True
-    from neat_hf.trainers.job import prepare
+    from neat_hf.cli.train.job import prepare
 
     with pytest.raises(ValueError, match="--remove_unused_columns false"):  # refused before the model is looked up
         prepare(*args, recipe=recipe)
@@ -238,7 +238,7 @@ def test_image_tasks_keep_the_raw_image_column(tmp_path):
 def test_task_types_are_the_cores():
     """`--task` maps onto PEFT task types, which are defined once, in `neat_hf.constants.TASK_TYPES`."""
     from neat_hf.constants import TASK_TYPES
-    from neat_hf.trainers.script_args import TASK_TYPE_OF_TASK, TASKS
+    from neat_hf.cli.train.script_args import TASK_TYPE_OF_TASK, TASKS
 
     assert set(TASKS) == set(TASK_TYPE_OF_TASK)
     assert {t for t in TASK_TYPE_OF_TASK.values() if t is not None} <= TASK_TYPES

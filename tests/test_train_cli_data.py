@@ -1,4 +1,4 @@
-"""`neat_hf.trainers.data`: the LLM-Adapters template, prompt masking, cutoff, loaders, column checks and metrics."""
+"""`neat_hf.cli.train.data`: the LLM-Adapters template, prompt masking, cutoff, loaders, column checks and metrics."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from train_cli_helpers import (
     write_jsonl,
 )
 
-from neat_hf.trainers import data as data_lib
-from neat_hf.trainers import default_job
-from neat_hf.trainers import metrics as metrics_lib
-from neat_hf.trainers.script_args import DataArguments
+from neat_hf.cli.train import data as data_lib
+from neat_hf.cli.train import default_job
+from neat_hf.cli.train import metrics as metrics_lib
+from neat_hf.cli.train.script_args import DataArguments
 
 
 @pytest.fixture(scope="module")

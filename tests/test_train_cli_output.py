@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from neat_hf.hub.cli import main as hub_main
-from neat_hf.trainers.train import cli
+from neat_hf.cli.hub import main as hub_main
+from neat_hf.cli.train.main import cli
 
 
 @pytest.mark.slow

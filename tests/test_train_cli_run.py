@@ -28,9 +28,9 @@ from train_cli_helpers import (
 from neat_hf import NeatModel
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import NoTargetModulesError
-from neat_hf.trainers.data import IGNORE_INDEX
-from neat_hf.trainers.job import prepare, run
-from neat_hf.trainers.train import cli, main, parse_args
+from neat_hf.cli.train.data import IGNORE_INDEX
+from neat_hf.cli.train.job import prepare, run
+from neat_hf.cli.train.main import cli, main, parse_args
 
 # Recipes written for GPUs, shrunk for a CPU test: fp32, two steps, no checkpoints.
 SHRINK = ["--torch_dtype", "float32", "--bf16", "false", "--max_steps", "2", "--per_device_train_batch_size", "2",
@@ -192,7 +192,7 @@ def test_missing_columns_fail_before_the_model_is_loaded(tmp_path, capsys, llama
     out = tmp_path / "out"
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the column check")
-    monkeypatch.setattr("neat_hf.trainers.job._load_tokenizer_and_model", no_loading)
+    monkeypatch.setattr("neat_hf.cli.train.job._load_tokenizer_and_model", no_loading)
     code = cli(["--recipe", "commonsense/llama2-7b", "--use_cpu", "--model_name_or_path", llama_dir,
                 "--train_file", train, "--output_dir", str(out)])
     assert code == 2
@@ -236,8 +236,8 @@ def test_builtin_model_refuses_other_tasks(tmp_path):
 
 def _reloaded_metrics(folder, eval_dataset, collator) -> dict[str, float]:
     """Metrics of the saved adapter loaded onto a freshly built base, computed without the Trainer."""
-    from neat_hf.trainers.metrics import causal_lm_metrics
-    from neat_hf.trainers.default_job import build_default_base_model
+    from neat_hf.cli.train.metrics import causal_lm_metrics
+    from neat_hf.cli.train.default_job import build_default_base_model
 
     model = NeatModel.from_pretrained(build_default_base_model(), str(folder)).eval()
     batch = collator([eval_dataset[i] for i in range(len(eval_dataset))])
@@ -308,7 +308,7 @@ def test_eval_after_training_matches_a_reload(tmp_path, optim):
 
 def test_console_script_and_module_entry_points(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    listed = subprocess.run([sys.executable, "-m", "neat_hf.trainers.train", "--list"], capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "neat_hf.cli.train.main", "--list"], capture_output=True,
                             text=True, env=env, timeout=300)
     assert listed.returncode == 0 and "commonsense/llama2-7b" in listed.stdout
     script = Path(sys.executable).with_name("neat-train")
@@ -329,7 +329,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, stage):
     port = free_port()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-        "-m", "neat_hf.trainers.train", "--max_steps", "3", "--output_dir", str(out),
+        "-m", "neat_hf.cli.train.main", "--max_steps", "3", "--output_dir", str(out),
         "--max_train_samples", "64", "--max_eval_samples", "32", *(["--deepspeed", stage] if stage else []),
     ]
     try:
@@ -347,7 +347,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, stage):
 def test_one_cpu_threads_rule_for_a_local_folder_model(tmp_path, llama_dir, monkeypatch):
     """A small model from a local folder trains on one CPU thread like the identical built-in one (issue 23: it ran
     on every core, 8-17x slower on a busy machine); OMP_NUM_THREADS still wins."""
-    from neat_hf.trainers.job import _load_tokenizer_and_model
+    from neat_hf.cli.train.job import _load_tokenizer_and_model
 
     if torch.cuda.is_available():
         pytest.skip("the rule is for machines without a GPU")

@@ -20,7 +20,7 @@ from neat_hf import NeatConfig, get_neat_model
 from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import NeatError
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
-from neat_hf.trainers.train import cli
+from neat_hf.cli.train.main import cli
 
 from conftest import lm_dataset, tiny_llama
 from train_cli_helpers import COMMONSENSE_ROWS, save_tiny_llama, write_jsonl
@@ -34,8 +34,8 @@ def no_loading(monkeypatch):
     """Data or model loading fails the test: the checks under test must come first."""
     def fail(*args, **kwargs):
         raise AssertionError("data or model was loaded before the check")
-    monkeypatch.setattr("neat_hf.trainers.job.data_lib.load_raw_datasets", fail)
-    monkeypatch.setattr("neat_hf.trainers.job._load_tokenizer_and_model", fail)
+    monkeypatch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
+    monkeypatch.setattr("neat_hf.cli.train.job._load_tokenizer_and_model", fail)
 
 
 def _one_error_line(capsys) -> str:
@@ -80,8 +80,8 @@ def test_resume_after_a_kill_during_the_first_checkpoint_is_refused_before_loadi
     with monkeypatch.context() as patch:
         def fail(*args, **kwargs):
             raise AssertionError("data or model was loaded before the check")
-        patch.setattr("neat_hf.trainers.job.data_lib.load_raw_datasets", fail)
-        patch.setattr("neat_hf.trainers.job._load_tokenizer_and_model", fail)
+        patch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
+        patch.setattr("neat_hf.cli.train.job._load_tokenizer_and_model", fail)
         assert cli([*argv, "--resume_from_checkpoint", "true"]) == 2
         line = _one_error_line(capsys)
         assert "no complete checkpoint" in line and "checkpoint-2" in line
@@ -95,7 +95,7 @@ def test_resume_after_a_kill_during_the_first_checkpoint_is_refused_before_loadi
 
 
 def test_resume_line_never_prints_the_hub_token():
-    from neat_hf.trainers.train import _resume_line
+    from neat_hf.cli.train.main import _resume_line
 
     stopped = {"signal": "SIGTERM", "step": 3, "max_steps": 10, "checkpoint": "out/checkpoint-3"}
     for argv in (["--push_to_hub", "--hub_token", "hf_SeCrEt123", "--max_steps", "10"],
@@ -130,7 +130,7 @@ def test_neat_trainer_refuses_to_train_over_earlier_work(tmp_path):
 
 def _start(argv: list[str], cwd) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "neat_hf.trainers.train", *argv], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "neat_hf.cli.train.main", *argv], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,7 +10,7 @@ import torch
 from hub_fixtures import make_adapter
 from huggingface_hub import ModelCard
 
-from neat_hf.card import TRACKER_BADGES, build_model_card, write_model_card
+from neat_hf.cards.adapter_card import TRACKER_BADGES, build_model_card, write_model_card
 from neat_hf.constants import TRAINING_CURVE_NAME
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
 from neat_hf.trainers.training_record import loss_facts, trackio_run_url, tracker_urls, write_training_curve

@@ -83,7 +83,7 @@ def write_json_list(path: Path, rows: list[dict]) -> str:
 
 
 def _corpus() -> list[str]:
-    from neat_hf.trainers.data import PROMPT_TEMPLATES
+    from neat_hf.cli.train.data import PROMPT_TEMPLATES
 
     texts = [template for pair in PROMPT_TEMPLATES.values() for template in pair]
     for row in COMMONSENSE_ROWS:

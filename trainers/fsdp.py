@@ -6,7 +6,7 @@ A run asks for FSDP2 in either of the two ways Trainer users know:
 - `accelerate launch --config_file <neat_hf/trainers/accelerate_configs/fsdp2.yaml>` (or `--use_fsdp --fsdp_version 2`),
   which sets the `ACCELERATE_USE_FSDP` / `FSDP_*` environment variables.
 
-`NeatTrainer` then applies `fully_shard` itself ([`neat_hf.fsdp.fully_shard_neat_model`]: one unit per decoder layer,
+`NeatTrainer` then applies `fully_shard` itself ([`neat_hf.parallel.fsdp.fully_shard_neat_model`]: one unit per decoder layer,
 whose NEAT layers sit in the same unit as their W0, plus the root), and hands the Trainer a model that is already
 sharded. Two reasons: accelerate 1.x turns FSDP into plain DDP on CPU-only machines (the state becomes `MULTI_CPU`,
 nothing is sharded, no warning), so the Trainer's own path would silently replicate the model there, and CI could not
@@ -34,7 +34,7 @@ from transformers import TrainingArguments
 from transformers.training_args import ParallelMode
 
 from neat_hf.errors import FsdpConfigError
-from neat_hf.fsdp import check_shardable, fully_shard_neat_model
+from neat_hf.parallel.fsdp import check_shardable, fully_shard_neat_model
 
 #: The bundled accelerate config (package data), for `accelerate launch --config_file`.
 ACCELERATE_FSDP2_CONFIG = os.path.join(os.path.dirname(__file__), "accelerate_configs", "fsdp2.yaml")

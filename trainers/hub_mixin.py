@@ -21,7 +21,7 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
   DeepSpeed's `global_step*/` folders are never uploaded, and every adapter file is checked to hold adapter tensors
   only.
 
-Every push first checks the repo, as `neat-hub push` does (`neat_hf.hub_commit.conflict_operations`): pickles,
+Every push first checks the repo, as `neat-hub push` does (`neat_hf.hub.commit.conflict_operations`): pickles,
 full-model weights and weights in other formats already there are listed in a warning (once per trainer) and, with
 `hub_delete_conflicting=True` ([`NeatTrainingArguments`]), deleted in the same commit; another adapter's
 `adapter_config.json` (another PEFT type or base model) that the push replaces is named. For checkpoint pushes the
@@ -32,7 +32,7 @@ queued, so the next save cannot change a file while it is being uploaded. As in 
 asynchronous (`trainer.push_in_progress`); `train()` waits for them before returning.
 
 Which files go up, the checks made before a push, branch creation and the commit itself are the core's single Hub path
-(`neat_hf.hub_commit`), shared with `NeatModel.push_to_hub` and `neat-hub push`; this mixin only decides *when* to push
+(`neat_hf.hub.commit`), shared with `NeatModel.push_to_hub` and `neat-hub push`; this mixin only decides *when* to push
 and *what* to stage. It sits next to the trainer, as TRL keeps its trainers' Hub and card logic in its trainer package.
 """
 
@@ -51,9 +51,9 @@ import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from transformers.utils.hub import PushInProgress
 
-from neat_hf.card import framework_versions, write_model_card
+from neat_hf.cards.adapter_card import framework_versions, write_model_card
 from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME, TRAINING_CURVE_NAME
-from neat_hf.hub_commit import (
+from neat_hf.hub.commit import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
     ConflictCheck,
@@ -64,8 +64,8 @@ from neat_hf.hub_commit import (
     ensure_branch,
     hub_api,
 )
-from neat_hf.hub_errors import hub_errors
-from neat_hf.io import is_hub_id
+from neat_hf.hub.error_translation import hub_errors
+from neat_hf.hub.download import is_hub_id
 from neat_hf.trainers.training_record import live_tracker_runs, loss_facts, tracker_urls, write_training_curve
 
 logger = logging.getLogger(__name__)

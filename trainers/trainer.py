@@ -27,8 +27,8 @@ from neat_hf import NeatConfig, NeatModel, get_neat_model
 from neat_hf.config import read_adapter_config
 from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, DEFAULT_ADAPTER_NAME
 from neat_hf.deepspeed_configs import zero_stage
-from neat_hf.distributed import gathered, is_zero3_partitioned
-from neat_hf.dtensor import full_tensor, is_dtensor
+from neat_hf.parallel.zero3 import gathered, is_zero3_partitioned, register_zero3_parameters
+from neat_hf.parallel.dtensor import full_tensor, is_dtensor
 from neat_hf.errors import (
     AdapterLoadError,
     AdapterMismatchError,
@@ -37,11 +37,11 @@ from neat_hf.errors import (
     UnsupportedQuantizationError,
 )
 from neat_hf.io import atomic_write_text, check_saved_together, read_adapter_weights
-from neat_hf.layer import NeatLayer, register_zero3_parameters
+from neat_hf.layer import NeatLayer
 from neat_hf.quantization import check_deepspeed_stage, check_quantized_model, is_quantized_model
 
-from . import fsdp
-from .checkpoints import (
+from neat_hf.trainers import fsdp
+from neat_hf.trainers.checkpoints import (
     already_finished,
     begin_checkpoint,
     finish_checkpoint,
@@ -49,8 +49,8 @@ from .checkpoints import (
     resolve_resume,
     rotation_deferred,
 )
-from .hub_mixin import NeatHubMixin
-from .training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
+from neat_hf.trainers.hub_mixin import NeatHubMixin
+from neat_hf.trainers.training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
     # ------------------------------------------------------------------ DeepSpeed ZeRO-3
     def _register_zero3(self) -> None:
         """Tell DeepSpeed that each NEAT layer reads its W0 and its adapter weights in its own forward/backward, so it
-        gathers them once per layer when that layer runs (see `neat_hf.distributed`)."""
+        gathers them once per layer when that layer runs (see `neat_hf.parallel.zero3`)."""
         neat_model = self._neat_model
         if self._zero3_registered or neat_model is None or not self.is_deepspeed_enabled:
             return

@@ -1,7 +1,7 @@
 """`neat_number_words`: the main job's held-out examples as an lm-eval task, built locally (no download).
 
 The rows are exactly the 256 evaluation examples `neat-train` (no arguments) holds out: `builtin:number-words`
-drawn by `neat_hf.trainers.default_job.generate_number_words` with the default recipe's sizes and seed, so the task
+drawn by `neat_hf.cli.train.default_job.generate_number_words` with the default recipe's sizes and seed, so the task
 never needs the Hub and never overlaps the training rows. Prompts use the LLM-Adapters template the job trains with.
 """
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import datasets
 
-from neat_hf.trainers.default_job import generate_number_words
+from neat_hf.cli.train.default_job import generate_number_words
 from neat_hf.trainers.prompts import format_instruction_prompt
 
-#: The default recipe's values (trainers/recipes/default.yaml: max_train_samples, max_eval_samples, seed).
+#: The default recipe's values (neat_hf/cli/train/recipes/default.yaml: max_train_samples, max_eval_samples, seed).
 NUM_TRAIN, NUM_EVAL, SEED = 2048, 256, 42
 
 

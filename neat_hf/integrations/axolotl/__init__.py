@@ -3,7 +3,7 @@
 Needs Axolotl >= 0.18 (`pip install "neat-hf[axolotl]"`); see `plugin.py` for the keys and `examples/axolotl/`.
 """
 
-from .args import NeatArgs
-from .plugin import NeatPlugin
+from neat_hf.integrations.axolotl.args import NeatArgs
+from neat_hf.integrations.axolotl.plugin import NeatPlugin
 
 __all__ = ["NeatArgs", "NeatPlugin"]

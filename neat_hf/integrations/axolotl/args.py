@@ -1,7 +1,7 @@
 """`NeatArgs`: the `neat_*` keys an Axolotl YAML accepts once `NeatPlugin` is listed under `plugins:`.
 
 Axolotl merges each plugin's pydantic model into its config schema (`axolotl.integrations.config.merge_input_args`).
-The keys are `neat-train`'s NEAT flags (`neat_hf.trainers.script_args.NeatArguments`: `neat_r`, `neat_depth`,
+The keys are `neat-train`'s NEAT flags (`neat_hf.trainers.NeatArguments`: `neat_r`, `neat_depth`,
 `neat_act_fn`, `neat_scaling`, `neat_target_modules`, ...), named as Axolotl names LoRA's (`lora_r`,
 `lora_target_modules`, ...). The model is built from that dataclass, so the keys, their types and their help texts
 have one source; every key defaults to unset (`None`), and an unset key takes `NeatArguments`' default.
@@ -14,7 +14,7 @@ import typing
 
 from pydantic import BaseModel, Field, create_model
 
-from neat_hf.trainers.script_args import NeatArguments
+from neat_hf.trainers.neat_arguments import NeatArguments
 
 
 def _neat_args_model() -> type[BaseModel]:

@@ -34,9 +34,9 @@ from axolotl.integrations.base import AdapterCapabilities, BasePlugin
 
 from neat_hf.errors import NeatError
 from neat_hf.peft_patch import apply_neat_to_peft
-from neat_hf.trainers.script_args import NeatArguments
+from neat_hf.trainers.neat_arguments import NeatArguments
 
-from .args import NeatArgs
+from neat_hf.integrations.axolotl.args import NeatArgs
 
 logger = logging.getLogger(__name__)
 
