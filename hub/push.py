@@ -14,7 +14,8 @@ from typing import Any
 from huggingface_hub import CommitInfo
 
 from neat_hf.errors import NeatError
-from neat_hf.hub.commit import PICKLE_SUFFIXES, check_repo_id, push_staged
+from neat_hf.hub.commit import check_repo_id, push_staged
+from neat_hf.hub.conflicts import PICKLE_SUFFIXES
 
 
 def push_folder(

@@ -264,15 +264,20 @@ class NeatConfig(PeanutConfig):
         return read_adapter_config(path)
 
 
-def read_adapter_config(path: str | os.PathLike) -> NeatConfig:
-    """Parse and validate an adapter_config.json file (JSON only).
+def read_adapter_config(path: str | os.PathLike, *, training_info: Mapping[str, Any] | None = None) -> NeatConfig:
+    """Parse and validate an adapter_config.json file (JSON only), with the neat-only settings (dropout) of the
+    training record next to it: `training_info` when the caller has read it already, else read here.
 
     Raises:
         AdapterLoadError: the file is not UTF-8 JSON, or a field is invalid (named).
     """
     data = read_json_file(path, max_bytes=MAX_CONFIG_BYTES, what="an adapter config (about 1 KB)")
     if isinstance(data, dict):
-        data = {**_stored_neat_only_settings(os.path.dirname(os.fspath(path))), **data}
+        if training_info is None:
+            settings = _stored_neat_only_settings(os.path.dirname(os.fspath(path)))
+        else:
+            settings = {name: training_info[name] for name in NEAT_ONLY_FIELDS if name in training_info}
+        data = {**settings, **data}
     return NeatConfig.from_dict(data, source=os.fspath(path))
 
 

@@ -20,7 +20,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from neat_hf.constants import ADAPTER_WEIGHTS_NAME, TRAINING_INFO_NAME
+from neat_hf.constants import TRAINING_INFO_NAME
 from neat_hf.errors import AdapterLoadError, FolderInUseError
 
 logger = logging.getLogger(__name__)
@@ -310,7 +310,9 @@ def staging_directory(out: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.PathLike) -> None:
+def check_saved_together(
+    config_path: str | os.PathLike, weights_path: str | os.PathLike, *, training_info: Mapping[str, Any] | None = None
+) -> None:
     """Refuse an adapter folder whose files come from two different saves (a save killed halfway).
 
     `save_pretrained` writes the weights first, then the card (`README.md`) and `training_info.json`, and the config
@@ -319,6 +321,8 @@ def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.
     that does not match was left by an earlier save: new weights would load with old settings, or under a card and a
     training record (dropout included) of other weights. Files without these keys (stock PEFT, older neat-hf) are
     accepted as they are.
+
+    `training_info`: the folder's training record when the caller has read it already (`{}`: there is none).
 
     Raises:
         AdapterLoadError: the config or the training_info.json next to the weights is not the one saved with them.
@@ -334,7 +338,10 @@ def check_saved_together(config_path: str | os.PathLike, weights_path: str | os.
                 "save that wrote this folder was interrupted between the two files. Save the adapter again (or restore "
                 "the folder); it is refused rather than loaded with a config that does not describe its weights."
             )
-    stamp = recorded_weights_stamp(os.path.join(os.path.dirname(os.fspath(config_path)), TRAINING_INFO_NAME))
+    if training_info is None:
+        stamp = recorded_weights_stamp(os.path.join(os.path.dirname(os.fspath(config_path)), TRAINING_INFO_NAME))
+    else:
+        stamp = training_info.get(WEIGHTS_STAMP_KEY) if isinstance(training_info.get(WEIGHTS_STAMP_KEY), str) else None
     if metadata.get(WEIGHTS_SHA_KEY) is not None and stamp is not None and stamp != metadata[WEIGHTS_SHA_KEY]:
         raise AdapterLoadError(
             f"The {TRAINING_INFO_NAME} and model card next to {os.fspath(weights_path)!r} describe other weights: the "

@@ -27,69 +27,38 @@ from tqdm.auto import tqdm
 
 from neat_hf.adapter_names import check_adapter_name
 from neat_hf.cards.adapter_card import write_model_card
-from neat_hf.config import NeatConfig, read_adapter_config, store_neat_only_settings
+from neat_hf.config import NeatConfig, store_neat_only_settings
 from neat_hf.constants import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
     DEFAULT_ADAPTER_NAME,
     FILE_KEY_PREFIX,
-    TRAINING_INFO_NAME,
 )
 from neat_hf.parallel.dtensor import copy_into, full_tensor, is_dtensor
-from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError, UnsupportedQuantizationError
+from neat_hf.errors import AdapterMismatchError, NeatError, UnsupportedQuantizationError
 from neat_hf.hub.commit import PUSH_OPTIONS, check_repo_id, push_adapter_folder
 from neat_hf.io import (
     CONFIG_SHA_KEY,
     WEIGHTS_SHA_KEY,
     atomic_save_safetensors,
     atomic_write_text,
-    check_saved_together,
     folder_lock,
-    read_adapter_weights,
-    read_tensor_shapes,
     remove_stale_temporaries,
     tensors_sha256,
     text_sha256,
 )
-from neat_hf.hub.download import fetch_companion_file, resolve_adapter_file
-from neat_hf.layer import NeatLayer, layer_features
+from neat_hf.layer import NeatLayer
+from neat_hf.loading import check_adapter_tensors, check_adapter_values, checked_config, read_checked_adapter, tensor_shape
 from neat_hf.export.lora import save_as_lora
 from neat_hf.mixed_batch import adapter_names_hooks
 from neat_hf.peft_patch import apply_neat_to_peft
 from neat_hf.quantization import (
-    check_quantized_model,
     dequantize_model,
     dequantize_weight,
     requantize_layer,
 )
-from neat_hf.targets import InjectionPlan, plan_injection
 
 logger = logging.getLogger(__name__)
-
-
-def _checked_config(model: nn.Module, config: NeatConfig) -> NeatConfig:
-    """A copy of `config` checked against `model` (which is not changed), its targets resolved: neat-hf's presets
-    for `target_modules=None`, the task head added to `modules_to_save`, the base model's name filled in. PEFT then
-    injects exactly these modules.
-
-    Raises:
-        NoTargetModulesError, UnsupportedModuleError, NeatError: see `neat_hf.targets.plan_injection`.
-    """
-    if not isinstance(config, NeatConfig):
-        raise TypeError(f"config must be a NeatConfig, got {type(config).__name__}.")
-    config = copy.deepcopy(config)
-    config._validate()  # fields may have been changed after construction
-    check_quantized_model(model)
-    plan = plan_injection(model, config)
-    config.target_modules = plan.target_modules
-    config.modules_to_save = plan.modules_to_save_names
-    if config.base_model_name_or_path is None:
-        config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
-    return config
-
-def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
-    # Under ZeRO-3 a parameter is a 0-element placeholder; DeepSpeed records the real shape in ds_shape.
-    return tuple(getattr(tensor, "ds_shape", tensor.shape))
 
 
 class NeatModel(PeftModel):
@@ -122,6 +91,7 @@ class NeatModel(PeftModel):
         *,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
+        _config_checked: bool = False,
     ) -> None:
         if any(isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper)) for m in model.modules()):
             raise NeatError(
@@ -130,7 +100,8 @@ class NeatModel(PeftModel):
                 "load_adapter), or start from a fresh base model."
             )
         check_adapter_name(adapter_name)
-        config = _checked_config(model, config)
+        if not _config_checked:  # from_pretrained checked it (with the file) already: once per load
+            config, _ = checked_config(model, config)
         apply_neat_to_peft()
         with warnings.catch_warnings():
             # PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated: not the user's doing.
@@ -197,7 +168,12 @@ class NeatModel(PeftModel):
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise NeatError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
-        config = _checked_config(self.get_base_model(), peft_config)
+        config, _ = checked_config(self.get_base_model(), peft_config)
+        self._add_checked_adapter(adapter_name, config, low_cpu_mem_usage, autocast_adapter_dtype)
+
+    def _add_checked_adapter(
+        self, adapter_name: str, config: NeatConfig, low_cpu_mem_usage: bool = False, autocast_adapter_dtype: bool = True
+    ) -> None:
         super().add_adapter(adapter_name, config, low_cpu_mem_usage=low_cpu_mem_usage, autocast_adapter_dtype=autocast_adapter_dtype)
         if not autocast_adapter_dtype:
             self._cast_adapter_to_base_dtype(adapter_name)
@@ -508,9 +484,15 @@ class NeatModel(PeftModel):
         adapter_name = adapter_name or self.active_adapter
         by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
         params = dict(self.state_dict(keep_vars=True))
-        check_adapter_tensors(tensors, {fk: _shape(params[k]) for fk, k in by_file_key.items()}, type(self.get_base_model()).__name__)
+        check_adapter_tensors(tensors, {fk: tensor_shape(params[k]) for fk, k in by_file_key.items()}, type(self.get_base_model()).__name__)
         integer = {fk for fk, k in by_file_key.items() if not params[k].is_floating_point()}
         check_adapter_values(tensors, exempt_keys=integer, check_finite=check_finite)
+        self._copy_adapter_weights(tensors, adapter_name)
+
+    def _copy_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: str) -> None:
+        """Copy tensors that `neat_hf.loading.read_checked_adapter` checked against this model (names, shapes, values)."""
+        by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
+        params = dict(self.state_dict(keep_vars=True))
         with torch.no_grad():
             for file_key, tensor in tensors.items():
                 copy_into(params[by_file_key[file_key]].data, tensor)  # under FSDP2: this rank's rows
@@ -553,9 +535,9 @@ class NeatModel(PeftModel):
             AdapterMismatchError: the adapter does not fit `model`.
         """
         hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
-        config, tensors = _read_and_check_adapter(model, model_id, is_trainable, hub, check_finite=check_finite)
-        neat_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
-        neat_model.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
+        config, tensors = read_checked_adapter(model, model_id, is_trainable, hub, check_finite=check_finite)
+        neat_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, _config_checked=True)
+        neat_model._copy_adapter_weights(tensors, adapter_name)
         if not is_trainable:
             neat_model.eval()
         return neat_model
@@ -577,11 +559,12 @@ class NeatModel(PeftModel):
 
         Checked against the model before anything is added, like [`from_pretrained`].
         """
+        check_adapter_name(adapter_name)
         hub = dict(revision=revision, subfolder=subfolder, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
         if adapter_name in self.peft_config:
             # PEFT's (and the Trainer's resume path's) meaning: new weights for an existing adapter. The file is
             # checked against that adapter's own tensors (names, shapes, values) before anything is copied.
-            config, tensors = _read_and_check_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
+            config, tensors = read_checked_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
             current = self.peft_config[adapter_name]
             differs = [f for f in ("r", "depth", "act_fn", "scaling", "target_modules") if getattr(config, f) != getattr(current, f)]
             if differs:
@@ -589,11 +572,11 @@ class NeatModel(PeftModel):
                     f"{os.fspath(model_id)!r} holds another adapter than {adapter_name!r} (different {differs}); load it "
                     "under a new adapter_name."
                 )
-            self.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
+            self._copy_adapter_weights(tensors, adapter_name)  # the same names and shapes: checked with the file
             return
-        config, tensors = _read_and_check_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
-        self.add_adapter(adapter_name, config)
-        self.load_adapter_weights(tensors, adapter_name, check_finite=check_finite)
+        config, tensors = read_checked_adapter(self.get_base_model(), model_id, is_trainable, hub, check_finite=check_finite)
+        self._add_checked_adapter(adapter_name, config)
+        self._copy_adapter_weights(tensors, adapter_name)
 
     def save_as_lora(
         self,
@@ -653,115 +636,6 @@ class NeatModel(PeftModel):
                 self.save_pretrained(folder, model_card={**kwargs, "repo_id": full_id})
 
             return push_adapter_folder(folder, repo_id, save=save, **push)
-
-
-def _read_and_check_adapter(
-    model: nn.Module, model_id: str | os.PathLike, is_trainable: bool, hub: dict[str, Any], *, check_finite: bool = True
-) -> tuple[NeatConfig, dict[str, torch.Tensor]]:
-    """Read adapter_config.json and the safetensors file, and check both against `model` (which is not changed).
-
-    Bounded: the config's fields are range-checked when it is parsed, the target regexes match under a time limit,
-    and the file's tensor shapes are compared (from its header) before any tensor is read.
-    """
-    config_path = resolve_adapter_file(model_id, ADAPTER_CONFIG_NAME, **hub)
-    fetch_companion_file(model_id, TRAINING_INFO_NAME, **hub)  # the neat-only settings (dropout) live there
-    config = read_adapter_config(config_path)
-    weights_path = resolve_adapter_file(model_id, ADAPTER_WEIGHTS_NAME, **hub)
-    check_saved_together(config_path, weights_path)
-    config.inference_mode = not is_trainable
-    try:
-        plan = plan_injection(model, config)
-    except NeatError as err:
-        raise AdapterMismatchError(f"Adapter {os.fspath(model_id)!r} does not fit {type(model).__name__}: {err}") from err
-    check_adapter_tensors(read_tensor_shapes(weights_path), expected_adapter_shapes(model, config, plan), type(model).__name__)
-    tensors = read_adapter_weights(weights_path)
-    check_adapter_values(tensors, exempt_keys=_integer_keys(model, plan), check_finite=check_finite)
-    return config, tensors
-
-
-def _integer_keys(model: nn.Module, plan: InjectionPlan) -> set[str]:
-    """File keys of `modules_to_save` tensors that are not floating point in `model` (e.g. integer buffers)."""
-    keys = set()
-    for path in plan.modules_to_save:
-        module = model.get_submodule(path)
-        module = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
-        for key, tensor in module.state_dict(keep_vars=True).items():
-            if not tensor.is_floating_point():
-                keys.add(f"{FILE_KEY_PREFIX}{path}.{key}")
-    return keys
-
-
-def check_adapter_values(
-    tensors: dict[str, torch.Tensor], *, exempt_keys: set[str] | None = None, check_finite: bool = True
-) -> None:
-    """Refuse non-floating-point tensors (never cast: an int8/bool adapter is not one neat-hf wrote) and, unless
-    `check_finite=False`, tensors holding NaN or inf. `exempt_keys` lists the keys exempt from the float rule
-    (integer buffers of a `modules_to_save` module).
-
-    Raises:
-        AdapterLoadError: naming the tensor, its dtype or how many values are not finite.
-    """
-    exempt = exempt_keys or set()
-    for key, tensor in tensors.items():
-        if key in exempt:
-            continue
-        if not tensor.is_floating_point():
-            raise AdapterLoadError(
-                f"Adapter tensor {key!r} has dtype {tensor.dtype}; adapter weights must be floating point "
-                "(float32/float16/bfloat16). It is refused rather than cast."
-            )
-        if check_finite and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise AdapterLoadError(
-                f"Adapter tensor {key!r} holds {bad} NaN/inf values of {tensor.numel()}; the adapter is broken "
-                "(diverged training?). Pass check_finite=False only to inspect it."
-            )
-
-
-def expected_adapter_shapes(model: nn.Module, config: NeatConfig, plan: InjectionPlan) -> dict[str, tuple[int, ...]]:
-    """{file key: shape} that an adapter with `config` must have on `model` (computed without changing `model`)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    r = config.r
-    for path in plan.targets:
-        _, out_features, _ = layer_features(model.get_submodule(path))
-        base = f"{FILE_KEY_PREFIX}{path}"
-        shapes[f"{base}.peanut_A.weight"] = (r, out_features)
-        shapes[f"{base}.peanut_B.weight"] = (out_features, r)
-        for i in range(config.depth):
-            shapes[f"{base}.peanut_encoders.{i}.weight"] = (r, r)
-            shapes[f"{base}.peanut_decoders.{i}.weight"] = (r, r)
-    for path in plan.modules_to_save:
-        module = model.get_submodule(path)
-        module = module.original_module if isinstance(module, ModulesToSaveWrapper) else module
-        for key, tensor in module.state_dict(keep_vars=True).items():
-            shapes[f"{FILE_KEY_PREFIX}{path}.{key}"] = _shape(tensor)
-    return shapes
-
-
-def check_adapter_tensors(
-    tensors: dict[str, torch.Tensor] | dict[str, list[int]], expected: dict[str, tuple[int, ...]], model_name: str
-) -> None:
-    """Raise `AdapterMismatchError` unless `tensors` (tensors, or shapes read from a file header) has exactly the
-    `expected` keys and shapes."""
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise AdapterMismatchError(
-            f"The adapter holds {len(unexpected)} tensors with no place in {model_name}, e.g. {unexpected[:3]}: "
-            "it was made for a base model with other module names (or another target_modules)."
-        )
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise AdapterMismatchError(f"The adapter file lacks {len(missing)} tensors {model_name} needs, e.g. {missing[:3]}.")
-    for key, shape in expected.items():
-        found = tensors[key]
-        found = tuple(found.shape) if isinstance(found, torch.Tensor) else tuple(found)
-        if found != tuple(shape):
-            module, _, tensor_name = key[len(FILE_KEY_PREFIX):].partition(".peanut_")
-            raise AdapterMismatchError(
-                f"Shape mismatch for module {module!r} ({'peanut_' + tensor_name if tensor_name else key}): the adapter "
-                f"has {list(found)} but {model_name} needs {list(shape)}. The adapter was made for a "
-                "base model of other dimensions."
-            )
 
 
 def get_neat_model(

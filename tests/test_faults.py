@@ -688,7 +688,8 @@ def test_resume_refuses_an_incomplete_folder_and_an_output_dir_without_complete_
 
 from hub_fixtures import hub_server, make_adapter  # noqa: E402,F401 (fixture)
 from neat_hf.errors import HubError  # noqa: E402
-from neat_hf.hub.commit import conflicting_files, push_adapter_folder  # noqa: E402
+from neat_hf.hub.commit import push_adapter_folder  # noqa: E402
+from neat_hf.hub.conflicts import conflicting_files  # noqa: E402
 
 HUB_REPO = "neat-tester/faulty"
 

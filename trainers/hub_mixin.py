@@ -21,7 +21,7 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
   DeepSpeed's `global_step*/` folders are never uploaded, and every adapter file is checked to hold adapter tensors
   only.
 
-Every push first checks the repo, as `neat-hub push` does (`neat_hf.hub.commit.conflict_operations`): pickles,
+Every push first checks the repo, as `neat-hub push` does (`neat_hf.hub.conflicts.conflict_operations`): pickles,
 full-model weights and weights in other formats already there are listed in a warning (once per trainer) and, with
 `hub_delete_conflicting=True` ([`NeatTrainingArguments`]), deleted in the same commit; another adapter's
 `adapter_config.json` (another PEFT type or base model) that the push replaces is named. For checkpoint pushes the
@@ -56,7 +56,6 @@ from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME, TRAINING_CUR
 from neat_hf.hub.commit import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
-    ConflictCheck,
     adapter_root_files,
     checkpoint_files,
     commit,
@@ -64,6 +63,7 @@ from neat_hf.hub.commit import (
     ensure_branch,
     hub_api,
 )
+from neat_hf.hub.conflicts import ConflictCheck
 from neat_hf.hub.error_translation import hub_errors
 from neat_hf.hub.download import is_hub_id
 from neat_hf.trainers.training_record import live_tracker_runs, loss_facts, tracker_urls, write_training_curve

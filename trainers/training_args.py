@@ -80,7 +80,7 @@ class NeatTrainingArguments(TrainingArguments):
         hub_delete_conflicting (`bool`, *optional*, defaults to `False`):
             Every push (end of training and checkpoints) first lists the repo's files that contradict an adapter repo:
             pickles such as an old `adapter_model.bin`, full-model weights such as `model.safetensors`, `*.gguf`
-            files, other `*.safetensors` at the root (see `neat_hf.hub.commit.conflicting_files`). By default they
+            files, other `*.safetensors` at the root (see `neat_hf.hub.conflicts.conflicting_files`). By default they
             are named in a warning (once per trainer) and left in place; with `True` they are deleted in the same
             commit as the adapter. Checkpoint folders in the repo are never touched. An `adapter_config.json` of
             another adapter (another PEFT type or base model) is replaced by the push either way, with a warning.
