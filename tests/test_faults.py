@@ -788,7 +788,7 @@ def test_push_lists_conflicting_files_and_deletes_them_on_request(hub_server, tm
     hub_server.add_file(HUB_REPO, "adapter_model.bin", b"an old pickled adapter")
     hub_server.add_file(HUB_REPO, "model.safetensors", b"full weights")
     hub_server.add_file(HUB_REPO, "last-checkpoint/optimizer.pt", b"resume state, kept")
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
     assert "adapter_model.bin" in caplog.text and "model.safetensors" in caplog.text and "delete_conflicting" in caplog.text
     assert {"adapter_model.bin", "model.safetensors"} <= set(hub_server.files(HUB_REPO))
@@ -825,7 +825,7 @@ def test_push_names_another_adapters_config_that_it_replaces(hub_server, tmp_pat
     push_adapter_folder(_pushed_folder(tmp_path, 1), HUB_REPO)
     hub_server.add_file(HUB_REPO, ADAPTER_CONFIG_NAME, remote)
     before = len(hub_server.requests)
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         push_adapter_folder(folder, HUB_REPO)
     warned = [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub.commit" and r.levelno >= logging.WARNING]
     assert len(warned) == 1 and "holds another adapter, which this push replaces" in warned[0], warned
@@ -839,7 +839,7 @@ def test_push_over_an_earlier_version_of_the_same_adapter_warns_nothing(hub_serv
     push_adapter_folder(_pushed_folder(tmp_path, 0), HUB_REPO)
     other_rank = tmp_path / "r2"
     make_adapter(seed=1, r=2).save_pretrained(other_rank)  # another config file, same PEFT type and base
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         push_adapter_folder(other_rank, HUB_REPO)
         push_adapter_folder(_pushed_folder(tmp_path, 2), HUB_REPO)
     assert [r for r in caplog.records if r.name == "neat_hf.hub.commit" and r.levelno >= logging.WARNING] == []
@@ -878,7 +878,7 @@ def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishe
     # The first listing is refused (a 500 or a dropped connection would do too, but the client retries those for
     # about 20 s before giving up).
     hub_server.inject_fault("403", path_contains="/tree/", method="GET")
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         trainer.train()
     failed = [r.getMessage() for r in caplog.records if "Background push" in r.getMessage()]
     assert len(failed) == 1 and "'Training in progress, step 2'" in failed[0], caplog.text
@@ -892,7 +892,7 @@ def test_failed_repo_listing_of_a_checkpoint_push_is_logged_and_training_finishe
 def test_failed_background_checkpoint_push_is_logged_and_training_finishes(hub_server, tmp_path, caplog):
     trainer = _checkpoint_pushing_trainer(tmp_path)
     hub_server.inject_fault("500", times=10)  # the first checkpoint push fails (client retries included)
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         trainer.train()
     assert "Background push 'Training in progress, step 2'" in caplog.text and "500" in caplog.text, caplog.text
     assert trainer.state.global_step == 4

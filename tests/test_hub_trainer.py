@@ -205,7 +205,7 @@ def _plant_another_adapter(hub_server) -> int:
 
 
 def _hub_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "neat_hf.hub.commit" and r.levelname == "WARNING"]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("neat_hf.hub.") and r.levelname == "WARNING"]
 
 
 def _push_all(tmp_path, strategy, **hub_args):
@@ -227,7 +227,7 @@ def test_trainer_push_lists_another_adapters_files_once_and_leaves_them(hub_serv
         listed_in.append(threading.current_thread() is threading.main_thread())
         return list_repo_tree(self, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="neat_hf.hub"):
         patch.setattr(HfApi, "list_repo_tree", recording)
         titles = _push_all(tmp_path, strategy)
     # Every push checked the repo: the end push on the caller's thread, checkpoint pushes in their background job.
@@ -250,7 +250,7 @@ def test_trainer_push_lists_another_adapters_files_once_and_leaves_them(hub_serv
 @pytest.mark.parametrize("strategy", ["end", "every_save"])
 def test_trainer_push_deletes_conflicting_files_in_the_same_commit(hub_server, tmp_path, caplog, strategy):
     planted = _plant_another_adapter(hub_server)
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         titles = _push_all(tmp_path, strategy, args_class=NeatTrainingArguments, hub_delete_conflicting=True)
     history = hub_server.history(REPO)
     assert len(history) == planted + len(titles)  # no separate commit for the deletions
@@ -263,7 +263,7 @@ def test_trainer_push_deletes_conflicting_files_in_the_same_commit(hub_server, t
 
 
 def test_trainer_push_into_a_clean_repo_or_over_our_own_adapter_warns_nothing(hub_server, tmp_path, caplog):
-    with caplog.at_level("WARNING", logger="neat_hf.hub.commit"):
+    with caplog.at_level("WARNING", logger="neat_hf.hub"):
         _push_all(tmp_path / "first", "every_save")
         before = len(hub_server.requests)
         # Another NEAT run (another rank, so another config file) over the first one's adapter, pushed at the end.

@@ -8,14 +8,16 @@ neither, so left alone the Trainer would push a blank card, a pickled `training_
 
 - `init_hf_repo`: also creates the `hub_revision` branch when it does not exist (the Trainer would fail on the first
   push to a missing branch).
-- `create_model_card`: writes the NEAT card ([`write_model_card`]) with the training setup from
-  [`NeatHubMixin.neat_training_info`] and the loss curve into `output_dir`. `NeatTrainer.save_model` writes the same
-  record next to every adapter it saves (`_neat_write_card`), checkpoints included.
+- the card: the trainer owns its run's card facts ([`NeatHubMixin.neat_card`], a `neat_hf.cards.CardFacts`): the
+  training setup from [`NeatHubMixin.neat_training_info`], the loss curve, the arguments of `create_model_card` and
+  `push_to_hub`, and what callers add (`trainer.neat_card.add(eval_results=...)`, as `neat-train` does after its final
+  evaluation). `NeatTrainer.save_model` hands all of it to `NeatModel.save_pretrained`, which writes the card once per
+  save, checkpoints included; `create_model_card` rewrites the card of `output_dir` from it.
 - `log`: notes the experiment-tracker run (Trackio, W&B, Comet) while it is live, for the card's badge.
 - `push_to_hub` (`hub_strategy="end"`, and `trainer.push_to_hub()` / `save_model()` with `push_to_hub=True`): one
   commit with the adapter files, `README.md`, `training_info.json` and the tokenizer files of `output_dir` only.
 - `_push_from_checkpoint` (`hub_strategy="every_save"`, `"checkpoint"`, `"all_checkpoints"`): after each save, one
-  asynchronous commit with the checkpoint's adapter + a fresh card at the repo root and, for `"checkpoint"` /
+  asynchronous commit with the checkpoint's adapter and card at the repo root and, for `"checkpoint"` /
   `"all_checkpoints"`, the checkpoint folder (optimizer, scheduler, RNG and trainer state, to resume from) under
   `last-checkpoint/` or `checkpoint-<step>/`. Full-model weight files (`model*.safetensors`, `pytorch_model*.bin`) and
   DeepSpeed's `global_step*/` folders are never uploaded, and every adapter file is checked to hold adapter tensors
@@ -51,8 +53,8 @@ import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from transformers.utils.hub import PushInProgress
 
-from neat_hf.cards.adapter_card import framework_versions, write_model_card
-from neat_hf.constants import ADAPTER_CONFIG_NAME, MODEL_CARD_NAME, TRAINING_CURVE_NAME
+from neat_hf.cards.adapter_card import CardFacts, framework_versions, write_model_card
+from neat_hf.constants import ADAPTER_CONFIG_NAME, TRAINING_CURVE_NAME
 from neat_hf.hub.commit import (
     ADAPTER_FILES,
     TOKENIZER_FILES,
@@ -98,6 +100,15 @@ class NeatHubMixin:
     neat_dataset_name: str | None = None
 
     # ------------------------------------------------------------------ card facts
+    @property
+    def neat_card(self) -> CardFacts:
+        """This run's card facts: every card the trainer writes (each save, `create_model_card`, pushes) is built from
+        them, so what one step adds stays in every later card. Add to it with `trainer.neat_card.add(...)`."""
+        facts = self.__dict__.get("_neat_card_facts")
+        if facts is None:
+            facts = self.__dict__["_neat_card_facts"] = CardFacts()
+        return facts
+
     def neat_training_info(self) -> dict[str, Any]:
         """The training setup written into the card and `training_info.json`.
 
@@ -205,58 +216,39 @@ class NeatHubMixin:
         dataset: Any | None = None,
         dataset_args: Any | None = None,
     ) -> None:
-        """Write the NEAT model card for the adapter in `output_dir` (same arguments as `Trainer.create_model_card`)."""
+        """Add these fields to the run's card facts and rewrite the NEAT model card of the adapter in `output_dir`
+        from them (same arguments as `Trainer.create_model_card`)."""
+        self._neat_add_card_fields(
+            language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+            dataset=dataset if dataset is not None else dataset_tags,
+        )
         if not self.is_world_process_zero():
             return
         output_dir = Path(self.args.output_dir)
         if not (output_dir / ADAPTER_CONFIG_NAME).is_file():
             logger.warning("No adapter in %s yet; call save_model() before create_model_card().", output_dir)
             return
-        self._neat_write_card(
-            output_dir,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            dataset=dataset if dataset is not None else dataset_tags,
-        )
+        write_model_card(output_dir, model=self._neat_hub_model(), **self.neat_card_arguments(output_dir))
+        self._neat_card_written = (os.fspath(output_dir), self.neat_card.version)
 
-    def _neat_write_card(
-        self,
-        folder: str | os.PathLike,
-        *,
-        finetuned_from: Any = None,
-        dataset: Any = None,
-        tags: Any = None,
-        keep_eval_results: bool = False,
-        **kwargs: Any,
+    def _neat_add_card_fields(
+        self, *, finetuned_from: Any = None, dataset: Any = None, tags: Any = None, **fields: Any
     ) -> None:
-        """Write the card, `training_info.json` and the loss curve of the adapter saved in `folder`.
-
-        `keep_eval_results=True` keeps the evaluation results of the folder's card when they describe the same weights
-        (`save_model`); pushes rebuild the card of a freshly trained adapter without them.
-        """
-        info = self.neat_training_record(folder)
+        """`Trainer.create_model_card`'s fields, as the card names them, into [`neat_card`]."""
         datasets = [dataset] if isinstance(dataset, str) else list(dataset) if dataset else None
-        if datasets:
-            info["dataset"] = datasets if len(datasets) > 1 else datasets[0]
-        card_kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if finetuned_from is not None and is_hub_id(finetuned_from):
-            card_kwargs["base_model"] = finetuned_from
-        # NeatTrainer's `_tag_names` (TRL's convention) first, then the caller's tags.
-        extra_tags = list(getattr(self, "_tag_names", None) or [])
-        extra_tags += [tags] if isinstance(tags, str) else list(tags or [])
-        if extra_tags:
-            card_kwargs["tags"] = list(dict.fromkeys(extra_tags))
-        write_model_card(
-            folder,
-            model=self._neat_hub_model(),
-            repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id,
-            training_info=info,
-            keep_eval_results=keep_eval_results,
-            **card_kwargs,
-        )
+        training_info = {"dataset": datasets if len(datasets) > 1 else datasets[0]} if datasets else None
+        base_model = finetuned_from if finetuned_from is not None and is_hub_id(finetuned_from) else None
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        self.neat_card.add(training_info=training_info, base_model=base_model, tags=tags or None, **fields)
+
+    def neat_card_arguments(self, folder: str | os.PathLike) -> dict[str, Any]:
+        """The card of the adapter saved in `folder`: [`neat_card`] updated with the training record now (the loss
+        curve drawn into `folder`), NeatTrainer's tags first (TRL's `_tag_names`) and the repo pushed to."""
+        self.neat_card.add(training_info=self.neat_training_record(folder))
+        arguments = self.neat_card.card_arguments()
+        arguments["tags"] = list(dict.fromkeys([*(getattr(self, "_tag_names", None) or []), *arguments.get("tags", [])])) or None
+        arguments.setdefault("repo_id", getattr(self, "hub_model_id", None) or self.args.hub_model_id)
+        return arguments
 
     def push_to_hub(
         self,
@@ -267,10 +259,12 @@ class NeatHubMixin:
         private: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Save the adapter, write its card and push adapter + card (+ tokenizer) from `output_dir` in one commit.
+        """Save the adapter (with its card) and push adapter + card (+ tokenizer) from `output_dir` in one commit.
 
-        Same arguments as `Trainer.push_to_hub`; extra keyword arguments go to [`create_model_card`]. Returns the
-        `CommitInfo` (or a `Future` of it with `blocking=False`).
+        Same arguments as `Trainer.push_to_hub`; extra keyword arguments are card fields (as for
+        [`create_model_card`]). An adapter already saved at this step is not saved again, and its card is rewritten
+        only when the card facts changed since it was written. Returns the `CommitInfo` (or a `Future` of it with
+        `blocking=False`).
         """
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         model_name = kwargs.pop("model_name", None)
@@ -279,10 +273,14 @@ class NeatHubMixin:
         token = token if token is not None else self.args.hub_token
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
-        self.save_model(_internal_call=True)
+        self._neat_add_card_fields(model_name=model_name, **kwargs)
+        output_dir = os.fspath(self.args.output_dir)
+        if getattr(self, "_neat_saved", None) != (output_dir, self.state.global_step):
+            self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        self.create_model_card(model_name=model_name, **kwargs)
+        if getattr(self, "_neat_card_written", None) != (output_dir, self.neat_card.version):
+            self.create_model_card()
         revision = revision if revision is not None else self.args.hub_revision
         self._finish_current_push()
         operations = self._neat_operations(Path(self.args.output_dir), prefix="", token=token)
@@ -303,13 +301,12 @@ class NeatHubMixin:
         checkpoint = Path(checkpoint_folder)
         staging = Path(tempfile.mkdtemp(prefix="neat-hub-push-"))
         try:
-            for name in (ADAPTER_FILES | TOKENIZER_FILES) - {MODEL_CARD_NAME}:
+            for name in ADAPTER_FILES | TOKENIZER_FILES:  # the card too: written with the checkpoint, naming the repo
                 if (checkpoint / name).is_file():
                     shutil.copy2(checkpoint / name, staging / name)
             if not (staging / ADAPTER_CONFIG_NAME).is_file():
                 logger.warning("Checkpoint %s holds no adapter; nothing pushed.", checkpoint)
                 return
-            self._neat_write_card(staging, model_name=self.args.hub_model_id or Path(self.args.output_dir).name)
             operations = self._neat_operations(staging, prefix="", token=token)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

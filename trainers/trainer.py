@@ -448,13 +448,16 @@ class NeatTrainer(NeatHubMixin, Trainer):
             state_dict = self._adapter_state_dict()
         os.makedirs(output_dir, exist_ok=True)
         logger.info(f"Saving NEAT adapter to {output_dir}")
-        neat_model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=True)
+        # The card is written once, by save_pretrained, from this run's card facts (NeatHubMixin.neat_card).
+        card = self.neat_card_arguments(output_dir)
+        neat_model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=True, model_card=card)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         elif getattr(self.data_collator, "tokenizer", None) is not None:
             self.data_collator.tokenizer.save_pretrained(output_dir)
         atomic_write_text(os.path.join(output_dir, TRAINING_ARGS_JSON_NAME), self.args.to_json_string())
-        self._neat_write_card(output_dir, keep_eval_results=True)  # losses, curve, tracker (NeatHubMixin)
+        self._neat_saved = (os.fspath(output_dir), self.state.global_step)
+        self._neat_card_written = (os.fspath(output_dir), self.neat_card.version)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         # FSDP2 is sharded by NeatTrainer itself (trainers/fsdp.py), which the Trainer's FSDP code does not know.

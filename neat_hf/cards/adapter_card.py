@@ -5,10 +5,11 @@ its base; tags are `neat`, `peanut`, `peft` and `base_model:adapter:<id>`. The b
 lists the NEAT hyperparameters and parameter count, the training setup (when known), how to load the adapter with
 neat-hf and with stock PEFT, evaluation results (also written as `model-index`) and framework versions.
 
-It lives in the core because `NeatModel.save_pretrained` writes the card of every adapter it saves (as PEFT does);
-`neat_hf.hub` (push, `neat-hub card`, merged export), `neat_hf.trainers` and `neat_hf.eval_harness` build on it.
-Everything a card shows comes from files in the adapter folder, so `neat-hub card ADAPTER_DIR` can rebuild it at any
-time:
+`NeatModel.save_pretrained` writes the card of every adapter it saves (as PEFT does), once per save, with what the
+caller knows beyond the files: a run keeps that in one [`CardFacts`] (`NeatTrainer` owns one per run), so what one step
+adds (evaluation results, scores before training) is never erased by a later write. `neat_hf.hub` uploads the card
+written here; `neat-hub card` and `neat-lm-eval --update_card` rebuild it. Everything else a card shows comes from
+files in the adapter folder, so `neat-hub card ADAPTER_DIR` can rebuild it at any time:
 
 * `adapter_config.json` and `adapter_model.safetensors` (hyperparameters; parameter count from the safetensors header),
 * `training_info.json` (optional, see `neat_hf.training_info`, which scrubs it of credentials), with the tracker run
@@ -27,6 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +104,50 @@ def merge_eval_results(old: Iterable[EvalResult] | None, new: Iterable[EvalResul
     new = list(new or [])
     replaced = {key(r) for r in new}
     return [r for r in (old or []) if key(r) not in replaced] + new
+
+
+@dataclass
+class CardFacts:
+    """What a run knows about its adapter beyond the saved files: training setup, evaluation results, card fields.
+
+    One object per run owns them (`NeatTrainer.neat_card`); each step adds to it ([`add`]) and every card of the run
+    is written from all of it ([`card_arguments`], given to `NeatModel.save_pretrained(model_card=...)` or
+    [`write_model_card`]), so a later write (a checkpoint, a push) carries what an earlier step added.
+    """
+
+    training_info: dict[str, Any] = field(default_factory=dict)
+    eval_results: list[EvalResult] = field(default_factory=list)
+    card_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Bumped by every change, so an owner can tell whether a card it wrote is still current.
+    version: int = 0
+
+    def add(
+        self,
+        *,
+        training_info: Mapping[str, Any] | None = None,
+        eval_results: Iterable[EvalResult] | None = None,
+        **card_kwargs: Any,
+    ) -> None:
+        """Add facts: `training_info` keys replace earlier values, `eval_results` replace the same task and metric
+        ([`merge_eval_results`]), `tags` join earlier tags, other card fields (`repo_id`, `base_model`, `datasets`,
+        `license`, `language`, `model_name`, ...) replace them unless `None`."""
+        before = (dict(self.training_info), list(self.eval_results), dict(self.card_kwargs))
+        if training_info:
+            self.training_info.update(training_info)
+        if eval_results:
+            self.eval_results = merge_eval_results(self.eval_results, eval_results)
+        for key, value in card_kwargs.items():
+            if value is None:
+                continue
+            if key == "tags":
+                value = list(dict.fromkeys([*self.card_kwargs.get("tags", []), *([value] if isinstance(value, str) else value)]))
+            self.card_kwargs[key] = value
+        if (self.training_info, self.eval_results, self.card_kwargs) != before:
+            self.version += 1
+
+    def card_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of [`write_model_card`] (and `save_pretrained(model_card=...)`) for these facts."""
+        return {"training_info": dict(self.training_info), "eval_results": list(self.eval_results), **self.card_kwargs}
 
 
 def build_model_card(

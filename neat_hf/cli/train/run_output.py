@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult
 
-from neat_hf.cards.adapter_card import write_model_card
 from neat_hf.cli.train import default_job
 
 #: Sub-folder of `output_dir` that holds a copy of a built-in base model.
@@ -47,15 +46,16 @@ def save_builtin_base(job: Any) -> str | None:
 
 
 def write_run_card(job: Any, before: dict[str, float], after: dict[str, float]) -> None:
-    """Rewrite the adapter card of `output_dir` with the training setup and the before/after evaluation."""
+    """Add the run's dataset, paths and before/after evaluation to the trainer's card facts and rewrite the card of
+    `output_dir` from them (a later push uploads that card as it is)."""
     trainer, args = job.trainer, job.training_args
     data_args, model_args = job.data_args, job.model_args
-    info = trainer.neat_training_record(args.output_dir)  # after the final evaluation: the curve gets its point
-    info["dataset"] = data_args.dataset_name or os.path.basename(data_args.train_file or "") or None
-    if data_args.cutoff_len:
-        info["max_seq_length"] = data_args.cutoff_len
-    info["adapter_path"] = args.output_dir
-    info["base_model_path"] = base_model_reference(model_args.model_name_or_path, args.output_dir)
+    info: dict[str, Any] = {
+        "dataset": data_args.dataset_name or os.path.basename(data_args.train_file or "") or None,
+        "max_seq_length": data_args.cutoff_len or None,
+        "adapter_path": args.output_dir,
+        "base_model_path": base_model_reference(model_args.model_name_or_path, args.output_dir),
+    }
     for key, value in before.items():
         if _is_score(key):
             info[f"{key} before training"] = round(float(value), 4)
@@ -71,8 +71,8 @@ def write_run_card(job: Any, before: dict[str, float], after: dict[str, float]) 
         for key, value in after.items()
         if _is_score(key)
     ]
-    write_model_card(args.output_dir, model=trainer.model, training_info={k: v for k, v in info.items() if v is not None},
-                     eval_results=results or None, keep_eval_results=False)
+    trainer.neat_card.add(training_info={k: v for k, v in info.items() if v is not None}, eval_results=results)
+    trainer.create_model_card()  # after the final evaluation: the loss curve gets its point
 
 
 def _is_score(key: str) -> bool:
