@@ -28,8 +28,10 @@ def _build_package_view() -> None:
     for package, folder in sorted(package_dirs.items()):  # parents before their subpackages
         target = PACKAGE_VIEW.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
-        for source in (ROOT / folder).glob("*.py"):
-            (target / source.name).symlink_to(source)
+        for source in (ROOT / folder).rglob("*.py"):  # subpackages (neat_hf/cards/, neat_hf/cli/train/) too
+            link = target / source.relative_to(ROOT / folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(source)
 
 
 def on_startup(command: str, dirty: bool) -> None:
