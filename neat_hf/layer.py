@@ -30,13 +30,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.peanut import PeanutLayer
+from peft.tuners.peanut import PeanutConfig, PeanutLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from neat_hf.activations import get_activation
 from neat_hf.adapter_names import BASE_ADAPTER
-from neat_hf.config import NeatConfig
 from neat_hf.parallel.zero3 import gathered, is_zero3_partitioned, register_external_weight
 from neat_hf.parallel.dtensor import all_ranks_true, is_dtensor, local_merge_delta, local_rows
 from neat_hf.errors import NeatError, UnsupportedModuleError, UnsupportedQuantizationError
@@ -100,7 +99,7 @@ class NeatLayer(nn.Module, PeanutLayer):
         self,
         base_layer: nn.Module,
         adapter_name: str,
-        config: NeatConfig,
+        config: PeanutConfig,
         *,
         autocast_adapter_dtype: bool = True,
     ) -> None:
@@ -130,7 +129,7 @@ class NeatLayer(nn.Module, PeanutLayer):
         register_external_weight(self, self.base_layer.weight)
 
     # ------------------------------------------------------------------ construction
-    def update_layer(self, adapter_name: str, config: NeatConfig, *, autocast_adapter_dtype: bool = True) -> None:
+    def update_layer(self, adapter_name: str, config: PeanutConfig, *, autocast_adapter_dtype: bool = True) -> None:
         """Create (or re-create) the adapter `adapter_name` from `config`."""
         weight = self.base_layer.weight
         dtype = torch.float32 if autocast_adapter_dtype and weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype

@@ -12,15 +12,15 @@ layers; files stay PEFT's PEANUT format, so unpatched PEFT loads them.
 `get_neat_model`, `NeatModel.from_pretrained`, `NeatConfig(...)`, `NeatTrainer` and `neat-train` call it for you
 (a `NeatConfig` asks for neat-hf's layer, so `peft_config=NeatConfig(...)` in TRL gets it without another call).
 
-This module sits on the floor of `neat_hf.config`, below the tuner: `neat_hf.tuner` registers `NeatTuner` here when
-it is imported, and the first `apply_neat_to_peft` loads it by name if nothing has yet (as the package's lazy exports
-load their modules, `neat_hf.lazy_imports`), so the config can apply the patch without an import cycle.
+`neat_hf.config` imports this module (a `NeatConfig` applies the patch); the tuner, the layer below it and PEFT's tuner
+classes are imported by the first `apply_neat_to_peft`, after the version check, so an untested PEFT is refused in one
+line rather than failing inside PEFT. The layer types its config as PEFT's `PeanutConfig`, so nothing below the tuner
+imports `neat_hf.config`: no cycle.
 """
 
 from __future__ import annotations
 
 import os
-from importlib import import_module
 
 import peft
 
@@ -39,12 +39,6 @@ ALLOW_UNTESTED_ENV = "NEAT_HF_ALLOW_UNTESTED_PEFT"
 
 _original_tuner: type | None = None
 _neat_tuner: type | None = None
-
-
-def register_tuner(tuner_cls: type) -> None:
-    """Record the tuner class the patch installs (`neat_hf.tuner` calls this with `NeatTuner` on import)."""
-    global _neat_tuner
-    _neat_tuner = tuner_cls
 
 
 def check_peft_version(version: str | None = None, *, allow_untested: bool = False) -> None:
@@ -83,12 +77,14 @@ def apply_neat_to_peft(*, allow_untested: bool = False) -> None:
     >>> model = peft.get_peft_model(base_model, peft.PeanutConfig(r=8, target_modules=["q_proj", "v_proj"]))
     ```
     """
-    global _original_tuner
+    global _original_tuner, _neat_tuner
     if is_neat_applied():
         return
     check_peft_version(allow_untested=allow_untested)
-    if _neat_tuner is None:
-        import_module(f"{__package__}.tuner")  # registers NeatTuner (register_tuner) as it is imported
+    # lazy: after the version check (see the module docstring); PEFT's tuner classes load with it.
+    from neat_hf.tuner import NeatTuner
+
+    _neat_tuner = NeatTuner
     _original_tuner = PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT]
     PEFT_TYPE_TO_TUNER_MAPPING[PeftType.PEANUT] = _neat_tuner
 

@@ -19,7 +19,6 @@ from torch import nn
 
 from neat_hf.layer import NeatLayer
 from neat_hf.mixed_batch import adapter_names_hooks
-from neat_hf.peft_patch import register_tuner
 from neat_hf.quantization import check_quantized_model, prepare_quantized_model
 
 
@@ -69,5 +68,3 @@ class NeatTuner(PeanutModel):
         with adapter_names_hooks(self.model, kwargs.pop("adapter_names", None), self.peft_config, expand=True):
             yield
 
-
-register_tuner(NeatTuner)

@@ -27,7 +27,7 @@ from neat_hf.constants import ADAPTER_WEIGHTS_NAME
 from neat_hf.errors import FsdpConfigError
 from neat_hf.parallel.fsdp import check_shardable, fully_shard_neat_model
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
-from neat_hf.trainers.fsdp import ACCELERATE_FSDP2_CONFIG, fsdp_plan
+from neat_hf.trainers.fsdp_plan import ACCELERATE_FSDP2_CONFIG, fsdp_plan
 
 DRIVER = str(Path(__file__).with_name("fsdp_driver.py"))
 TARGETS = ["q_proj", "v_proj"]

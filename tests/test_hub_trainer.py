@@ -149,7 +149,7 @@ def test_hub_strategy_all_checkpoints(hub_server, tmp_path):
 def test_trackio_run_pushes_card_with_badge_tag_losses_and_curve(hub_server, tmp_path):
     """`report_to="trackio"`, logged locally (`trackio_static_space_id=False`: no Space is made on push): the pushed
     card links the run (badge and `trackio:<url>` tag) and shows the final losses and the loss curve pushed with it."""
-    from neat_hf.trainers.training_record import trackio_run_url
+    from neat_hf.trainers.trackers import trackio_run_url
 
     trainer, _ = _train(tmp_path, hub_strategy="end", report_to="trackio", project="neat-hf-tests",
                         run_name="hub-push", trackio_static_space_id=False)

@@ -51,7 +51,7 @@ def test_wheel_has_one_namespace_and_its_data(wheel):
         "neat_hf/trainers/__init__.py",
         "neat_hf/eval_harness/__init__.py",
         "neat_hf/deepspeed_configs/zero3.json",
-        "neat_hf/cli/train/accelerate_configs/fsdp2.yaml",
+        "neat_hf/trainers/accelerate_configs/fsdp2.yaml",
         "neat_hf/integrations/axolotl/plugin.py",
     ):
         assert expected in names, expected
@@ -81,3 +81,32 @@ def test_regular_install_imports_from_site_packages(wheel, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_import_paths_that_moved_still_resolve():
+    """The names the docs showed under `neat_hf.hub` before the core was split into rooms stay importable there, as
+    the same objects as in their homes (`neat_hf.cards`, `neat_hf.export`, ...)."""
+    import neat_hf.cards.adapter_card as cards
+    import neat_hf.eval_harness.results as results
+    import neat_hf.export.merged as merged
+    import neat_hf.export.saved_adapter as saved
+    import neat_hf.hub as hub
+    import neat_hf.training_info as training_info
+
+    assert hub.write_model_card is cards.write_model_card and hub.build_model_card is cards.build_model_card
+    assert hub.merge_eval_results is cards.merge_eval_results
+    assert hub.export_merged is merged.export_merged and hub.export_lora is saved.export_lora
+    assert hub.load_training_info is training_info.load_training_info
+    assert hub.eval_results_from_lm_eval is results.eval_results_from_lm_eval
+    from neat_hf.cards import CardFacts, write_model_card  # noqa: F401
+    from neat_hf.export import export_lora, export_merged  # noqa: F401
+    from neat_hf.trainers import NeatArguments, NeatTrainer, NeatTrainingArguments  # noqa: F401
+
+
+@pytest.mark.slow
+def test_the_old_module_path_of_neat_train_still_launches():
+    """`python -m neat_hf.trainers.train` (the path launch commands were written with) runs `neat-train`."""
+    for module in ("neat_hf.cli.train", "neat_hf.trainers.train"):
+        done = subprocess.run([sys.executable, "-m", module, "--list"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "commonsense/llama3-8b" in done.stdout

@@ -63,7 +63,7 @@ def test_report_to_trackio_offline_gives_a_card_with_badge_tag_losses_and_curve(
     `trackio:<url>` tag), and shows the final losses and the loss curve, drawn after the final evaluation."""
     from huggingface_hub import ModelCard
 
-    from neat_hf.trainers.training_record import trackio_run_url
+    from neat_hf.trainers.trackers import trackio_run_url
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -68,7 +68,8 @@ from neat_hf.hub.commit import (
 from neat_hf.hub.conflicts import ConflictCheck
 from neat_hf.hub.error_translation import hub_errors
 from neat_hf.hub.download import is_hub_id
-from neat_hf.trainers.training_record import live_tracker_runs, loss_facts, tracker_urls, write_training_curve
+from neat_hf.trainers.loss_curve import loss_facts, write_training_curve
+from neat_hf.trainers.trackers import live_tracker_runs, tracker_urls
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class NeatHubMixin:
 
     def neat_training_record(self, folder: str | os.PathLike) -> dict[str, Any]:
         """[`neat_training_info`] for the adapter saved in `folder`, with the loss curve drawn there
-        (`training_curve.png`, see `neat_hf.trainers.training_record`) when any loss was logged."""
+        (`training_curve.png`, see `neat_hf.trainers.loss_curve`) when any loss was logged."""
         info = self.neat_training_info()
         if write_training_curve(getattr(self.state, "log_history", []), folder) is not None:
             info["training_curve"] = TRAINING_CURVE_NAME

@@ -40,7 +40,7 @@ from neat_hf.io import atomic_write_text, check_saved_together, read_adapter_wei
 from neat_hf.layer import NeatLayer
 from neat_hf.quantization import check_deepspeed_stage, check_quantized_model, is_quantized_model
 
-from neat_hf.trainers import fsdp
+from neat_hf.trainers import fsdp_plan as fsdp
 from neat_hf.trainers.checkpoints import (
     already_finished,
     begin_checkpoint,
@@ -84,7 +84,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
           forward, and saving gathers the adapter weights only, as full fp32 tensors equal to a single-process run's.
         - FSDP2 (`fsdp=...` with `fsdp_config={"version": 2}`, or `accelerate launch` with
           `neat_hf/trainers/accelerate_configs/fsdp2.yaml`): the trainer applies `fully_shard` itself, one unit per
-          decoder layer holding its NEAT layers and their W0, on GPUs and on CPU (gloo) alike (see `trainers/fsdp.py`).
+          decoder layer holding its NEAT layers and their W0, on GPUs and on CPU (gloo) alike (see `trainers/fsdp_plan.py`).
         - Quantized bases (QLoRA-style): a model loaded with `BitsAndBytesConfig(load_in_4bit=True)` or
           `load_in_8bit=True` trains with its base frozen in 4/8 bit (`neat_hf.quantization`; call
           `neat_hf.prepare_model_for_kbit_training` first, as with PEFT); the base's quantization settings go into
@@ -108,7 +108,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         TypeError: `model` is neither a [`NeatModel`] nor a model given with `neat_config`.
         TrainerSetupError: `neat_config` is given together with a [`NeatModel`]; `optimizers` is given together with
             `neat_learning_rate` / `head_learning_rate`.
-        FsdpConfigError: FSDP1, or an FSDP setting NEAT cannot train with (see `trainers/fsdp.py`), or a quantized
+        FsdpConfigError: FSDP1, or an FSDP setting NEAT cannot train with (see `trainers/fsdp_plan.py`), or a quantized
             base model under FSDP2.
         NeatError: `output_dir` holds an adapter for a different base model and `overwrite_output_dir` is not set.
         DeepSpeedConfigError: (from the arguments) the DeepSpeed config is missing or invalid.
@@ -460,7 +460,7 @@ class NeatTrainer(NeatHubMixin, Trainer):
         self._neat_card_written = (os.fspath(output_dir), self.neat_card.version)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        # FSDP2 is sharded by NeatTrainer itself (trainers/fsdp.py), which the Trainer's FSDP code does not know.
+        # FSDP2 is sharded by NeatTrainer itself (trainers/fsdp_plan.py), which the Trainer's FSDP code does not know.
         if self._fsdp_plan is not None:
             # The Trainer would save rank 0's shard of the optimizer state only: write the full, adapter-sized state.
             fsdp.save_optimizer(self.model, self.optimizer, output_dir, self.args.should_save)

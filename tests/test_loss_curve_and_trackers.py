@@ -13,7 +13,8 @@ from huggingface_hub import ModelCard
 from neat_hf.cards.adapter_card import TRACKER_BADGES, build_model_card, write_model_card
 from neat_hf.constants import TRAINING_CURVE_NAME
 from neat_hf.trainers import NeatTrainer, NeatTrainingArguments
-from neat_hf.trainers.training_record import loss_facts, trackio_run_url, tracker_urls, write_training_curve
+from neat_hf.trainers.loss_curve import loss_facts, write_training_curve
+from neat_hf.trainers.trackers import trackio_run_url, tracker_urls
 from neat_hf.training_info import load_training_info
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
