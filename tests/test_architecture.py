@@ -312,3 +312,14 @@ def test_neat_errors_live_in_errors_py():
 def test_trainers_neat_errors_live_in_errors_py():
     bad = _neat_errors_outside_errors_py({"trainers"})
     assert not bad, "NeatError subclasses belong in neat_hf/errors.py:\n" + "\n".join(bad)
+
+
+def test_one_import_style():
+    """Project imports are absolute (`from neat_hf.x import y`), in the library and the scripts alike."""
+    bad = [
+        f"{m.path.relative_to(ROOT)}:{node.lineno}"
+        for m in MODULES.values()
+        for node in ast.walk(m.tree)
+        if isinstance(node, ast.ImportFrom) and node.level
+    ]
+    assert not bad, "relative imports (write them absolute):\n" + "\n".join(bad)
