@@ -23,8 +23,8 @@ all-runs JSON keeps every run). Metrics: accuracy; Matthews correlation for CoLA
 Data: the built-in tasks read `<data-dir>/SST2/{train,dev}.tsv` (`label<TAB>sentence`) and
 `<data-dir>/CoLA/{train,dev}.tsv` (`sentence<TAB>label`); `--data-dir` defaults to the repository's `../shared/data`.
 Any other data: `--train-file/--dev-file` (tsv/csv/json/jsonl) with `--text-column/--label-column`, or a Hub
-dataset with `--hf-dataset glue --hf-config sst2`. Files and Hub datasets are read by `neat_hf.cli.train.data`, as
-`neat-train` reads them.
+dataset with `--hf-dataset glue --hf-config sst2`. Files and Hub datasets are read by
+`neat_hf.cli.train.data_sources`, as `neat-train` reads them.
 
 The sweeps behind the README's numbers are data too: `sweeps/{cpu_seeds,cpu_sweep,gpu}.yaml` list their runs, and
 `quality_sweep.py` turns one into the job lines that `run_cpu_suite.sh` / `run_gpu_suite.sh` run (one process each).
@@ -77,7 +77,7 @@ from transformers.utils import logging as hf_logging
 
 from neat_hf.errors import NeatError
 from neat_hf.trainers import NeatTrainer
-from neat_hf.cli.train.data import load_raw_datasets
+from neat_hf.cli.train.data_sources import load_raw_datasets
 from neat_hf.cli.train.metrics import compute_metric, logits_to_predictions, metric_backend
 from neat_hf.cli.train.script_args import DataArguments
 
@@ -114,7 +114,7 @@ METRIC_CHOICES = ("accuracy", "matthews_correlation", "f1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data (read by neat_hf.cli.train.data, as `neat-train --train_file/--validation_file/--column_names` does)
+# Data (read by neat_hf.cli.train.data_sources, as `neat-train --train_file/--validation_file/--column_names` does)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -160,7 +160,7 @@ def _header_less_names(path: Path) -> str:
 def read_splits(train: Path, dev: Path | None, text_col: int | str, label_col: int | str,
                 pair_col: int | str | None = None, header: bool | None = None) -> list[dict[str, list[Any]]]:
     """Read a train (and dev) file — tsv/csv (header optional; integer columns index a header-less file), json or
-    jsonl — through `neat_hf.cli.train.data.load_raw_datasets`.
+    jsonl — through `neat_hf.cli.train.data_sources.load_raw_datasets`.
 
     Returns:
         `[train, dev]` (or `[train]`), each `{"text": [...], "label": [...]}` (plus `"text_pair"`), labels as ints.

@@ -54,6 +54,19 @@ def test_bench_hostile_runs_and_reports_each_refusal(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_data_check_runs_on_a_tiny_file_of_each_format(tmp_path):
+    """The script writes each format, checks it in a fresh process and reports the peak RSS increase (the 100 MiB
+    bound is reported, not asserted here)."""
+    run_script("bench_data_check.py", "--size-mb", "1", "--formats", "jsonl,json,csv", "--output-dir", str(tmp_path))
+    report = load_outputs(tmp_path, "data_check_1mb")
+    assert [(r["format"], r["checker"]) for r in report["results"]] == [
+        ("jsonl", "streaming"), ("json", "streaming"), ("csv", "streaming")]
+    for result in report["results"]:
+        assert result["error"] is None and result["size_bytes"] >= 10**6 and result["rows"] > 1000, result
+        assert result["peak_rss"] >= result["rss_before"] > 0 and result["seconds"] > 0
+
+
+@pytest.mark.slow
 def test_bench_train_tiny(tmp_path):
     run_script("bench_train.py", "--preset", "tiny", "--rounds", "1", "--warmup", "1", "--steps", "2",
                "--output-dir", str(tmp_path))

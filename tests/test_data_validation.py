@@ -15,12 +15,13 @@ from train_cli_helpers import COMMONSENSE_ROWS, SST2_ROWS, save_tiny_bert, write
 
 from neat_hf.errors import DatasetError
 from neat_hf.cli.train import data as data_lib
+from neat_hf.cli.train import data_sources
 from neat_hf.cli.train.script_args import DataArguments
 from neat_hf.cli.train.main import cli
 
 
 def _load(path, **kwargs):
-    return data_lib.load_raw_datasets(DataArguments(train_file=str(path), **kwargs))
+    return data_sources.load_raw_datasets(DataArguments(train_file=str(path), **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -67,9 +68,9 @@ def test_bad_files_get_one_line_naming_file_and_line(tmp_path, name, content, fr
 def test_null_and_mistyped_fields_are_named(tmp_path, rows, fmt, fragments):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     args = DataArguments(train_file=path)
-    loaded = data_lib.load_raw_datasets(args)
+    loaded = data_sources.load_raw_datasets(args)
     with pytest.raises(DatasetError) as info:
-        data_lib.check_values(loaded, fmt, args, sources=data_lib.split_sources(args))
+        data_lib.check_values(loaded, fmt, args, sources=data_sources.split_sources(args))
     message = str(info.value)
     assert "train.jsonl" in message and "'train' split" in message, message
     for fragment in fragments:
@@ -124,11 +125,11 @@ def test_labels_are_checked_in_every_split_against_num_labels(tmp_path, bad):
     train = write_jsonl(tmp_path / "train.jsonl", SST2_ROWS)
     valid = write_jsonl(tmp_path / "dev.jsonl", [*SST2_ROWS[:3], {"sentence": "odd", "label": bad}])
     args = DataArguments(train_file=train, validation_file=valid)
-    loaded = data_lib.load_raw_datasets(args)
+    loaded = data_sources.load_raw_datasets(args)
     if bad == 2:
         data_lib.check_labels(loaded, "label", 3)  # in range once there are three classes
     with pytest.raises(DatasetError) as info:
-        data_lib.check_labels(loaded, "label", 2, sources=data_lib.split_sources(args))
+        data_lib.check_labels(loaded, "label", 2, sources=data_sources.split_sources(args))
     message = str(info.value)
     assert "'validation' split" in message and "dev.jsonl" in message and "row 4" in message, message
     assert f"label {bad}" in message and "0..1" in message
@@ -168,7 +169,7 @@ def _write_folder(folder, files: dict[str, bytes]) -> str:
 
 
 def _load_name(name, tmp_path, **kwargs):
-    return data_lib.load_raw_datasets(DataArguments(dataset_name=name, **kwargs), cache_dir=str(tmp_path / "cache"))
+    return data_sources.load_raw_datasets(DataArguments(dataset_name=name, **kwargs), cache_dir=str(tmp_path / "cache"))
 
 
 def _one_line(info) -> str:

@@ -128,7 +128,7 @@ def test_a_second_neat_train_into_a_busy_output_dir_is_refused_before_loading(tm
     def fail(*args, **kwargs):
         raise AssertionError("data or model was loaded before the check")
 
-    monkeypatch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
+    monkeypatch.setattr("neat_hf.cli.train.job.data_sources.load_raw_datasets", fail)
     pid = _hold_in_child(out)  # another run holds the folder
     try:
         assert cli(["--max_steps", "1", "--output_dir", str(out)]) == 2

@@ -14,6 +14,7 @@ from train_cli_helpers import (
 )
 
 from neat_hf.cli.train import data as data_lib
+from neat_hf.cli.train import data_sources
 from neat_hf.cli.train import default_job
 from neat_hf.cli.train import metrics as metrics_lib
 from neat_hf.cli.train.script_args import DataArguments
@@ -121,18 +122,18 @@ def test_metamathqa_rows_use_query_as_instruction(bpe):
 def test_load_json_list_and_jsonl_files(tmp_path):
     train = write_json_list(tmp_path / "commonsense_170k.json", COMMONSENSE_ROWS)
     valid = write_json_list(tmp_path / "valid.json", COMMONSENSE_ROWS[:2])
-    loaded = data_lib.load_raw_datasets(DataArguments(train_file=train, validation_file=valid))
+    loaded = data_sources.load_raw_datasets(DataArguments(train_file=train, validation_file=valid))
     assert sorted(loaded["train"].column_names) == ["answer", "input", "instruction", "output"]
     assert (len(loaded["train"]), len(loaded["validation"])) == (4, 2)
     jsonl = write_jsonl(tmp_path / "mmqa.jsonl", METAMATHQA_ROWS)
-    loaded = data_lib.load_raw_datasets(DataArguments(dataset_name=jsonl, eval_split_size=1))  # a file path works too
+    loaded = data_sources.load_raw_datasets(DataArguments(dataset_name=jsonl, eval_split_size=1))  # a file path works too
     assert (len(loaded["train"]), len(loaded["validation"])) == (2, 1)
 
 
 def test_load_headerless_tsv_with_column_names(tmp_path):
     path = tmp_path / "train.tsv"
     path.write_text("".join(f"{r['label']}\t{r['sentence']}\n" for r in SST2_ROWS), encoding="utf-8")
-    loaded = data_lib.load_raw_datasets(
+    loaded = data_sources.load_raw_datasets(
         DataArguments(train_file=str(path), column_names="label,sentence", max_train_samples=3)
     )
     assert loaded["train"].column_names == ["label", "sentence"]
@@ -143,24 +144,24 @@ def test_load_headerless_tsv_with_column_names(tmp_path):
 def test_load_csv_with_header(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text("sentence,label\n" + "".join(f"\"{r['sentence']}\",{r['label']}\n" for r in SST2_ROWS))
-    loaded = data_lib.load_raw_datasets(DataArguments(train_file=str(path)))
+    loaded = data_sources.load_raw_datasets(DataArguments(train_file=str(path)))
     assert loaded["train"][1]["label"] == 0 and "validation" not in loaded
 
 
 def test_loader_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="--dataset_name .* or --train_file"):
-        data_lib.load_raw_datasets(DataArguments())
+        data_sources.load_raw_datasets(DataArguments())
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data_lib.load_raw_datasets(DataArguments(train_file=str(tmp_path / "nope.json")))
+        data_sources.load_raw_datasets(DataArguments(train_file=str(tmp_path / "nope.json")))
     odd = tmp_path / "data.xml"
     odd.write_text("<a/>")
     with pytest.raises(ValueError, match="Cannot tell the format"):
-        data_lib.load_raw_datasets(DataArguments(train_file=str(odd)))
+        data_sources.load_raw_datasets(DataArguments(train_file=str(odd)))
     with pytest.raises(ValueError, match="Built-in datasets"):
-        data_lib.load_raw_datasets(DataArguments(dataset_name="builtin:nope"))
+        data_sources.load_raw_datasets(DataArguments(dataset_name="builtin:nope"))
     good = write_jsonl(tmp_path / "x.jsonl", COMMONSENSE_ROWS)
     with pytest.raises(ValueError, match="no 'test' split"):
-        data_lib.load_raw_datasets(DataArguments(train_file=good, eval_split="test"))
+        data_sources.load_raw_datasets(DataArguments(train_file=good, eval_split="test"))
 
 
 @pytest.mark.parametrize(
@@ -178,7 +179,7 @@ def test_loader_errors_name_the_fix(tmp_path):
 def test_missing_columns_are_named(tmp_path, fmt, rows, extra, missing):
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     args = DataArguments(train_file=path, **extra)
-    loaded = data_lib.load_raw_datasets(args)
+    loaded = data_sources.load_raw_datasets(args)
     with pytest.raises(data_lib.MissingColumnsError) as info:
         data_lib.check_columns(loaded, fmt, args, recipe="some/recipe")
     message = str(info.value)
@@ -189,7 +190,7 @@ def test_missing_columns_are_named(tmp_path, fmt, rows, extra, missing):
 def test_column_flags_rename_what_is_checked(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "good", "y": 1}])
     args = DataArguments(train_file=path, text_column="text", label_column="y")
-    data_lib.check_columns(data_lib.load_raw_datasets(args), "text-classification", args)
+    data_lib.check_columns(data_sources.load_raw_datasets(args), "text-classification", args)
 
 
 def test_builtin_number_words_is_in_the_commonsense_schema():

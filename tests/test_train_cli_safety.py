@@ -34,7 +34,7 @@ def no_loading(monkeypatch):
     """Data or model loading fails the test: the checks under test must come first."""
     def fail(*args, **kwargs):
         raise AssertionError("data or model was loaded before the check")
-    monkeypatch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
+    monkeypatch.setattr("neat_hf.cli.train.job.data_sources.load_raw_datasets", fail)
     monkeypatch.setattr("neat_hf.cli.train.job._load_tokenizer_and_model", fail)
 
 
@@ -80,7 +80,7 @@ def test_resume_after_a_kill_during_the_first_checkpoint_is_refused_before_loadi
     with monkeypatch.context() as patch:
         def fail(*args, **kwargs):
             raise AssertionError("data or model was loaded before the check")
-        patch.setattr("neat_hf.cli.train.job.data_lib.load_raw_datasets", fail)
+        patch.setattr("neat_hf.cli.train.job.data_sources.load_raw_datasets", fail)
         patch.setattr("neat_hf.cli.train.job._load_tokenizer_and_model", fail)
         assert cli([*argv, "--resume_from_checkpoint", "true"]) == 2
         line = _one_error_line(capsys)

@@ -31,6 +31,7 @@ from neat_hf.errors import HubError, TrainingArgumentError
 from neat_hf.io import folder_lock
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.cli.train import data as data_lib
+from neat_hf.cli.train import data_sources
 from neat_hf.cli import model_source
 from neat_hf.cli.train import default_job, launch_checks, metrics, run_output
 from neat_hf.trainers.interrupt import StopOnSignal, stop_on_signal
@@ -69,7 +70,7 @@ def _load_tokenizer(model_args: ModelArguments, task: str) -> Any:
     return tokenizer
 
 
-def _load_model(model_args: ModelArguments, task: str, labels: tuple[int, list[str] | None, bool] | None) -> Any:
+def _load_model(model_args: ModelArguments, task: str, labels: data_lib.Labels | None) -> Any:
     kwargs: dict[str, Any] = {
         "revision": model_args.model_revision,
         "trust_remote_code": model_args.trust_remote_code,
@@ -112,7 +113,7 @@ def _quantization_kwargs(model_args: ModelArguments) -> dict[str, Any]:
 
 
 def _load_tokenizer_and_model(
-    model_args: ModelArguments, task: str, labels: tuple[int, list[str] | None, bool] | None
+    model_args: ModelArguments, task: str, labels: data_lib.Labels | None
 ) -> tuple[Any, Any]:
     if not default_job.is_builtin(model_args.model_name_or_path):
         tokenizer, model = _load_tokenizer(model_args, task), _load_model(model_args, task, labels)
@@ -248,13 +249,16 @@ def prepare(
     _check_before_loading(model_args, data_args, training_args)
 
     with training_args.main_process_first(desc="loading the dataset"):
-        raw = data_lib.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
+        raw = data_sources.load_raw_datasets(data_args, seed=training_args.seed, cache_dir=model_args.cache_dir)
     data_lib.check_columns(raw, dataset_format, data_args, recipe=recipe)
-    sources = data_lib.split_sources(data_args)
+    sources = data_sources.split_sources(data_args)
     data_lib.check_values(raw, dataset_format, data_args, sources=sources)
-    labels = data_lib.label_info(raw["train"], data_args.label_column) if task != "causal-lm" else None
-    if labels is not None and not labels[2]:  # classification (not regression): every label of every split in range
-        data_lib.check_labels(raw, data_args.label_column, model_args.num_labels or labels[0], sources=sources)
+    labels = None
+    if task != "causal-lm":  # classification or regression, and every label of every split checked for it
+        with training_args.main_process_first(desc="checking the labels"):  # a float column is cast (a cache file)
+            raw, labels = data_lib.resolve_labels(
+                raw, data_args.label_column, num_labels=model_args.num_labels, sources=sources
+            )
 
     tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
     if task == "causal-lm" and getattr(model.config, "use_cache", None):
