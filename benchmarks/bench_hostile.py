@@ -1,5 +1,5 @@
-"""Time and peak memory of refusing hostile adapters, through every loader (issue 25: "in under 5 s and 100 MB above
-the base's own footprint").
+"""Time and peak memory of refusing hostile adapters, through every loader, against the bounds every refusal must meet:
+under 5 s, and under 100 MB above the base's own footprint.
 
 Each (case, loader) pair runs in a fresh process (`common.run_worker`): the loader is run once on the valid adapter
 (the footprint: base model, imports, the adapter itself) and once on the hostile copy; the report gives the wall time

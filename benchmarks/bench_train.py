@@ -83,15 +83,16 @@ from common import (  # noqa: E402
 
 logger = logging.getLogger("neat_hf.benchmarks.train")
 
-# Issue 6 targets (ratios of median step time / peak memory, measured side by side in one run).
+# Targets of NEAT against LoRA and stock PEANuT (ratios of median step time / peak memory, measured side by side in one
+# run).
 TARGETS = {
     "neat_vs_lora_time": 1.00,
     "neat_vs_lora_memory": 1.02,
     "neat_vs_peanut_time": {"1b": 0.30, "7b": 0.20},
 }
-# Issue 12 targets on a quantized base: NEAT-4bit against QLoRA.
+# Targets on a quantized base: NEAT-4bit against QLoRA.
 QUANTIZED_TARGETS = {"neat_vs_lora_time": 1.05, "neat_vs_lora_memory": 1.02}
-# Issue 21: stock PEFT's PEANuT after `apply_neat_to_peft()` costs what neat-hf's NEAT costs, within 5% of LoRA (CPU).
+# Target of stock PEFT's PEANuT after `apply_neat_to_peft()`: what neat-hf's NEAT costs, within 5% of LoRA (CPU).
 PATCHED_PEANUT_VS_LORA_CPU_TIME = 1.05
 
 OVERRIDE_FIELDS = ("seq_len", "batch_size", "r", "num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
@@ -214,7 +215,8 @@ def aggregate(method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare(summary: dict[str, dict[str, Any]], preset: str, quantize: str | None = None) -> dict[str, Any]:
-    """Ratios between methods and the targets they are held to (issue 6; issue 12 on a quantized base)."""
+    """Ratios between methods and the targets they are held to (`TARGETS`; also `QUANTIZED_TARGETS` on a quantized
+    base)."""
     out: dict[str, Any] = {}
     targets = {**TARGETS, **QUANTIZED_TARGETS} if quantize else TARGETS
 

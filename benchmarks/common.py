@@ -37,7 +37,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
-# LLaMA projections targeted by every method in the speed benchmarks (issue 6 / ../shared/ANCHORS.md).
+# LLaMA projections targeted by every method in the speed benchmarks (the paper's q, k, v, up, down;
+# ../shared/ANCHORS.md).
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 
 

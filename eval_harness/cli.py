@@ -5,7 +5,8 @@ lm-eval 0.4.13 finds backends only in its built-in table, and neat-hf's start-up
 to it; the bundled tasks then need `--include_path`.) Every lm-eval flag and subcommand
 (`run`, `ls`, `validate`) works as documented by lm-eval; the only difference is that `neat_hf.eval_harness.TASKS_DIR`
 is always on the include path, in front of any `--include_path` you pass (yours wins on a name clash), and a
-`token=` in `--model_args` is passed to the Hub as `HF_TOKEN` instead of being logged and saved with the results.
+`token=` in the model arguments (`--model_args`, or `model_args` in a `--config` YAML) is passed to the Hub as `HF_TOKEN`
+instead of being printed, logged and saved with the results.
 
 One option is added: `--update_card [ADAPTER_DIR]` folds the results of this run into the adapter folder's model card
 (`README.md`, `model-index` entries) through `neat_hf.cards.adapter_card`, as `neat-hub card ADAPTER_DIR --eval-results FILE`
@@ -28,12 +29,16 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from neat_hf.cards.adapter_card import write_model_card
+from neat_hf.cli import REPORTED_ERRORS, exit_status
 from neat_hf.cli.hints import option_strings, unknown_option_hints, unrecognized_options
 from neat_hf.errors import NeatError
 
@@ -109,6 +114,32 @@ def _take_token(args: argparse.Namespace) -> str | None:
     if not isinstance(model_args, dict) or "token" not in model_args:
         return None
     token = model_args.pop("token")
+    return None if token in (None, "") else str(token)
+
+
+def _take_config_token(args: argparse.Namespace, folder: Path) -> str | None:
+    """Take `token=` out of the `model_args` of a `--config` YAML, for the reason [`_take_token`] gives (lm-eval also
+    prints the merged config): `args.config` then names a copy of the YAML without it, written into `folder`.
+
+    Only when lm-eval would use the YAML's `model_args`: `--model_args` on the command line replace them whole (lm-eval's
+    merge), so then the YAML's token is neither used nor shown.
+    """
+    config_path = getattr(args, "config", None)
+    if not config_path or getattr(args, "model_args", None):
+        return None
+    from lm_eval.config.evaluate_config import EvaluatorConfig  # lazy: lm-eval is optional and slow to import
+    from lm_eval.utils import simple_parse_args_string  # lazy, as above
+
+    values = EvaluatorConfig.load_yaml_config(config_path)
+    model_args = values.get("model_args")
+    if isinstance(model_args, str):  # `model_args: pretrained=...,token=...`, which lm-eval parses the same way
+        model_args = simple_parse_args_string(model_args)
+    if not isinstance(model_args, dict) or "token" not in model_args:
+        return None
+    token = model_args.pop("token")
+    copy = folder / Path(config_path).name
+    copy.write_text(yaml.safe_dump({**values, "model_args": model_args}, sort_keys=False), encoding="utf-8")
+    args.config = str(copy)
     return None if token in (None, "") else str(token)
 
 
@@ -199,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     Raises:
         `SystemExit`: status 2 with a one-line message for bad input that neat-hf detects (`NeatError`: a missing
-            or mismatched adapter, bad model_args, a bad `--update_card`); lm-eval's own errors propagate unchanged.
+            or mismatched adapter, bad model_args, a bad `--update_card`), 1 when the Hub failed (`HubError`) or a
+            task's data cannot be fetched; lm-eval's own errors propagate unchanged.
     """
     try:
         from lm_eval._cli import HarnessCLI
@@ -224,14 +256,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         card_folder = None if update_card is None else _card_folder(update_card, args)
         before = _results_files(args.output_path) if card_folder else set()
-        with _token_in_environment(token):
-            parser.execute(args)
+        with tempfile.TemporaryDirectory(prefix="neat-lm-eval-") as folder:
+            config_token = _take_config_token(args, Path(folder))
+            with _token_in_environment(token if token is not None else config_token):
+                parser.execute(args)
         if card_folder:
             _update_card(card_folder, _results_files(args.output_path) - before)
-    except NeatError as err:
+    except REPORTED_ERRORS as err:
         logger.debug("neat-lm-eval failed", exc_info=True)
         print(f"neat-lm-eval: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+        raise SystemExit(exit_status(err)) from err
     except ConnectionError as err:  # `datasets` could not fetch a task's data (offline, or no network)
         logger.debug("neat-lm-eval failed", exc_info=True)
         print(f"neat-lm-eval: error: {offline_data_message(err)}", file=sys.stderr)

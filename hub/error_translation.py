@@ -4,12 +4,15 @@ huggingface_hub raises `RepositoryNotFoundError`, `RevisionNotFoundError`, `Entr
 and bare HTTP errors whose text names neither what the user asked for nor how to fix it. [`hub_errors`] re-raises them
 as one line naming the action, the repo, the revision and the file, with the fix. Downloads raise
 [`AdapterLoadError`](neat_hf.errors.AdapterLoadError) (the adapter could not be read), pushes
-[`HubError`](neat_hf.errors.HubError). The original exception is chained; messages never contain the token.
+[`HubError`](neat_hf.errors.HubError). transformers wraps huggingface_hub's exceptions in `OSError` when it loads a
+model, config or tokenizer; [`loading_errors`] reads the chain to tell the Hub failing from a name that does not exist.
+The original exception is chained; messages never contain the token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 from huggingface_hub.errors import (
@@ -21,7 +24,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from neat_hf.errors import HubError, NeatError
+from neat_hf.errors import AdapterLoadError, HubError, NeatError
 
 try:  # huggingface_hub 2.x sends its requests through httpx2, 1.x through httpx (both its own dependencies)
     from httpx2 import TransportError
@@ -36,7 +39,7 @@ def hub_errors(
     *,
     revision: str | None = None,
     filename: str | None = None,
-    error: type[NeatError] = HubError,
+    error: type[HubError] | type[AdapterLoadError] = HubError,
 ) -> Iterator[None]:
     """Re-raise huggingface_hub's not-found / offline / auth errors inside the block as `error` naming what is wrong.
 
@@ -45,7 +48,7 @@ def hub_errors(
         repo_id (`str`): the repo involved.
         revision (`str`, *optional*): the branch, tag or commit involved.
         filename (`str`, *optional*): the file involved (downloads).
-        error (`type[NeatError]`, *optional*, defaults to `HubError`): the class to raise.
+        error (`type`, *optional*, defaults to `HubError`): the class to raise (`AdapterLoadError` for downloads).
     """
     where = f"{repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     prefix = f"Cannot {action} {where}"
@@ -92,6 +95,37 @@ def hub_errors(
             "request was sent, the change may have landed; running the same push again is safe (files already on "
             "the Hub make no new commit)."
         ) from err
+
+
+@contextlib.contextmanager
+def loading_errors(
+    what: str, name: str | os.PathLike, *, revision: str | None = None, error: type[NeatError] = NeatError
+) -> Iterator[None]:
+    """Re-raise what transformers raises inside the block while loading `name` (`OSError`: a missing or incomplete
+    folder, an unknown Hub id or revision, no network; `ValueError`: a config it does not recognise) as one line, "Cannot
+    load {what} {name}: ...": a `HubError` when the Hub failed (no connection, a server error, access refused), else
+    `error`. neat-hf's own errors pass through unchanged.
+    """
+    try:
+        yield
+    except NeatError:
+        raise
+    except (OSError, ValueError) as err:
+        where = f"{os.fspath(name)!r}" + (f" at revision {revision!r}" if revision else "")
+        raise (HubError if _hub_failed(err) else error)(f"Cannot load {what} {where}: {_first_line(err)}") from err
+
+
+def _hub_failed(err: BaseException) -> bool:
+    """Whether the exception chain of `err` shows the Hub failing (a connection error, or an HTTP error other than a
+    repo, revision or file that does not exist), rather than bad input."""
+    chain: list[BaseException] = []
+    while err is not None and all(err is not seen for seen in chain):
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    not_found = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
+    return any(isinstance(e, (TransportError, ConnectionError)) for e in chain) or any(
+        isinstance(e, HfHubHTTPError) and not isinstance(e, not_found) for e in chain
+    )
 
 
 def _first_line(err: BaseException) -> str:

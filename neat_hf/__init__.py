@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Public names whose modules import torch, transformers and peft: loaded on first use (PEP 562), so that `import
-#: neat_hf` and the command lines (which refuse careless input before any heavy import, issue 23) start fast.
+#: neat_hf` and the command lines (which refuse careless input before any heavy import) start fast.
 _LAZY = {
     "NeatConfig": "config",
     "NeatLayer": "layer",

@@ -6,7 +6,8 @@ breaks interoperability with stock `peft`.
 
 from __future__ import annotations
 
-#: The package version (`neat_hf.__version__`), also sent in the Hub user agent.
+#: The package version, written only here: `neat_hf.__version__`, the Hub user agent and the distribution's
+#: metadata (pyproject.toml reads this literal) all take it from this line.
 LIBRARY_VERSION = "0.1.0"
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"

@@ -1,7 +1,9 @@
-"""Exceptions raised by neat-hf (every `NeatError` subclass of the core and the integrations lives here).
+"""Exceptions raised by neat-hf (every exception class of the core and the integrations lives here).
 
-All derive from `NeatError`, itself a `ValueError`, so existing `except ValueError` handlers keep working while callers
-who care can catch the specific case.
+Bad input (a value, file, folder or setup neat-hf cannot use) raises a `NeatError` subclass. `NeatError` is a
+`ValueError`, so existing `except ValueError` handlers keep working while callers who care can catch the specific case.
+A failed Hub operation raises `HubError`, which is not a `ValueError`: the Hub failing (unreachable, a server error,
+access refused) is not a bad value, and `except ValueError` around a push must not swallow it.
 """
 
 from __future__ import annotations
@@ -69,12 +71,13 @@ class FsdpConfigError(TrainerSetupError):
     a quantized base); the message names the supported setting."""
 
 
-# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub.commit / neat_hf.hub, neat_hf.eval_harness,
+# --- Hub, evaluation and DeepSpeed integrations (neat_hf.hub, neat_hf.eval_harness,
 # neat_hf.deepspeed_configs) -----------------------------------------------------------------------------------------
 
 
-class HubError(NeatError):
-    """A Hub operation failed; the message names the repo, revision and file involved and what to do."""
+class HubError(Exception):
+    """A Hub operation failed; the message names the repo, revision and file involved and what to do. Not a
+    `NeatError` (see the module docstring); the command lines end with exit status 1 on it, 2 on a `NeatError`."""
 
 
 class NeatModelArgsError(NeatError):

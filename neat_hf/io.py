@@ -34,13 +34,11 @@ from neat_hf.errors import AdapterLoadError, FolderInUseError
 
 logger = logging.getLogger(__name__)
 
-#: safetensors metadata key of adapter_model.safetensors holding the sha256 of the adapter_config.json saved with it.
-#: `save_pretrained` writes the weights first and the config last, so a kill in between leaves new weights next to
-#: the old config; loading compares the two and refuses such a mix instead of computing neither adapter.
+#: safetensors metadata key of adapter_model.safetensors holding the sha256 of the adapter_config.json saved with it
+#: (what it protects against: [`check_saved_together`]).
 CONFIG_SHA_KEY = "neat_hf.adapter_config_sha256"
-#: safetensors metadata key of adapter_model.safetensors holding the sha256 of its tensors ([`tensors_sha256`]). The
-#: card's `training_info.json` records the same value (`WEIGHTS_STAMP_KEY`), so a card or training record left by an
-#: earlier save (a kill between the weights and them) is told apart from one written for these weights.
+#: safetensors metadata key of adapter_model.safetensors holding the sha256 of its tensors ([`tensors_sha256`]), which
+#: `training_info.json` repeats as `WEIGHTS_STAMP_KEY` (see [`check_saved_together`]).
 WEIGHTS_SHA_KEY = "neat_hf.adapter_weights_sha256"
 #: Key of `training_info.json` naming the weights it (and the card written with it) describes.
 WEIGHTS_STAMP_KEY = "adapter_weights_sha256"

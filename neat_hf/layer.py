@@ -407,7 +407,7 @@ class NeatLayer(nn.Module, PeanutLayer):
         if is_dtensor(weight):  # FSDP2: change this rank's rows of W0 only, from the gathered adapter
             local, delta = local_merge_delta(self, name)
             if safe_merge and not all_ranks_true(bool(torch.isfinite(local + delta).all()), [weight]):
-                raise ValueError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
+                raise NeatError(f"NaN or inf in the merged weight: adapter {name!r} seems broken; nothing was merged.")
             if keep_original:
                 self._weight_before_merge = local.detach().to("cpu", copy=True)
             local.add_(delta)

@@ -2,7 +2,7 @@
 
 `neat_hf`, `neat_hf.trainers` and `neat_hf.eval_harness` export names whose modules import torch, transformers, peft
 or lm-eval (seconds each). Loading them on first use keeps `import neat_hf` cheap and lets the command lines refuse
-careless input before those imports (issue 23).
+careless input before those imports.
 """
 
 from __future__ import annotations

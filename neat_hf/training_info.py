@@ -12,8 +12,8 @@ of the training run), `license`, `training_curve` (the loss-curve image in the f
 `trackio_url` / `wandb_url` / `comet_url` (the tracker run, shown as a badge).
 
 [`save_training_info`] also records which weights the file describes (`adapter_weights_sha256`, the digest that
-`adapter_model.safetensors` carries in its metadata): a save killed after the weights leaves a record of other weights,
-which loading refuses (`neat_hf.io.check_saved_together`) and the next save drops ([`current_training_info`]).
+`adapter_model.safetensors` carries in its metadata), so that a record of other weights is recognised: loading refuses
+it (`neat_hf.io.check_saved_together` explains the save order) and the next save drops it ([`current_training_info`]).
 
 Keys that look like credentials (`*_token`, `*secret*`, `*password*`, `*api_key*`) and values that look like Hub tokens
 are dropped, never written.

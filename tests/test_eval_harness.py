@@ -233,6 +233,45 @@ def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, cap
     assert "HF_TOKEN" not in os.environ  # ... for the run only
 
 
+@pytest.mark.parametrize("form", ["mapping", "string"])
+def test_token_in_config_yaml_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, monkeypatch,
+                                                                                     tmp_path, form):
+    """The same for a token in the `model_args` of a `--config` YAML (lm-eval also prints the merged config)."""
+    import yaml
+
+    secret = "hf_CoNfIg0123456789abcdefTOKEN"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    seen = []
+    original = NeatLM._create_model
+
+    def spy(self, *args, **kwargs):
+        seen.append(os.environ.get("HF_TOKEN"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(NeatLM, "_create_model", spy)
+    model_args = {"pretrained": str(env.base), "adapter": str(env.adapter), "token": secret}
+    out = tmp_path / "out"
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "neat",
+        "model_args": model_args if form == "mapping" else ",".join(f"{k}={v}" for k, v in model_args.items()),
+        "device": "cpu", "tasks": ["neat_boolq_gen"], "include_path": str(env.tasks), "limit": 2, "batch_size": 2,
+        "output_path": str(out),
+    }))
+    written = config.read_text()
+    with caplog.at_level(logging.DEBUG):
+        cli.main(["run", "--config", str(config)])
+    printed = capsys.readouterr()
+    (results_file,) = out.rglob("results_*.json")
+    results = json.loads(results_file.read_text())
+    assert results["config"]["adapter"] == str(env.adapter)  # the other model_args of the YAML were used
+    for text in (results_file.read_text(), printed.out, printed.err, caplog.text):
+        assert secret not in text
+    assert seen == [secret]  # the loaders got it (as HF_TOKEN) ...
+    assert "HF_TOKEN" not in os.environ  # ... for the run only
+    assert config.read_text() == written  # the user's file is left as it was
+
+
 @pytest.mark.parametrize(
     "argv, match",
     [

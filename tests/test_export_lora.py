@@ -268,13 +268,13 @@ def test_cli_refuses_a_base_of_other_shapes_or_names_before_writing(tmp_path, ca
     _, adapter, _ = _base_and_adapter(tmp_path)
     wider = tmp_path / "wider"
     tiny_llama(intermediate_size=64).save_pretrained(wider)
-    assert main(["export-lora", str(wider), str(adapter), str(tmp_path / "out")]) == 1
+    assert main(["export-lora", str(wider), str(adapter), str(tmp_path / "out")]) == 2  # bad input: 2
     assert "Shape mismatch" in capsys.readouterr().err
     other_names = tmp_path / "gpt2"
     tiny_gpt2().save_pretrained(other_names)
     with pytest.raises(AdapterMismatchError):
         NeatModel.from_pretrained(tiny_gpt2(), adapter)
-    assert main(["export-lora", str(other_names), str(adapter), str(tmp_path / "out")]) == 1
+    assert main(["export-lora", str(other_names), str(adapter), str(tmp_path / "out")]) == 2
     assert "does not fit" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -315,7 +315,7 @@ def test_lora_weights_reproduce_the_layer_delta_in_column_slabs(monkeypatch, dep
 
 def test_cli_server_flag_refuses_what_the_server_would_refuse(tmp_path, capsys):
     base, adapter, _ = _base_and_adapter(tmp_path, tiny_bert_classifier, target_modules=["query", "value"], task_type="SEQ_CLS")
-    assert main(["export-lora", str(base), str(adapter), str(tmp_path / "out"), "--server", "vllm"]) == 1
+    assert main(["export-lora", str(base), str(adapter), str(tmp_path / "out"), "--server", "vllm"]) == 2
     assert "vllm: vLLM refuses adapters with modules_to_save (['classifier'])" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     with pytest.warns(UserWarning, match="will not load in vllm"):

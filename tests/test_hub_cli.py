@@ -90,22 +90,94 @@ def test_card_command_adds_and_updates_eval_results(tmp_path, capsys):
 
 
 def test_card_command_errors(tmp_path, capsys):
-    assert main(["card", str(tmp_path)]) == 1
+    assert main(["card", str(tmp_path)]) == 2  # bad input: 2 (a failing Hub: 1)
     assert "adapter_config.json" in capsys.readouterr().err
     _, folder = _saved_adapter(tmp_path)
     card_before = (folder / "README.md").read_bytes()  # save_pretrained writes a first card
     (tmp_path / "bad.json").write_text('{"not": "lm-eval"}')
-    assert main(["card", str(folder), "--eval-results", str(tmp_path / "bad.json")]) == 1
+    assert main(["card", str(folder), "--eval-results", str(tmp_path / "bad.json")]) == 2
     assert "results" in capsys.readouterr().err
     assert (folder / "README.md").read_bytes() == card_before, "a failed run must not change the card"
 
 
 def test_push_command_errors(hub_server, tmp_path, capsys):
-    assert main(["push", str(tmp_path / "missing"), REPO]) == 1
+    assert main(["push", str(tmp_path / "missing"), REPO]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["push"])  # argparse: missing arguments -> exit status 2
     assert hub_server.repo_ids() == []
+
+
+def test_exit_status_tells_bad_input_from_a_failing_hub_from_a_bug(tmp_path, monkeypatch, capsys):
+    """Bad input is one line and status 2 (above); a failing Hub is one `HubError` line and status 1; anything else is
+    a bug and propagates with its traceback instead of being reported as the user's mistake."""
+    import neat_hf.cards.adapter_card
+    import neat_hf.hub.commit
+    from neat_hf.hub import HubError
+
+    _, folder = _saved_adapter(tmp_path)
+
+    def hub_down(*args, **kwargs):
+        raise HubError(f"Cannot push to {REPO!r}: the Hub failed with HTTP 500 (Internal Server Error).")
+
+    monkeypatch.setattr(neat_hf.hub.commit, "push_adapter_folder", hub_down)
+    assert main(["push", str(folder), REPO]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"neat-hub push: error: Cannot push to {REPO!r}: the Hub failed with HTTP 500 (Internal Server Error)."
+    ]
+
+    def buggy(*args, **kwargs):
+        raise ValueError("a bug, not the user's input")
+
+    monkeypatch.setattr(neat_hf.cards.adapter_card, "write_model_card", buggy)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["card", str(folder)])
+
+
+@pytest.mark.parametrize("command", ["merge", "export-lora"])
+def test_a_base_that_cannot_be_loaded_is_one_line(tmp_path, monkeypatch, capsys, command):
+    """transformers' errors loading BASE (a folder that holds no model: a ValueError; an unknown Hub id, no network:
+    an OSError) are one line naming BASE, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base").mkdir()
+    _, folder = _saved_adapter(tmp_path)
+    assert main([command, "base", str(folder), "out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"neat-hub {command}: error: Cannot load the config of base model 'base': "), err
+    assert "model_type" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_loading_errors_tell_the_hub_failing_from_bad_input():
+    """transformers wraps huggingface_hub's errors in an OSError; the chain tells a Hub that cannot be reached (or
+    fails) from a name that does not exist there."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from neat_hf.errors import NeatError
+    from neat_hf.hub import HubError
+    from neat_hf.hub.error_translation import TransportError, loading_errors  # httpx2's (huggingface_hub 1.x: httpx's)
+
+    def transformers_error(cause: BaseException) -> OSError:
+        error = OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+        error.__cause__ = cause  # `raise OSError(...) from cause`, as transformers does
+        return error
+
+    unreachable = LocalEntryNotFoundError("not in the cache")
+    unreachable.__context__ = TransportError("[Errno 111] Connection refused")  # huggingface_hub's own chain
+    cases = [
+        (transformers_error(unreachable), HubError),  # no connection
+        (transformers_error(LocalEntryNotFoundError("offline and not cached")), NeatError),  # HF_HUB_OFFLINE
+        (ValueError("Unrecognized model in base."), NeatError),
+    ]
+    for error, expected in cases:
+        with pytest.raises(expected, match=r"Cannot load base model 'org/model' at revision 'v1': ") as info:
+            with loading_errors("base model", "org/model", revision="v1"):
+                raise error
+        assert info.value.__cause__ is error
+    with pytest.raises(NeatError, match="passes through") as info:  # neat-hf's own errors are not rewrapped
+        with loading_errors("base model", "org/model"):
+            raise NeatError("passes through")
+    assert info.value.__cause__ is None
 
 
 @pytest.mark.slow
@@ -133,7 +205,7 @@ def test_merge_command_matches_live_adapter_and_pushes(hub_server, tmp_path, cap
     assert out.strip().splitlines()[-2:] == [str(out_dir), commit_url]
 
     # Refuses to overwrite a non-empty output folder.
-    assert main(["merge", str(base_dir), str(adapter_dir), str(out_dir)]) == 1
+    assert main(["merge", str(base_dir), str(adapter_dir), str(out_dir)]) == 2
     assert "not empty" in capsys.readouterr().err
 
 
@@ -144,7 +216,7 @@ def test_merge_command_refuses_a_base_of_another_architecture_before_loading_it(
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["auto_mapping"]["base_model_class"] == "LlamaForCausalLM"
     gpt2_dir = tmp_path / "gpt2"
     tiny_gpt2().save_pretrained(gpt2_dir)
-    assert main(["merge", str(gpt2_dir), str(adapter_dir), str(tmp_path / "merged")]) == 1
+    assert main(["merge", str(gpt2_dir), str(adapter_dir), str(tmp_path / "merged")]) == 2
     assert "is a 'gpt2' model: the adapter does not fit it" in capsys.readouterr().err
     assert not (tmp_path / "merged").exists()
     assert main(["merge", str(base_dir), str(adapter_dir), str(tmp_path / "merged")]) == 0  # its own base still merges
@@ -225,13 +297,13 @@ def test_a_missing_local_adapter_is_named_at_once(tmp_path, monkeypatch, capsys,
     (tmp_path / "base").mkdir()
     (tmp_path / "neat-output").mkdir()
     start = time.monotonic()
-    assert main([command, "base", "neat-outptu", "out"]) == 1
+    assert main([command, "base", "neat-outptu", "out"]) == 2
     assert time.monotonic() - start < 1.0
     err = capsys.readouterr().err
     assert "ADAPTER 'neat-outptu': no such local folder" in err and "Did you mean 'neat-output'?" in err
     assert not (tmp_path / "out").exists()
     # A typo of a folder path is a missing local path too, whatever its spelling; a Hub id is still a Hub id.
-    assert main([command, "./bsae", "neat-output", "out"]) == 1
+    assert main([command, "./bsae", "neat-output", "out"]) == 2
     assert "BASE './bsae': no such local folder" in capsys.readouterr().err
 
 

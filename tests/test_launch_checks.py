@@ -1,5 +1,5 @@
 """Launches that would crash on one rank, or train differently from what was asked, are named before anything loads;
-resuming a finished run says so and does nothing (issue 23, `neat_hf.cli.train.launch_checks`)."""
+resuming a finished run says so and trains nothing (`neat_hf.cli.train.launch_checks`)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,11 @@ def test_plain_launches_pass(tmp_path):
     check_launch(*_args(tmp_path, "--load_in_4bit"), {})
 
 
-def _finished_run(out, step: int) -> None:
+def _finished_run(out, step: int, best: str | None = None) -> None:
     checkpoint = out / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": step}))
+    state = {"global_step": step, "max_steps": step, "best_model_checkpoint": best}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
@@ -76,6 +77,41 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path, capsys):
     # More steps to go: not finished, the message stays silent.
     _, training_args = _args(tmp_path, "--max_steps", "5", "--resume_from_checkpoint", "true")
     assert finished_run_message(training_args) is None
+
+
+def test_resuming_a_finished_run_leaves_what_save_total_limit_allows(tmp_path, capsys):
+    """checkpoint-4 left beside checkpoint-5 under `--save_total_limit 1` (a kill between checkpoint-5's completion
+    and the rotation after it, or a limit given only on the resume): the resume trains nothing and saves nothing, so
+    it deletes checkpoint-4 itself, as the run's rotation would have, and says so. The newest checkpoint and the run's
+    best one stay; a deletion a kill interrupted is finished."""
+    out = tmp_path / "out"
+    for step in (3, 4, 5):
+        _finished_run(out, step)
+    (out / ".deleting-checkpoint-2-0123abcd").mkdir()
+    argv = ["--max_steps", "5", "--output_dir", str(out), "--resume_from_checkpoint", "true", "--save_total_limit", "1"]
+    assert cli(argv) == 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "the run has finished" in err and "beyond --save_total_limit 1 were deleted (checkpoint-3, checkpoint-4)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-5"]
+    assert cli(argv) == 0  # again: nothing left to delete
+    assert "nothing was changed" in capsys.readouterr().err
+
+    best_run = tmp_path / "best"
+    for step in (3, 4, 5):  # the Trainer records the best checkpoint as a path from the run's working directory
+        _finished_run(best_run, step, best="somewhere/else/checkpoint-3")
+    assert cli([*argv[:2], "--output_dir", str(best_run), *argv[4:]]) == 0
+    assert "(checkpoint-4)" in capsys.readouterr().err
+    assert sorted(p.name for p in best_run.iterdir()) == ["checkpoint-3", "checkpoint-5"]
+
+    # A checkpoint named explicitly that is not the newest one: nothing in the folder is touched.
+    older = tmp_path / "older"
+    for step in (4, 5):
+        _finished_run(older, step)
+    assert cli(["--max_steps", "4", "--output_dir", str(older), "--resume_from_checkpoint", str(older / "checkpoint-4"),
+                "--save_total_limit", "1"]) == 0
+    assert "nothing was changed" in capsys.readouterr().err
+    assert sorted(p.name for p in older.iterdir()) == ["checkpoint-4", "checkpoint-5"]
 
 
 def test_the_launcher_is_checked_before_the_arguments_are_built(tmp_path, monkeypatch, capsys):

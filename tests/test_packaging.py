@@ -110,3 +110,33 @@ def test_the_old_module_path_of_neat_train_still_launches():
         done = subprocess.run([sys.executable, "-m", module, "--list"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "commonsense/llama3-8b" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_version_is_written_once(wheel):
+    """`neat_hf/constants.py` holds the one version literal: pyproject.toml reads it (`dynamic`), setuptools reads it
+    without importing neat_hf (so without torch), and the wheel and `neat_hf.__version__` carry it."""
+    import tomllib
+
+    import neat_hf
+    from neat_hf.constants import LIBRARY_VERSION
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert wheel.name.startswith(f"neat_hf-{LIBRARY_VERSION}-"), wheel.name
+    metadata = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA"))
+    assert f"\nVersion: {LIBRARY_VERSION}\n" in zipfile.ZipFile(wheel).read(metadata).decode()
+    assert neat_hf.__version__ == LIBRARY_VERSION
+    code = (
+        "import sys; from setuptools.config.expand import read_attr;"
+        "version = read_attr('neat_hf.constants.LIBRARY_VERSION', {'neat_hf': 'neat_hf'}, sys.argv[1]);"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('neat_hf', 'torch')], 'imported to read it';"
+        "print(version)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == LIBRARY_VERSION, result.stderr
+    sources = [ROOT / "pyproject.toml", ROOT / "setup.py",
+               *(path for folder in ("neat_hf", "hub", "trainers", "eval_harness") for path in (ROOT / folder).rglob("*.py"))]
+    written = [path.relative_to(ROOT).as_posix() for path in sources
+               if f'"{LIBRARY_VERSION}"' in path.read_text(encoding="utf-8")]
+    assert written == ["neat_hf/constants.py"], written

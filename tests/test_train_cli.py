@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from neat_hf.errors import NeatError
+from neat_hf.errors import NeatError, TrainingArgumentError
 from neat_hf.cli.train.recipe_registry import UnknownRecipeError, list_recipes, load_recipe, resolve_recipe
 from neat_hf.cli.train.main import cli, make_parser, parse_args
 from neat_hf.trainers.training_args import RENAMED_FIELDS
@@ -168,12 +170,65 @@ def test_bad_value_in_config_is_named(tmp_path):
 
 
 def test_config_file_must_exist_and_be_a_mapping(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(TrainingArgumentError, match="does not exist"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n", encoding="utf-8")
     with pytest.raises(ValueError, match="flat mapping"):
         parse_args(["--config", str(listed)])
+
+
+def test_unreadable_config_files_are_one_line(tmp_path, capsys):
+    """A YAML syntax error (yaml's message spans lines) and bytes that are not UTF-8: one line, exit status 2."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("learning_rate: [1e-4\n", encoding="utf-8")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    for path, match in ((broken, "is not valid YAML"), (binary, "cannot be read as UTF-8")):
+        with pytest.raises(TrainingArgumentError, match=match):
+            parse_args(["--config", str(path)])
+        assert cli(["--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("neat-train: error: ") and err.count("\n") == 1, err
+
+
+def test_transformers_own_argument_checks_are_one_line(tmp_path, capsys):
+    """`TrainingArguments.__post_init__` refuses some combinations with a ValueError of several lines; neat-train
+    reports it as a `TrainingArgumentError` line (exit status 2), not as the traceback of a bug."""
+    argv = ["--load_best_model_at_end", "--eval_strategy", "steps", "--save_strategy", "epoch",
+            "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(TrainingArgumentError, match="requires the save and eval strategy to match"):
+        parse_args(argv)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neat-train: error: Invalid training arguments: ") and err.count("\n") == 1, err
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only neat-hf's own errors are reported as careless input (one line, exit status 2): a bare ValueError from a
+    bug inside the job propagates, so `python -m neat_hf.cli.train` ends with its traceback and status 1."""
+    import neat_hf.cli.train.job as job
+
+    def buggy_prepare(*args, **kwargs):
+        raise ValueError("a bug inside the job, not the user's input")
+
+    monkeypatch.setattr(job, "prepare", buggy_prepare)
+    argv = ["--max_steps", "1", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="a bug inside the job"):
+        cli(argv)
+    probe = (
+        "import sys\n"
+        "import neat_hf.cli.train.job as job\n"
+        "def buggy_prepare(*args, **kwargs):\n"
+        "    raise ValueError('a bug inside the job')\n"
+        "job.prepare = buggy_prepare\n"
+        "from neat_hf.cli.train.main import cli\n"
+        f"sys.exit(cli({argv!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback (most recent call last)" in result.stderr and "ValueError: a bug inside the job" in result.stderr
+    assert "neat-train: error:" not in result.stderr
 
 
 def test_unknown_flag_gets_a_suggestion(capsys):

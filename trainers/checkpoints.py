@@ -74,7 +74,7 @@ def begin_checkpoint(folder: str) -> None:
 
 def finish_checkpoint(folder: str, *, save_total_limit: int | None = None, best_model_checkpoint: str | None = None) -> None:
     """Mark `folder` complete (all files are written), then delete the older checkpoints beyond `save_total_limit`
-    (see [`rotate_checkpoints`]): only now, so that a kill at any point leaves at least one complete checkpoint."""
+    (see [`rotate_checkpoints`]; why only now: the module docstring)."""
     try:
         os.remove(os.path.join(folder, MARKER))
     except FileNotFoundError:
@@ -98,12 +98,15 @@ def rotation_deferred(args: Any) -> Iterator[int | None]:
         args.save_total_limit = limit
 
 
-def rotate_checkpoints(output_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None) -> None:
+def rotate_checkpoints(
+    output_dir: str, save_total_limit: int | None, best_model_checkpoint: str | None = None
+) -> list[str]:
     """Delete the oldest checkpoints of `output_dir` until at most `save_total_limit` remain, as the Trainer does,
     keeping the newest complete one and `best_model_checkpoint`; incomplete ones (left by kills: one run writes into a
-    folder at a time) go first, since they cannot be resumed from. No limit (None or <= 0): nothing is deleted."""
+    folder at a time) go first, since they cannot be resumed from. No limit (None or <= 0): nothing is deleted.
+    Returns the names of the deleted checkpoints."""
     if not save_total_limit or save_total_limit <= 0:
-        return
+        return []
     folders = checkpoint_folders(output_dir)
     complete = [f for f in folders if is_complete(f)]
     protected = {os.path.abspath(complete[-1])} if complete else set()
@@ -112,13 +115,41 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None, best_model
     # Oldest first, the incomplete ones before any complete one.
     candidates = [f for f in folders if f not in complete] + complete
     remaining = len(folders)
+    deleted = []
     for folder in candidates:
         if remaining <= max(save_total_limit, len(protected)):
             break
         if os.path.abspath(folder) not in protected:
             logger.info("Deleting older checkpoint %s (save_total_limit=%d).", folder, save_total_limit)
             remove_checkpoint(folder)
+            deleted.append(os.path.basename(folder))
             remaining -= 1
+    return deleted
+
+
+def tidy_finished_run(output_dir: str, save_total_limit: int | None) -> list[str]:
+    """Leave the `output_dir` of a run that has nothing left to train as its own saves would have: a resume of it
+    saves no checkpoint, so nothing else would. Finishes the deletions a kill interrupted ([`remove_deleted_leftovers`])
+    and deletes the checkpoints beyond `save_total_limit` ([`rotate_checkpoints`], keeping the newest complete one and
+    the run's best), which remain when a kill came between a checkpoint's completion and the rotation after it, or
+    when the limit is given only on the resume. Returns the names of the deleted checkpoints."""
+    remove_deleted_leftovers(output_dir)
+    complete = [folder for folder in checkpoint_folders(output_dir) if is_complete(folder)]
+    best = _best_model_checkpoint(complete[-1]) if complete else None
+    return rotate_checkpoints(output_dir, save_total_limit, best)
+
+
+def _best_model_checkpoint(folder: str) -> str | None:
+    """The `best_model_checkpoint` recorded in `folder`'s trainer state, as a checkpoint of `folder`'s parent (the
+    Trainer records it as a path relative to the run's working directory); None when there is none."""
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as handle:
+            best = json.load(handle).get("best_model_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(best, str) or not best:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(folder)), os.path.basename(os.path.normpath(best)))
 
 
 def keep_only(output_dir: str, keep: str) -> None:

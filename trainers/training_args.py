@@ -150,7 +150,12 @@ class NeatTrainingArguments(TrainingArguments):
         self._resolve_use_cpu()
         if self.deepspeed:
             self._prepare_deepspeed()
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except NeatError:
+            raise
+        except ValueError as err:  # transformers' own checks of the values (strategies, precision, ...), as one line
+            raise TrainingArgumentError(f"Invalid training arguments: {' '.join(str(err).split())}") from err
 
     def _resolve_use_cpu(self) -> None:
         """Turn on `use_cpu` where a run on a machine without a GPU needs it: the one place this is decided.

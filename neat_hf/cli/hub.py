@@ -8,8 +8,9 @@ neat-hub export-lora BASE ADAPTER OUT_DIR [--dtype auto] [--revision REV] [--ser
 ```
 
 The Hub token comes from `HF_TOKEN` or `hf auth login` (there is no `--token` flag, so it never lands in shell history
-or process lists) and is never printed. Exit status: 0 on success, 1 when the operation failed (message on stderr),
-2 for bad arguments.
+or process lists) and is never printed. Exit status: 0 on success; 2 for bad arguments or input (a missing folder, an
+adapter that does not fit its base: one line on stderr); 1 when the Hub failed (one line); any other error keeps its
+traceback (`neat_hf.cli.REPORTED_ERRORS`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from neat_hf.cli import REPORTED_ERRORS, exit_status
 from neat_hf.cli.hints import option_strings, unknown_option_hints
 from neat_hf.errors import NeatError
 from neat_hf.cli.model_source import looks_like_path
@@ -167,7 +169,7 @@ def _card_kwargs(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("merge", "export-lora"):
         _check_sources(args)
-    # lazy: transformers, peft and the Hub client load after the arguments are checked (issue 23)
+    # lazy: transformers, peft and the Hub client load after the arguments are checked
     from neat_hf.cards.adapter_card import write_model_card
     from neat_hf.eval_harness.results import eval_results_from_lm_eval  # lazy, as above
     from neat_hf.export.merged import export_merged  # lazy, as above
@@ -280,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     package_logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return _run(args)
-    except (ValueError, OSError) as err:  # NeatError/HubError are ValueErrors; Hub HTTP errors are OSErrors
+    except REPORTED_ERRORS as err:
         print(f"neat-hub {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return exit_status(err)
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)

@@ -88,7 +88,7 @@ def lora_weights(layer: NeatLayer, adapter_name: str, dtype: torch.dtype | None 
     """(lora_A, lora_B) of one NEAT layer in fp32: lora_A = s·Hᵀ (r×in) computed from W0 rounded to `dtype`
     (default: W0's own dtype) with fp32 accumulation, lora_B = B (out×r).
 
-    Quantized base layers are not handled here (issue 12 adds them); a packed integer weight raises when H is computed.
+    For a bitsandbytes base layer, W0 is the dequantized copy `NeatLayer.base_weight` returns.
     """
     with gathered(layer.adapter_parameters()), gathered(layer.zero3_external_parameters()):
         weight = layer.base_weight()  # out×in view

@@ -33,6 +33,7 @@ from neat_hf.constants import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, FILE_KE
 from neat_hf.errors import AdapterLoadError, AdapterMismatchError, NeatError
 from neat_hf.io import remove_stale_staging, staging_directory
 from neat_hf.hub.download import resolve_adapter_file
+from neat_hf.hub.error_translation import loading_errors
 from neat_hf.model import NeatModel
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.task_types import model_class_for
@@ -88,13 +89,14 @@ def adapter_load_plan(
     Raises:
         AdapterLoadError: the adapter cannot be read.
         AdapterMismatchError: `base` is of another architecture than the class the adapter was saved from.
-        NeatError: bad `auto_class`.
+        NeatError: bad `auto_class`, or `base`'s config cannot be loaded (`HubError` when the Hub failed).
     """
     hub = {"revision": adapter_revision, "token": token}
     config = read_adapter_config(resolve_adapter_file(adapter, ADAPTER_CONFIG_NAME, **hub)).to_dict()
     weights_path = resolve_adapter_file(adapter, ADAPTER_WEIGHTS_NAME, **hub)
     cls = resolve_model_class(config, auto_class)
-    base_config = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, revision=base_revision, token=token)
+    with loading_errors("the config of base model", base, revision=base_revision):
+        base_config = AutoConfig.from_pretrained(os.fspath(base), trust_remote_code=False, revision=base_revision, token=token)
     _check_model_type(base, adapter, cls, base_config)
     load_kwargs: dict[str, Any] = _head_kwargs(config, weights_path, cls.__name__)
     if load_kwargs:
@@ -200,8 +202,9 @@ def export_merged(
         `pathlib.Path` of `out_dir`.
 
     Raises:
-        NeatError: bad `dtype` / `auto_class`, non-empty `out_dir`.
+        NeatError: bad `dtype` / `auto_class`, non-empty `out_dir`, a base that cannot be loaded.
         AdapterLoadError / AdapterMismatchError: the adapter cannot be read or does not fit the base.
+        HubError: the Hub failed while loading the base.
     """
     if dtype not in _DTYPES:
         raise NeatError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
@@ -220,20 +223,20 @@ def export_merged(
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
         load_kwargs.update(quantization_config=bnb_config, device_map={"": device})
     logger.info("Loading base %s with %s%s", os.fspath(base), cls.__name__, f" {load_kwargs}" if load_kwargs else "")
-    base_model = cls.from_pretrained(
-        os.fspath(base),
-        revision=base_revision,
-        token=token,
-        dtype=dtype,
-        use_safetensors=True,
-        trust_remote_code=False,
-        **load_kwargs,
-    )
+    with loading_errors("base model", base, revision=base_revision):
+        base_model = cls.from_pretrained(
+            os.fspath(base),
+            revision=base_revision,
+            token=token,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            **load_kwargs,
+        )
     model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
     merged = model.merge_and_unload(safe_merge=safe_merge)
 
-    # Written into a staging sibling that then takes out's place (io.staging_directory): a kill leaves out old, new
-    # or absent, never half-deleted; the staging folders (with safetensors' .tmpXXXXXX files) earlier kills left go.
+    # Staged, then swapped into place (kill-safety: io.staging_directory; io.remove_stale_staging clears leftovers).
     remove_stale_staging(out)
     if out.exists() and not out.is_dir():
         out.unlink()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from neat_hf.errors import NeatError
 from neat_hf.hub.download import is_hub_id
+from neat_hf.hub.error_translation import loading_errors
 from neat_hf.export.lora import DTYPES
 from neat_hf.model import NeatModel
 
@@ -50,8 +51,9 @@ def export_lora(
         repo_id (`str`, *optional*): Hub repo the export will be pushed to, for the card's snippets.
 
     Raises:
-        NeatError: bad `dtype`, a folder with other files at `out_dir`.
+        NeatError: bad `dtype`, a folder with other files at `out_dir`, a base that cannot be loaded.
         AdapterLoadError / AdapterMismatchError: the adapter cannot be read or does not fit the base.
+        HubError: the Hub failed while loading the base.
         ServingLimitError: `server` would refuse the exported adapter.
     """
     if dtype != "auto" and dtype not in DTYPES:
@@ -61,10 +63,11 @@ def export_lora(
     )
     cls, load_kwargs = plan.model_class, plan.load_kwargs
     logger.info("Loading base %s with %s in %s", os.fspath(base), cls.__name__, dtype)
-    base_model = cls.from_pretrained(
-        os.fspath(base), revision=revision, token=token, dtype=dtype, use_safetensors=True, trust_remote_code=False,
-        **load_kwargs,
-    )
+    with loading_errors("base model", base, revision=revision):
+        base_model = cls.from_pretrained(
+            os.fspath(base), revision=revision, token=token, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+            **load_kwargs,
+        )
     model = NeatModel.from_pretrained(base_model, adapter, revision=adapter_revision, token=token)
     base_name = os.fspath(base)
     source = os.fspath(adapter) if is_hub_id(os.fspath(adapter)) else f"local folder {Path(adapter).name!r}"

@@ -2,7 +2,7 @@
 
 vLLM, SGLang, TGI and LoRAX serve many LoRA adapters on one base model; none of them knows NEAT, so neat-hf exports
 an exact LoRA (`NeatModel.save_as_lora`). What each server refuses is checked here, before anything is written, so a
-user learns at export time, not when the server fails to start. Sources (vLLM main, read for issue 13):
+user learns at export time, not when the server fails to start. Sources (vLLM's main branch, as read when these checks were written):
 
 - `vllm/config/lora.py`: `MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]`, `max_lora_rank` default
   16; `vllm/lora/worker_manager.py` refuses an adapter whose rank exceeds it ("LoRA rank … is greater than

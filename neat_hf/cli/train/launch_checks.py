@@ -1,11 +1,12 @@
-"""Checks of how `neat-train` was launched, before anything is loaded (issue 23): a run that would crash on one rank,
+"""Checks of how `neat-train` was launched, before anything is loaded: a run that would crash on one rank,
 silently train differently from what was asked, or redo a finished run is named in one line instead.
 
 - [`check_launch`]: a quantized base (`--load_in_4bit` / `--load_in_8bit`) with DeepSpeed, FSDP, or the built-in
   model in several processes; `accelerate launch --num_processes N` that started one process (accelerate's simple
   launcher on a machine without GPUs, without `--use_deepspeed`/`--use_fsdp`); `--deepspeed` under an
   `accelerate launch` that was not told to use DeepSpeed.
-- [`finished_run_message`]: `--resume_from_checkpoint` of a run whose checkpoint already reached `--max_steps`.
+- [`finished_run_message`]: `--resume_from_checkpoint` of a run whose checkpoint already reached `--max_steps`
+  (nothing is trained; its folder is left holding what `--save_total_limit` allows).
 """
 
 from __future__ import annotations
@@ -91,14 +92,19 @@ def check_launcher(deepspeed: str | None, environ: Mapping[str, str] | None = No
         )
 
 
-def finished_run_message(training_args: Any) -> str | None:
+def finished_run_message(training_args: Any, *, tidy: bool = False) -> str | None:
     """One line when `--resume_from_checkpoint` names a checkpoint that already reached `--max_steps` (there is
-    nothing left to train), else None. Only runs bounded by `--max_steps` are recognised."""
+    nothing left to train), else None. Only runs bounded by `--max_steps` are recognised.
+
+    With `tidy=True` (the main process of `neat-train`), when that checkpoint is the newest of `--output_dir`, the
+    run's folder is first left as its own saves would have left it ([`checkpoints.tidy_finished_run`]: older
+    checkpoints beyond `--save_total_limit` deleted); the line names what was deleted.
+    """
     if not training_args.resumes() or training_args.max_steps is None or training_args.max_steps <= 0:
         return None
     value = str(training_args.resume_from_checkpoint)
+    complete = [f for f in checkpoints.checkpoint_folders(training_args.output_dir) if checkpoints.is_complete(f)]
     if value.lower() in ("true", "last", "latest"):
-        complete = [f for f in checkpoints.checkpoint_folders(training_args.output_dir) if checkpoints.is_complete(f)]
         folder = complete[-1] if complete else None
     else:
         # An interrupted checkpoint is not a finished run: the resume refuses it (neat_hf.trainers.checkpoints).
@@ -113,5 +119,10 @@ def finished_run_message(training_args: Any) -> str | None:
         return None
     if step < training_args.max_steps:
         return None
+    limit = training_args.save_total_limit
+    newest = bool(complete) and os.path.samefile(folder, complete[-1])
+    deleted = checkpoints.tidy_finished_run(training_args.output_dir, limit) if tidy and newest else []
+    changed = (f"only the older checkpoint(s) beyond --save_total_limit {limit} were deleted ({', '.join(deleted)})"
+               if deleted else "nothing was changed")
     return (f"{folder} is at step {step}, and --max_steps is {training_args.max_steps}: the run has finished, so "
-            "there is nothing to resume and nothing was changed. Raise --max_steps to train further.")
+            f"there is nothing to resume and {changed}. Raise --max_steps to train further.")

@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from neat_hf.errors import HubError, NeatError, TrainerSetupError
+from neat_hf.cli import REPORTED_ERRORS, exit_status
 from neat_hf.cli.train.launch_checks import check_launcher, deepspeed_flag, finished_run_message
 from neat_hf.cli.train.parser import ArgumentTuple, NeatTrainParser
 from neat_hf.cli.train.recipe_registry import list_recipes, recipe_summary
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
     from neat_hf.cli.train.job import PreparedJob
 
 logger = logging.getLogger(__name__)
-
-#: Errors that mean "bad input" (including a model or dataset that cannot be found or opened): the CLI prints them
-#: as one line instead of a traceback, before any training starts.
-USER_ERRORS = (NeatError, ValueError, TypeError, OSError)
 
 
 def make_parser() -> NeatTrainParser:
@@ -81,7 +77,7 @@ def main(
         - before/after evaluation, the adapter (PEFT PEANUT files) saved to `output_dir`.
 
     Raises:
-        MissingColumnsError, NoTargetModulesError, NeatError, ValueError: see [`prepare`]; all before training.
+        MissingColumnsError, NoTargetModulesError, NeatError: see [`prepare`]; all before training.
 
     Example:
         >>> from neat_hf.cli.train.main import main, parse_args
@@ -136,7 +132,9 @@ def _print_summary(results: dict[str, Any], job: PreparedJob) -> None:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `neat-train` console script (and `python -m neat_hf.cli.train`)."""
+    """Entry point of the `neat-train` console script (and `python -m neat_hf.cli.train`). Returns the exit status: 0;
+    2 for bad input and 1 when the Hub failed, each as one line ([`neat_hf.cli.REPORTED_ERRORS`]; any other error keeps
+    its traceback); 130 / 143 when interrupted."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -147,17 +145,18 @@ def cli(argv: Sequence[str] | None = None) -> int:
         (model_args, data_args, neat_args, training_args), recipe = parse_args(argv)
         if training_args.should_log:
             logging.getLogger("neat_hf").setLevel(logging.INFO)
-        finished = finished_run_message(training_args)
+        main_process = os.environ.get("RANK", "0") == "0"
+        finished = finished_run_message(training_args, tidy=main_process)
         if finished:
-            if os.environ.get("RANK", "0") == "0":  # one line per launch, not per rank
+            if main_process:  # one line per launch, not per rank
                 print(f"neat-train: {finished}", file=sys.stderr)
             return 0
         from neat_hf.cli.train.job import prepare, run  # lazy: careless input is refused before this import
 
         job = prepare(model_args, data_args, neat_args, training_args, recipe=recipe)
-    except USER_ERRORS as error:  # bad input: 2; the Hub failing (unreachable, a server error): 1
+    except REPORTED_ERRORS as error:  # bad input: 2; the Hub failing (unreachable, a server error): 1
         print(f"neat-train: error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, HubError) else 2
+        return exit_status(error)
     except KeyboardInterrupt:
         print("neat-train: interrupted before training started; nothing was written.", file=sys.stderr)
         return 130
@@ -167,9 +166,9 @@ def cli(argv: Sequence[str] | None = None) -> int:
         print(f"neat-train: interrupted; checkpoints written so far (if any) are in {training_args.output_dir}.",
               file=sys.stderr)
         return 130
-    except NeatError as error:  # the final push failed (results saved), no checkpoint to resume, output_dir in use
+    except REPORTED_ERRORS as error:  # the final push failed (results saved), no checkpoint to resume, output_dir in use
         print(f"neat-train: error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, HubError) else 2
+        return exit_status(error)
     stopped = results.get("interrupted")
     if stopped:
         if results["is_main_process"]:

@@ -59,19 +59,21 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a flat YAML or JSON mapping of `neat-train` flags.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        TrainingArgumentError: the file is not a mapping of flag names to values.
+        TrainingArgumentError: the file does not exist, cannot be read, or is not a mapping of flag names to values.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
-    text = path.read_text(encoding="utf-8")
+        raise TrainingArgumentError(f"Config file {str(path)!r} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrainingArgumentError(f"Config file {str(path)!r} cannot be read as UTF-8 text: {error}") from error
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise TrainingArgumentError(
-            f"Config file {str(path)!r} is not valid {path.suffix.lstrip('.').upper()}: {error}"
-        ) from error
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as error:
+        kind = path.suffix.lstrip(".").upper() or "YAML"
+        reason = " ".join(str(error).split())  # YAML's messages span lines (the mark, then the problem)
+        raise TrainingArgumentError(f"Config file {str(path)!r} is not valid {kind}: {reason}") from error
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(key, str) for key in values):
