@@ -1,5 +1,5 @@
-"""Peak memory and time of `neat-train`'s data-file check on a large file (issue 22: "a 1 GB JSONL uses <= 100 MB more
-RSS for the check").
+"""Peak memory and time of `neat-train`'s data-file check on a large file (target: a 1 GB JSONL uses <= 100 MB more
+RSS for the check).
 
 Writes a data file of `--size-mb` (instruction rows of varied length, some non-ASCII) into a temporary folder, then
 runs `neat_hf.cli.train.data_files.check_data_file` on it in a fresh process (`common.run_worker`). The worker imports

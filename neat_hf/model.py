@@ -301,7 +301,7 @@ class NeatModel(PeftModel):
         for path, layer in layers:  # all computed (and checked) before any layer changes
             weight = dequantize_weight(layer.base_layer, torch.float32) + layer.delta_weight(layer.active_adapter).float()
             if safe_merge and not torch.isfinite(weight).all():
-                raise ValueError(f"NaN or inf in the merged weight of {path!r}; nothing was merged.")
+                raise NeatError(f"NaN or inf in the merged weight of {path!r}; nothing was merged.")
             merged[path] = weight
         for path, layer in layers:
             requantize_layer(layer.base_layer, merged.pop(path))

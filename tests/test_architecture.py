@@ -288,7 +288,7 @@ def _neat_errors_outside_errors_py(folders: set[str]) -> list[str]:
     def base_names(node: ast.ClassDef) -> set[str]:
         return {b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))}
 
-    neat_errors = {"NeatError"}
+    neat_errors = {"NeatError", "HubError"}  # HubError is neat-hf's too, though not a bad-input NeatError
     changed = True
     while changed:  # subclasses of subclasses, across modules
         changed = False

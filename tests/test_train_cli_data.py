@@ -18,6 +18,7 @@ from neat_hf.cli.train import data_sources
 from neat_hf.cli.train import default_job
 from neat_hf.cli.train import metrics as metrics_lib
 from neat_hf.cli.train.script_args import DataArguments
+from neat_hf.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_load_csv_with_header(tmp_path):
 def test_loader_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="--dataset_name .* or --train_file"):
         data_sources.load_raw_datasets(DataArguments())
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist"):
         data_sources.load_raw_datasets(DataArguments(train_file=str(tmp_path / "nope.json")))
     odd = tmp_path / "data.xml"
     odd.write_text("<a/>")

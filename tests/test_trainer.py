@@ -287,6 +287,20 @@ def test_resume_from_a_checkpoint_with_other_settings_is_refused(tmp_path):
         other.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-2"))
 
 
+def test_resuming_a_finished_run_with_a_lower_limit_leaves_what_the_limit_allows(tmp_path):
+    """The Python API does what `neat-train` does: resuming a run that already reached max_steps trains nothing and
+    deletes the older checkpoints beyond save_total_limit, keeping the newest."""
+    args = make_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=4)
+    NeatTrainer(tiny_llama(), args, neat_config=NeatConfig(r=4), train_dataset=lm_dataset()).train()
+    assert sorted(os.listdir(args.output_dir)) >= ["checkpoint-2", "checkpoint-4"]
+    again = NeatTrainer(tiny_llama(), make_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=4,
+                                                save_total_limit=1),
+                        neat_config=NeatConfig(r=4), train_dataset=lm_dataset())
+    again.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-4"))
+    assert again.state.global_step == 4
+    assert [d for d in sorted(os.listdir(args.output_dir)) if d.startswith("checkpoint-")] == ["checkpoint-4"]
+
+
 def test_load_best_model_at_end_with_save_total_limit(tmp_path):
     scores = iter([1.0, 5.0, 2.0])  # evaluation at steps 2, 4, 6: step 4 is best
 

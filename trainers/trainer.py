@@ -44,10 +44,13 @@ from neat_hf.trainers import fsdp_plan as fsdp
 from neat_hf.trainers.checkpoints import (
     already_finished,
     begin_checkpoint,
+    checkpoint_folders,
     finish_checkpoint,
+    is_complete,
     keep_only,
     resolve_resume,
     rotation_deferred,
+    tidy_finished_run,
 )
 from neat_hf.trainers.hub_mixin import NeatHubMixin
 from neat_hf.trainers.training_args import CHECKPOINTING_FIELD, NeatTrainingArguments
@@ -239,6 +242,9 @@ class NeatTrainer(NeatHubMixin, Trainer):
         if resume_from_checkpoint is not None and already_finished(
             self.state.global_step, max_steps, resume_from_checkpoint, announce=self.is_world_process_zero()
         ):
+            complete = [f for f in checkpoint_folders(self.args.output_dir) if is_complete(f)]
+            if self.args.should_save and complete and os.path.samefile(resume_from_checkpoint, complete[-1]):
+                tidy_finished_run(self.args.output_dir, self.args.save_total_limit)  # as neat-train does
             return num_train_epochs, 0  # no epoch left to run: no optimizer step, no checkpoint
         return epochs_trained, steps_trained_in_current_epoch
 
@@ -473,9 +479,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
 
     # ------------------------------------------------------------------ checkpoints: whole or ignored
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        """`Trainer._save_checkpoint`, bracketed by the "incomplete" marker: written (by the main process, after
-        clearing what an interrupted save left) before any file, removed once every process has written its files;
-        only then are older checkpoints beyond `save_total_limit` deleted (see `checkpoints.rotation_deferred`)."""
+        """`Trainer._save_checkpoint`, made whole-or-ignored and rotated only once complete (the protocol:
+        `neat_hf.trainers.checkpoints`)."""
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             begin_checkpoint(folder)

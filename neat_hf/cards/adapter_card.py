@@ -326,10 +326,9 @@ def write_model_card(
     """Write `README.md` for the adapter saved in `save_directory`, then its `training_info.json` (both atomically).
 
     Call it after `save_pretrained(save_directory)`: the card is built from the files there, so it always describes
-    what is saved. `training_info.json` is written last and stamped with the digest of the weights it describes, so a
-    card update killed halfway leaves the folder loadable, with the card at least as new as the record; the record and
-    the card's evaluation results of *other* weights (an earlier adapter saved into the folder) are dropped, not
-    carried over.
+    what is saved. `training_info.json` goes last, stamped for the weights it describes (the save protocol:
+    `neat_hf.io.check_saved_together`); the record and the card's evaluation results of *other* weights (an earlier
+    adapter saved into the folder) are dropped, not carried over.
 
     Args:
         save_directory (`str` or `os.PathLike`):

@@ -141,7 +141,7 @@ def _load_files(data_args: DataArguments, cache_dir: str | None) -> DatasetDict:
     for split, path in files.items():
         reason = not_regular_reason(path)
         if reason == "missing":
-            raise FileNotFoundError(f"--{'train' if split == 'train' else 'validation'}_file {path!r} does not exist.")
+            raise DatasetError(f"--{'train' if split == 'train' else 'validation'}_file {path!r} does not exist.")
         if reason is not None:  # a FIFO would block the reader, /dev/zero never end
             raise DatasetError(
                 f"--{'train' if split == 'train' else 'validation'}_file {path!r} is {reason}, not a regular file; "

@@ -28,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from neat_hf import get_neat_model, prepare_model_for_kbit_training
 from neat_hf.errors import HubError, TrainingArgumentError
+from neat_hf.hub.error_translation import loading_errors
 from neat_hf.io import folder_lock
 from neat_hf.quantization import bnb_config_from_kwargs
 from neat_hf.cli.train import data as data_lib
@@ -166,7 +167,7 @@ def use_cpu_threads_for(model: Any) -> None:
     Measured on 2 busy CPU cores with the built-in tiny LLaMA: its matmuls are too small to gain from intra-op
     threads, and spinning OpenMP threads made 300 steps take 344 s on two threads against 10 s on one; without flushing
     denormals the step rate halved after ~1000 steps (33 steps/s steady with flushing). The same model from a local
-    folder trained 8-17x slower before this rule covered it (issue 23)."""
+    folder trained 8-17x slower before this rule covered it."""
     if torch.cuda.is_available():
         return
     parameters = sum(p.numel() for p in model.parameters())
@@ -260,7 +261,8 @@ def prepare(
                 raw, data_args.label_column, num_labels=model_args.num_labels, sources=sources
             )
 
-    tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
+    with loading_errors("model", model_args.model_name_or_path, revision=model_args.model_revision, error=TrainingArgumentError):
+        tokenizer, model = _load_tokenizer_and_model(model_args, task, labels)
     if task == "causal-lm" and getattr(model.config, "use_cache", None):
         model.config.use_cache = False  # no KV cache while training (and none with gradient checkpointing)
     if getattr(model.config, "pad_token_id", None) is None and getattr(tokenizer, "pad_token_id", None) is not None:
