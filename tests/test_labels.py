@@ -1,7 +1,7 @@
-"""The label rule of `neat-train` (issue 25): with `--num_labels N` (N > 1) every label of every split is an integer in
+"""The label rule of `neat-train`: with `--num_labels N` (N > 1) every label of every split is an integer in
 0..N-1 (integral floats such as 2.0 count, and are cast to int); 1.5, NaN, inf, 2**70 or a string is refused by file,
-row and column before tokenizing. Without `--num_labels`, a float label column trains as a regression, with a warning.
-Before, a float label made any classification silently a regression, and NaN or 2**70 gave tracebacks."""
+row and column before tokenizing. Without `--num_labels`, a float label column trains as a regression, with a warning,
+and a target whose squared error overflows float32 (2**70) is refused the same way. Before, a float label made any classification silently a regression, and NaN or 2**70 gave tracebacks."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def test_float_labels_without_num_labels_are_a_regression_with_a_warning(tmp_pat
     with caplog.at_level(logging.WARNING, logger="neat_hf.cli.train.data"):  # asked for one output: no warning
         assert _resolve(tmp_path, [0.5, 1, 2.25, 0, 1, 0], 1)[1] == data_lib.Labels(1, None, True)
     assert not caplog.records
+
+
+def test_a_regression_target_beyond_float32_is_refused_by_row(tmp_path):
+    """2**70 (read as a float) would give an infinite MSE from the first step: refused by split, row and column."""
+    with pytest.raises(DatasetError, match=r"'train' split.*row 3 has label 1\.18.*e\+21 in column 'label'.*float32"):
+        _resolve(tmp_path, [0.5, 1.0, 2**70, 0.0, 1.0, 0.0], None)
+    assert _resolve(tmp_path, [0.5, 1.0, -1e9, 0.0, 1.0, 0.0], None)[1] == data_lib.Labels(1, None, True)
 
 
 def test_integer_labels_keep_their_rule(tmp_path):

@@ -32,6 +32,9 @@ from neat_hf.trainers.prompts import PROMPT_TEMPLATES, format_instruction_prompt
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+#: Largest regression target accepted: the squared error of a larger one overflows float32 (an infinite loss from the
+#: first step). A JSON integer beyond 64 bits, such as 2**70, is read as a float and lands here.
+MAX_REGRESSION_LABEL = math.sqrt(torch.finfo(torch.float32).max) / 2
 
 _TASK_FORMATS = {
     "causal-lm": ("instruction", "metamathqa"),
@@ -314,6 +317,7 @@ def resolve_labels(
                 "classification pass --num_labels N, and every label must then be an integer 0..N-1.",
                 _where("train", sources), label_column, example,
             )
+        _check_regression_targets(datasets, label_column, sources)
         return datasets, Labels(1, None, True)
     elif floats:
         labels = Labels(num_labels, None, False)
@@ -321,6 +325,18 @@ def resolve_labels(
         labels = Labels(num_labels or _count_classes(datasets["train"], label_column), None, False)
     check_labels(datasets, label_column, labels.num_labels, sources=sources)
     return _integer_labels(datasets, label_column), labels
+
+
+def _check_regression_targets(datasets: DatasetDict, label_column: str, sources: Mapping[str, str] | None) -> None:
+    """Raises [`DatasetError`] at the first regression target beyond [`MAX_REGRESSION_LABEL`] (any split)."""
+    for split, dataset in datasets.items():
+        for index, value in enumerate(dataset[label_column]):
+            if isinstance(value, (int, float)) and abs(value) > MAX_REGRESSION_LABEL:
+                raise DatasetError(
+                    f"{_where(split, sources)} row {index + 1} has label {value!r} in column {label_column!r}: a "
+                    f"regression target must be within ±{MAX_REGRESSION_LABEL:.3g} (its squared error overflows "
+                    "float32 beyond); rescale the column, or pass --num_labels N for integer classes 0..N-1."
+                )
 
 
 def check_labels(
