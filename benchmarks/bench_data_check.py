@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from common import (
     format_env,
     import_pyplot,
     markdown_table,
+    peak_rss_bytes,
     run_config,
     run_worker,
     save_figure,
@@ -114,7 +114,7 @@ def worker(spec: dict[str, Any], result_file: str) -> None:
     except Exception as err:  # recorded, not raised: a refusal of the generated file would be a finding
         error = f"{type(err).__name__}: {err}"
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    peak = _rss("VmHWM") if peak_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _rss("VmHWM") if peak_reset else peak_rss_bytes()
     atomic_write_json(result_file, {"seconds": seconds, "cpu_seconds": cpu_seconds, "rss_before": before,
                                     "peak_rss": peak, "rss_increase": peak - before, "peak_reset": peak_reset,
                                     "error": error})

@@ -276,7 +276,7 @@ def read_adapter_config(path: str | os.PathLike, *, training_info: Mapping[str, 
         if training_info is None:
             settings = _stored_neat_only_settings(os.path.dirname(os.fspath(path)))
         else:
-            settings = {name: training_info[name] for name in NEAT_ONLY_FIELDS if name in training_info}
+            settings = _neat_only_settings(training_info)
         data = {**settings, **data}
     return NeatConfig.from_dict(data, source=os.fspath(path))
 
@@ -288,6 +288,11 @@ def _stored_neat_only_settings(directory: str) -> dict[str, Any]:
     except AdapterLoadError as err:
         logger.warning("Ignoring neat-only adapter settings: %s", err)
         return {}
+    return _neat_only_settings(info)
+
+
+def _neat_only_settings(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The neat-only fields (dropout) of a training record."""
     return {name: info[name] for name in NEAT_ONLY_FIELDS if name in info}
 
 

@@ -339,7 +339,7 @@ def check_saved_together(
     if training_info is None:
         stamp = recorded_weights_stamp(os.path.join(os.path.dirname(os.fspath(config_path)), TRAINING_INFO_NAME))
     else:
-        stamp = training_info.get(WEIGHTS_STAMP_KEY) if isinstance(training_info.get(WEIGHTS_STAMP_KEY), str) else None
+        stamp = weights_stamp(training_info)
     if metadata.get(WEIGHTS_SHA_KEY) is not None and stamp is not None and stamp != metadata[WEIGHTS_SHA_KEY]:
         raise AdapterLoadError(
             f"The {TRAINING_INFO_NAME} and model card next to {os.fspath(weights_path)!r} describe other weights: the "
@@ -355,7 +355,12 @@ def recorded_weights_stamp(training_info_path: str | os.PathLike) -> str | None:
         data = read_json_file(training_info_path, max_bytes=MAX_TRAINING_INFO_BYTES, what="a training record")
     except (OSError, AdapterLoadError):
         return None
-    stamp = data.get(WEIGHTS_STAMP_KEY) if isinstance(data, dict) else None
+    return weights_stamp(data) if isinstance(data, dict) else None
+
+
+def weights_stamp(training_info: Mapping[str, Any]) -> str | None:
+    """The `WEIGHTS_STAMP_KEY` of a training record already read (None when it has none)."""
+    stamp = training_info.get(WEIGHTS_STAMP_KEY)
     return stamp if isinstance(stamp, str) else None
 
 

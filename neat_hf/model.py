@@ -482,20 +482,26 @@ class NeatModel(PeftModel):
             AdapterLoadError: a tensor is not floating point, or holds NaN/inf (unless `check_finite=False`).
         """
         adapter_name = adapter_name or self.active_adapter
-        by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
-        params = dict(self.state_dict(keep_vars=True))
-        check_adapter_tensors(tensors, {fk: tensor_shape(params[k]) for fk, k in by_file_key.items()}, type(self.get_base_model()).__name__)
-        integer = {fk for fk, k in by_file_key.items() if not params[k].is_floating_point()}
+        targets = self._adapter_targets(adapter_name)
+        check_adapter_tensors(tensors, {fk: tensor_shape(p) for fk, p in targets.items()}, type(self.get_base_model()).__name__)
+        integer = {fk for fk, p in targets.items() if not p.is_floating_point()}
         check_adapter_values(tensors, exempt_keys=integer, check_finite=check_finite)
-        self._copy_adapter_weights(tensors, adapter_name)
+        self._copy_adapter_weights(tensors, adapter_name, targets)
 
-    def _copy_adapter_weights(self, tensors: dict[str, torch.Tensor], adapter_name: str) -> None:
-        """Copy tensors that `neat_hf.loading.read_checked_adapter` checked against this model (names, shapes, values)."""
-        by_file_key = {file_key: key for key, file_key in self.adapter_key_map(adapter_name).items()}
+    def _adapter_targets(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """{key in adapter_model.safetensors: this model's parameter or buffer it loads into} for one adapter."""
         params = dict(self.state_dict(keep_vars=True))
+        return {file_key: params[key] for key, file_key in self.adapter_key_map(adapter_name).items()}
+
+    def _copy_adapter_weights(
+        self, tensors: dict[str, torch.Tensor], adapter_name: str, targets: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Copy tensors that were checked against this model (names, shapes, values): by `load_adapter_weights`, or by
+        `neat_hf.loading.read_checked_adapter` with the file."""
+        targets = self._adapter_targets(adapter_name) if targets is None else targets
         with torch.no_grad():
             for file_key, tensor in tensors.items():
-                copy_into(params[by_file_key[file_key]].data, tensor)  # under FSDP2: this rank's rows
+                copy_into(targets[file_key].data, tensor)  # under FSDP2: this rank's rows
 
     @classmethod
     def from_pretrained(

@@ -206,10 +206,10 @@ def test_neat_lm_eval_command_end_to_end(env, capsys):
     assert ("exact_match", "extract", round(results["results"]["neat_gsm8k_gen"]["exact_match,extract"], 6)) in in_card
 
 
-def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, monkeypatch):
-    secret = "hf_SeCrEt0123456789abcdefTOKEN"
+@pytest.fixture
+def loader_tokens(monkeypatch) -> list:
+    """The `HF_TOKEN` each model load of the run saw (none set before the run)."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
-
     seen = []
     original = NeatLM._create_model
 
@@ -218,6 +218,12 @@ def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, cap
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(NeatLM, "_create_model", spy)
+    return seen
+
+
+def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, loader_tokens):
+    secret = "hf_SeCrEt0123456789abcdefTOKEN"
+    seen = loader_tokens
     out = env.root / "token_out"
     with caplog.at_level(logging.DEBUG):
         cli.main([
@@ -234,21 +240,13 @@ def test_token_in_model_args_reaches_the_hub_but_no_log_or_results_file(env, cap
 
 
 @pytest.mark.parametrize("form", ["mapping", "string"])
-def test_token_in_config_yaml_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, monkeypatch,
+def test_token_in_config_yaml_model_args_reaches_the_hub_but_no_log_or_results_file(env, capsys, caplog, loader_tokens,
                                                                                      tmp_path, form):
     """The same for a token in the `model_args` of a `--config` YAML (lm-eval also prints the merged config)."""
     import yaml
 
     secret = "hf_CoNfIg0123456789abcdefTOKEN"
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    seen = []
-    original = NeatLM._create_model
-
-    def spy(self, *args, **kwargs):
-        seen.append(os.environ.get("HF_TOKEN"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(NeatLM, "_create_model", spy)
+    seen = loader_tokens
     model_args = {"pretrained": str(env.base), "adapter": str(env.adapter), "token": secret}
     out = tmp_path / "out"
     config = tmp_path / "eval.yaml"

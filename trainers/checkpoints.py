@@ -127,15 +127,19 @@ def rotate_checkpoints(
     return deleted
 
 
-def tidy_finished_run(output_dir: str, save_total_limit: int | None) -> list[str]:
+def tidy_finished_run(output_dir: str, save_total_limit: int | None, finished: str) -> list[str]:
     """Leave the `output_dir` of a run that has nothing left to train as its own saves would have: a resume of it
     saves no checkpoint, so nothing else would. Finishes the deletions a kill interrupted ([`remove_deleted_leftovers`])
     and deletes the checkpoints beyond `save_total_limit` ([`rotate_checkpoints`], keeping the newest complete one and
     the run's best), which remain when a kill came between a checkpoint's completion and the rotation after it, or
-    when the limit is given only on the resume. Returns the names of the deleted checkpoints."""
-    remove_deleted_leftovers(output_dir)
+    when the limit is given only on the resume. Only when `finished` (the checkpoint that reached `max_steps`) is the
+    newest complete checkpoint: a resume from an older one leaves the folder as it is. Returns the names of the deleted
+    checkpoints."""
     complete = [folder for folder in checkpoint_folders(output_dir) if is_complete(folder)]
-    best = _best_model_checkpoint(complete[-1]) if complete else None
+    if not complete or not os.path.samefile(finished, complete[-1]):
+        return []
+    remove_deleted_leftovers(output_dir)
+    best = _best_model_checkpoint(complete[-1])
     return rotate_checkpoints(output_dir, save_total_limit, best)
 
 

@@ -44,9 +44,7 @@ from neat_hf.trainers import fsdp_plan as fsdp
 from neat_hf.trainers.checkpoints import (
     already_finished,
     begin_checkpoint,
-    checkpoint_folders,
     finish_checkpoint,
-    is_complete,
     keep_only,
     resolve_resume,
     rotation_deferred,
@@ -242,9 +240,8 @@ class NeatTrainer(NeatHubMixin, Trainer):
         if resume_from_checkpoint is not None and already_finished(
             self.state.global_step, max_steps, resume_from_checkpoint, announce=self.is_world_process_zero()
         ):
-            complete = [f for f in checkpoint_folders(self.args.output_dir) if is_complete(f)]
-            if self.args.should_save and complete and os.path.samefile(resume_from_checkpoint, complete[-1]):
-                tidy_finished_run(self.args.output_dir, self.args.save_total_limit)  # as neat-train does
+            if self.args.should_save:  # as neat-train does
+                tidy_finished_run(self.args.output_dir, self.args.save_total_limit, resume_from_checkpoint)
             return num_train_epochs, 0  # no epoch left to run: no optimizer step, no checkpoint
         return epochs_trained, steps_trained_in_current_epoch
 

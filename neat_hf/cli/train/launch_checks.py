@@ -120,8 +120,7 @@ def finished_run_message(training_args: Any, *, tidy: bool = False) -> str | Non
     if step < training_args.max_steps:
         return None
     limit = training_args.save_total_limit
-    newest = bool(complete) and os.path.samefile(folder, complete[-1])
-    deleted = checkpoints.tidy_finished_run(training_args.output_dir, limit) if tidy and newest else []
+    deleted = checkpoints.tidy_finished_run(training_args.output_dir, limit, folder) if tidy else []
     changed = (f"only the older checkpoint(s) beyond --save_total_limit {limit} were deleted ({', '.join(deleted)})"
                if deleted else "nothing was changed")
     return (f"{folder} is at step {step}, and --max_steps is {training_args.max_steps}: the run has finished, so "
